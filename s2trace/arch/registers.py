@@ -1,0 +1,191 @@
+"""VTCR_EL2 and VTTBR_EL2: from register values to the geometry of a stage-2 walk.
+
+Field layouts from the Arm ARM (D19 VTCR_EL2/VTTBR_EL2) as listed in facts §1.8-§1.9; the
+start-level decode is the kernel's ``kvm_vtcr_el2_sl_decode`` table; the number of
+concatenated start-level tables is the kernel's ``kvm_pgd_pages(ia_bits, start_level)``.
+Worked example (facts §1.10): VTCR_EL2 0x802d3590 is T0SZ=16 (48-bit IPA), SL0=2 (start at
+level 0), IRGN0=ORGN0=1, SH0=3, TG0=4K, PS=5 (48 bits), VS=1, HA=1; VTTBR_EL2 0x7f709001 is
+VMID 0, BADDR 0x7f709000, CnP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from s2trace.arch.geometry import Geometry, Granule, bits, field_mask
+from s2trace.errors import InputError
+
+__all__ = ["Stage2Config", "Vtcr", "Vttbr", "config_explicit", "config_from_registers"]
+
+_TG0 = {0: Granule.K4, 1: Granule.K64, 2: Granule.K16}
+_PS_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
+_CACHE = {0: "NC", 1: "WBWA", 2: "WT", 3: "WBnWA"}
+_SHARE = {0: "non", 1: "reserved", 2: "outer", 3: "inner"}
+
+# (granule, SL2, SL0) -> start level; None = reserved.  4K SL0=3 is level 3 with FEAT_TTST.
+_SL = {
+    (Granule.K4, 0, 0): 2, (Granule.K4, 0, 1): 1, (Granule.K4, 0, 2): 0, (Granule.K4, 0, 3): 3,
+    (Granule.K4, 1, 0): -1,
+    (Granule.K16, 0, 0): 3, (Granule.K16, 0, 1): 2, (Granule.K16, 0, 2): 1,
+    (Granule.K16, 0, 3): 0,
+    (Granule.K64, 0, 0): 3, (Granule.K64, 0, 1): 2, (Granule.K64, 0, 2): 1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Vtcr:
+    """Decoded VTCR_EL2 fields."""
+
+    value: int
+    t0sz: int
+    sl0: int
+    irgn0: str
+    orgn0: str
+    sh0: str
+    granule: Granule
+    ps_bits: int
+    vs: bool
+    ha: bool
+    hd: bool
+    hwu: int
+    ds: bool
+    sl2: bool
+
+    @classmethod
+    def decode(cls, value: int) -> Vtcr:
+        tg0 = bits(value, 15, 14)
+        if tg0 not in _TG0:
+            raise InputError(f"VTCR_EL2 {value:#x}: TG0=3 is a reserved granule encoding")
+        ps = bits(value, 18, 16)
+        if ps not in _PS_BITS:
+            raise InputError(f"VTCR_EL2 {value:#x}: PS={ps} is reserved (expected 0..6)")
+        return cls(
+            value=value,
+            t0sz=bits(value, 5, 0),
+            sl0=bits(value, 7, 6),
+            irgn0=_CACHE[bits(value, 9, 8)],
+            orgn0=_CACHE[bits(value, 11, 10)],
+            sh0=_SHARE[bits(value, 13, 12)],
+            granule=_TG0[tg0],
+            ps_bits=_PS_BITS[ps],
+            vs=bool(bits(value, 19, 19)),
+            ha=bool(bits(value, 21, 21)),
+            hd=bool(bits(value, 22, 22)),
+            hwu=bits(value, 28, 25),
+            ds=bool(bits(value, 32, 32)),
+            sl2=bool(bits(value, 33, 33)),
+        )
+
+    @property
+    def ia_bits(self) -> int:
+        return 64 - self.t0sz
+
+
+@dataclass(frozen=True, slots=True)
+class Vttbr:
+    """Decoded VTTBR_EL2 fields (``baddr`` with BADDR[51:48] from bits 5:2 when 52-bit)."""
+
+    value: int
+    baddr: int
+    vmid: int
+    cnp: bool
+
+    @classmethod
+    def decode(cls, value: int, vs: bool = True, pa52: bool = False) -> Vttbr:
+        baddr = value & field_mask(47, 1)
+        if pa52:
+            baddr = (baddr & ~field_mask(5, 2)) | (bits(value, 5, 2) << 48)
+        vmid = bits(value, 63, 48) if vs else bits(value, 55, 48)
+        return cls(value=value, baddr=baddr, vmid=vmid, cnp=bool(value & 1))
+
+
+@dataclass(frozen=True, slots=True)
+class Stage2Config:
+    """Everything a walk needs: format, start level, IPA size, root table(s)."""
+
+    geometry: Geometry
+    start_level: int
+    ia_bits: int
+    root: int
+    vmid: int = 0
+    registers: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def start_entries(self) -> int:
+        """Descriptors across the start-level table(s)."""
+        return 1 << (self.ia_bits - self.geometry.shift(self.start_level))
+
+    @property
+    def concatenated(self) -> int:
+        """Number of concatenated start-level tables (kernel ``kvm_pgd_pages``)."""
+        return max(1, self.start_entries // self.geometry.entries)
+
+    @property
+    def root_bytes(self) -> int:
+        """Bytes of the start-level table(s); their required alignment (at least 64)."""
+        return max(64, self.start_entries * 8)
+
+    def describe(self) -> dict[str, str]:
+        out = {
+            "granule": self.geometry.label,
+            "ipa_bits": str(self.ia_bits),
+            "start_level": str(self.start_level),
+            "concatenated_tables": str(self.concatenated),
+            "root": f"{self.root:#x}",
+            "vmid": str(self.vmid),
+        }
+        out.update({k: f"{v:#x}" for k, v in self.registers.items()})
+        return out
+
+
+def _check_start(geometry: Geometry, start: int, ia_bits: int, what: str) -> None:
+    geometry.check_level(start)
+    if ia_bits > geometry.oa_bits:
+        raise InputError(f"{what}: a {ia_bits}-bit IPA needs 52-bit descriptors "
+                         f"({'DS=1' if geometry.granule is not Granule.K64 else 'FEAT_LPA'})")
+    shift = geometry.shift(start)
+    if ia_bits <= shift:
+        raise InputError(f"{what}: start level {start} resolves bits from {shift} up, but "
+                         f"the IPA has only {ia_bits} bits (start lower in the tree)")
+    extra = ia_bits - (shift + geometry.granule.index_bits)
+    if extra > 4:
+        raise InputError(f"{what}: a {ia_bits}-bit IPA from level {start} would need "
+                         f"{1 << extra} concatenated tables (at most 16); start one level up")
+
+
+def config_from_registers(vttbr: int, vtcr: int) -> Stage2Config:
+    """The walk configuration from VTTBR_EL2 and VTCR_EL2 values.
+
+    Raises :class:`InputError` naming the reason for impossible combinations (an SL0 the
+    granule and T0SZ do not allow, DS with 64K, level -1 without DS ...).
+    """
+    for name, value in (("VTTBR_EL2", vttbr), ("VTCR_EL2", vtcr)):
+        if not 0 <= value < 1 << 64:
+            raise InputError(f"{name} {value:#x} does not fit in 64 bits")
+    v = Vtcr.decode(vtcr)
+    what = f"VTCR_EL2 {vtcr:#x}"
+    if v.ds and v.granule is Granule.K64:
+        raise InputError(f"{what}: DS=1 is not allowed with the 64K granule")
+    start = _SL.get((v.granule, int(v.sl2), v.sl0))
+    if start is None or (v.sl2 and v.granule is not Granule.K4):
+        raise InputError(f"{what}: SL2={int(v.sl2)} SL0={v.sl0} is reserved for the "
+                         f"{v.granule.label} granule")
+    if start == -1 and not v.ds:
+        raise InputError(f"{what}: start level -1 (SL2=1) needs DS=1")
+    if v.granule is Granule.K16 and start == 0 and not v.ds:
+        raise InputError(f"{what}: 16K start level 0 (SL0=3) needs DS=1")
+    geometry = Geometry(v.granule, ds=v.ds, lpa=v.granule is Granule.K64 and v.ps_bits == 52)
+    _check_start(geometry, start, v.ia_bits, what)
+    t = Vttbr.decode(vttbr, vs=v.vs, pa52=geometry.oa_bits == 52)
+    return Stage2Config(geometry, start, v.ia_bits, t.baddr, t.vmid,
+                        {"vttbr_el2": vttbr, "vtcr_el2": vtcr})
+
+
+def config_explicit(root: int, start_level: int, ia_bits: int,
+                    granule: Granule | str = Granule.K4, ds: bool = False,
+                    lpa: bool = False) -> Stage2Config:
+    """The walk configuration from explicit values (``--root --start-level --ipa-bits``)."""
+    g = granule if isinstance(granule, Granule) else Granule.parse(granule)
+    geometry = Geometry(g, ds=ds, lpa=lpa)
+    _check_start(geometry, start_level, ia_bits, f"start level {start_level}")
+    return Stage2Config(geometry, start_level, ia_bits, root)

@@ -1,0 +1,229 @@
+"""Every tabular result of s2trace, declared once.
+
+Each stage of the pipeline returns a pandas DataFrame whose columns are declared here, with a
+dtype and a one-line meaning.  ``docs/columns.md`` is generated from these declarations
+(``python -m s2trace.columns``), and the tests check that every stage returns exactly the
+declared columns, so this file is the contract.
+
+Stages: descriptors (decode) -> ownership map (walk) ; events (trace readers) ->
+transitions (recipes) -> intervals and violations (replay).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+__all__ = [
+    "DESCRIPTOR",
+    "EVENTS",
+    "INTERVALS",
+    "MAP",
+    "SCHEMAS",
+    "TRANSITIONS",
+    "VIOLATIONS",
+    "Column",
+    "Schema",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One declared column: its name, pandas dtype and meaning."""
+
+    name: str
+    dtype: str
+    doc: str
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    """An ordered set of declared columns for one kind of DataFrame."""
+
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def dtypes(self) -> dict[str, str]:
+        return {c.name: c.dtype for c in self.columns}
+
+    def empty(self) -> pd.DataFrame:
+        """A zero-row DataFrame with the declared columns and dtypes."""
+        return pd.DataFrame({c.name: pd.Series([], dtype=c.dtype) for c in self.columns})
+
+    def check(self, df: pd.DataFrame) -> None:
+        """Raise ``ValueError`` unless ``df`` has exactly the declared columns, in order."""
+        if list(df.columns) != self.names:
+            missing = [n for n in self.names if n not in df.columns]
+            extra = [n for n in df.columns if n not in self.names]
+            raise ValueError(f"{self.name}: columns differ (missing {missing}, extra {extra})")
+
+    def markdown(self) -> str:
+        rows = "\n".join(f"| `{c.name}` | {c.dtype} | {c.doc} |" for c in self.columns)
+        return f"## {self.name}\n\n{self.doc}\n\n| column | dtype | meaning |\n|---|---|---|\n{rows}\n"
+
+
+def _cols(*spec: tuple[str, str, str]) -> tuple[Column, ...]:
+    return tuple(Column(*s) for s in spec)
+
+
+CAT = "category"
+
+DESCRIPTOR = Schema(
+    "descriptors",
+    "One row per decoded 64-bit stage-2 descriptor (`decode_array`, `s2trace decode`). "
+    "Nullable columns are empty (<NA>) where a field does not apply to the kind. "
+    "The JSON output of `s2trace decode --format json` uses exactly these keys.",
+    _cols(
+        ("raw", "uint64", "the descriptor as read (little-endian 64-bit word)"),
+        ("level", "int8", "lookup level the descriptor was read at (-1..3)"),
+        ("granule", CAT, "translation granule: 4k, 16k or 64k"),
+        ("kind", CAT, "table, block, page, invalid or reserved (Arm ARM D8.3; facts §1.1)"),
+        ("oa", "UInt64", "output address of a block or page (52-bit pieces assembled)"),
+        ("next_table", "UInt64", "next-level table address of a table descriptor"),
+        ("size", "uint64", "bytes of input address space one entry at this level spans"),
+        ("memattr", "UInt8", "MemAttr[3:0], bits 5:2 (raw value)"),
+        ("memattr_name", CAT, "MemAttr meaning (with or without HCR_EL2.FWB)"),
+        ("s2ap", CAT, "S2AP bits 7:6: none, ro, wo, rw"),
+        ("sh", CAT, "SH bits 9:8: non, outer, inner, reserved; <NA> when DS=1"),
+        ("af", "boolean", "access flag, bit 10"),
+        ("nt", "boolean", "nT block-translation hint, bit 16 (blocks only)"),
+        ("dbm", "boolean", "dirty-bit modifier, bit 51"),
+        ("contiguous", "boolean", "contiguous hint, bit 52"),
+        ("xn", "UInt8", "XN[1:0], bits 54:53 (raw value)"),
+        ("xn_name", CAT, "XN meaning with FEAT_XNX: 'px ux', PXN, XN (PXN+UXN), UXN"),
+        ("sw", "UInt8", "software bits 58:55 (raw value)"),
+        ("pbha", "UInt8", "PBHA[3:0], bits 62:59 (raw value)"),
+        ("res0", "uint64", "mask of bits set that the architecture reserves as RES0 here"),
+        ("owner", CAT, "pKVM owner under the profile (host, hyp, guest, ffa, id:N)"),
+        ("owner_id", "UInt32", "raw owner id from the profile's owner field"),
+        ("page_state", CAT, "pKVM page state: owned, shared_owned, shared_borrowed, ..."),
+        ("locked", "boolean", "invalid entry carries the profile's lock marker"),
+        ("inv_type", CAT, "7.1+ invalid-entry type: none, locked, donation, poisoned, id:N"),
+        ("vm_handle", "UInt16", "7.1+ donated-to-guest entry: the VM handle (bits 19:4)"),
+        ("gfn", "UInt64", "7.1+ donated-to-guest entry: the guest frame number (bits 59:20)"),
+        ("note", "boolean", "android profile: the MMIO note bit (bit 11) of an invalid entry"),
+        ("fnxs", "boolean", "FnXS, bit 11 of a leaf (FEAT_XS; RES0 without it)"),
+    ),
+)
+
+MAP = Schema(
+    "ownership map",
+    "One row per leaf (block or page) and per annotated (non-zero) invalid entry of a "
+    "stage-2 walk (`walk`, `s2trace decode DUMP`). Zero entries appear only with `--all`. "
+    "Coalesced maps merge adjacent rows with equal attributes; `raw`, `table_pa` and `index` "
+    "then describe the first entry of the run.",
+    _cols(
+        ("ipa_start", "uint64", "first input (intermediate physical) address of the entry"),
+        ("size", "uint64", "bytes of input address space covered"),
+        ("oa", "UInt64", "output address (leaves only)"),
+        ("level", "int8", "lookup level of the entry"),
+        ("kind", CAT, "block, page, invalid (annotated) or reserved"),
+        ("owner", CAT, "pKVM owner under the profile"),
+        ("owner_id", "UInt32", "raw owner id"),
+        ("page_state", CAT, "pKVM host page state (unknown where the PTE no longer holds it)"),
+        ("s2ap", CAT, "stage-2 access permission"),
+        ("memattr_name", CAT, "memory type"),
+        ("xn", "UInt8", "XN[1:0] raw"),
+        ("contiguous", "boolean", "contiguous hint"),
+        ("table_pa", "uint64", "physical address of the table page holding the entry"),
+        ("index", "uint16", "index of the entry within its table page"),
+        ("raw", "uint64", "the descriptor"),
+        ("locked", "boolean", "lock marker of an invalid entry"),
+        ("inv_type", CAT, "7.1+ invalid-entry type"),
+        ("vm_handle", "UInt16", "7.1+ guest-donation VM handle"),
+        ("gfn", "UInt64", "7.1+ guest-donation guest frame number"),
+    ),
+)
+
+EVENTS = Schema(
+    "events",
+    "One row per trace line that carries an event or a lost-events marker, in file order "
+    "(`read_trace`). Unknown events are kept. `fields` is the text after the event name; "
+    "recipes extract named fields from it.",
+    _cols(
+        ("ts", "float64", "timestamp in seconds, as printed by the tracer"),
+        ("cpu", "Int16", "CPU number"),
+        ("task", "string", "task name (comm); <NA> for hypervisor traces"),
+        ("pid", "Int32", "process id; <NA> for hypervisor traces"),
+        ("flags", "string", "latency flags column (irqs-off, need-resched, ...), if printed"),
+        ("event", CAT, "event name; `lost_events` for a lost-events marker"),
+        ("fields", "string", "the event's formatted fields (everything after the name)"),
+        ("line", "int64", "1-based line number in the source file"),
+        ("lost", "Int64", "number of events lost at this point (marker rows), else <NA>"),
+    ),
+)
+
+TRANSITIONS = Schema(
+    "transitions",
+    "One row per ownership transition or marker derived from events by recipes "
+    "(`to_transitions`). Addresses are physical and page aligned.",
+    _cols(
+        ("ts", "float64", "timestamp in seconds"),
+        ("line", "int64", "source line of the event that completes the transition"),
+        ("event_index", "int64", "row of the completing event in the events DataFrame"),
+        ("op", CAT, "share, unshare, donate, reclaim, access_fault, lost"),
+        ("initiator", CAT, "component giving: host, hyp, guest, ffa"),
+        ("completer", CAT, "component receiving: host, hyp, guest, ffa"),
+        ("addr", "uint64", "first physical address (page aligned)"),
+        ("size", "uint64", "bytes (multiple of the page size)"),
+        ("vm", "Int64", "VM the transition belongs to, where known"),
+        ("gfn", "UInt64", "guest frame number for host<->guest transitions, where known"),
+        ("counted", "boolean", "host keeps a per-PFN share count (kvm_share_hyp): only the "
+         "0->1 share and the 1->0 unshare reach the hypervisor"),
+        ("recipe", CAT, "name of the recipe that produced the row"),
+    ),
+)
+
+INTERVALS = Schema(
+    "intervals",
+    "The ownership timeline: maximal page ranges with one ownership state during "
+    "[t_start, t_end) (`replay`). Any question about time is a query on this table.",
+    _cols(
+        ("addr_start", "uint64", "first physical address of the range"),
+        ("size", "uint64", "bytes"),
+        ("owner", CAT, "owning component"),
+        ("host_state", CAT, "host page state: owned, shared_owned, shared_borrowed, nopage"),
+        ("peer", CAT, "the other component involved (share completer or owner), if any"),
+        ("peer_state", CAT, "that component's page state"),
+        ("t_start", "float64", "start time (seconds); -inf for the initial state"),
+        ("t_end", "float64", "end time (seconds); +inf while still current"),
+        ("cause", "Int64", "event_index of the event that started the interval"),
+        ("incomplete", "boolean", "a lost-events gap may hide transitions of this range"),
+    ),
+)
+
+VIOLATIONS = Schema(
+    "violations",
+    "Transitions the pKVM state machine refuses, with the kernel check they break "
+    "(`replay`). Replay continues with the state unchanged, as the kernel would.",
+    _cols(
+        ("ts", "float64", "timestamp in seconds"),
+        ("line", "int64", "source line"),
+        ("event_index", "int64", "row in the events DataFrame"),
+        ("op", CAT, "the refused operation"),
+        ("initiator", CAT, "initiator"),
+        ("completer", CAT, "completer"),
+        ("addr", "uint64", "first physical address of the offending page"),
+        ("size", "uint64", "bytes affected"),
+        ("check", CAT, "the kernel precondition broken (e.g. host_not_owned)"),
+        ("detail", "string", "one readable sentence: what was expected, what was found"),
+    ),
+)
+
+SCHEMAS: tuple[Schema, ...] = (DESCRIPTOR, MAP, EVENTS, TRANSITIONS, INTERVALS, VIOLATIONS)
+
+
+def markdown() -> str:
+    """All schemas as the Markdown of ``docs/columns.md``."""
+    head = "# s2trace DataFrame columns\n\nGenerated from `s2trace/columns.py`.\n\n"
+    return head + "\n".join(s.markdown() for s in SCHEMAS)
+
+
+if __name__ == "__main__":  # pragma: no cover - documentation generator
+    print(markdown())

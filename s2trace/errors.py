@@ -1,0 +1,91 @@
+"""Errors and recorded problems.
+
+Two kinds of trouble, kept apart on purpose (the project's "nothing is lost" rule):
+
+* :class:`InputError` -- input that cannot be used at all (missing or truncated file, a value
+  that is not a descriptor, an impossible register combination).  The CLI prints its message
+  as one line on stderr and exits with status 2.  The message names the file, offset or line
+  and says what was expected.
+* :class:`Problem` -- damage *inside* usable input (a table pointer outside the dump, a loop,
+  a reserved encoding, a malformed trace line).  Problems are recorded in a :class:`ProblemLog`,
+  counted and reported; the work goes on.  ``strict=True`` turns the first one into a
+  :class:`StrictError`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+__all__ = ["InputError", "Problem", "ProblemLog", "StrictError"]
+
+
+class InputError(Exception):
+    """Input that cannot be used at all; its ``str()`` is the one line the user sees."""
+
+
+class StrictError(InputError):
+    """A recorded problem that ``--strict`` made fatal."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One piece of damage found inside otherwise usable input.
+
+    ``kind`` is a short stable identifier (``table_outside_dump``, ``loop``,
+    ``reserved_encoding``, ``malformed_line`` ...); ``where`` is an address or line number;
+    ``level`` is the page-table level where it applies (``None`` elsewhere).
+    """
+
+    kind: str
+    where: int
+    detail: str
+    level: int | None = None
+    source: str = ""
+
+    def __str__(self) -> str:
+        lvl = "" if self.level is None else f" level {self.level}"
+        src = f"{self.source}: " if self.source else ""
+        return f"{src}{self.kind} at {self.where:#x}{lvl}: {self.detail}"
+
+
+@dataclass
+class ProblemLog:
+    """Collects :class:`Problem` records; raises at the first one when ``strict``."""
+
+    strict: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+    def add(self, problem: Problem) -> None:
+        if self.strict:
+            raise StrictError(f"--strict: {problem}")
+        self.problems.append(problem)
+
+    def extend(self, problems: Iterable[Problem]) -> None:
+        for p in problems:
+            self.add(p)
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def __iter__(self) -> Iterator[Problem]:
+        return iter(self.problems)
+
+    def counts(self) -> Counter[str]:
+        """Number of problems by kind."""
+        return Counter(p.kind for p in self.problems)
+
+    def frame(self) -> pd.DataFrame:
+        """The problems as a DataFrame (columns ``kind, where, level, detail, source``)."""
+        return pd.DataFrame(
+            {
+                "kind": [p.kind for p in self.problems],
+                "where": [p.where for p in self.problems],
+                "level": pd.array([p.level for p in self.problems], dtype="Int8"),
+                "detail": [p.detail for p in self.problems],
+                "source": [p.source for p in self.problems],
+            }
+        )

@@ -157,8 +157,7 @@ def walk(
         if progress is not None:
             progress(step + 1, len(levels))
 
-    result_map = pd.concat(pieces, ignore_index=True) if pieces else MAP.empty()
-    result_map = result_map.sort_values("ipa_start", kind="stable", ignore_index=True)
+    result_map = _finish(pieces)
     tables = pd.DataFrame({
         "pa": np.concatenate(tables_pa) if tables_pa else np.empty(0, np.uint64),
         "level": np.concatenate(tables_level) if tables_level else np.empty(0, np.int8),
@@ -167,6 +166,19 @@ def walk(
     })
     meta = {"profile": prof.name, "fwb": fwb, **config.describe()}
     return WalkResult(result_map, tables, log, config, prof, fwb, meta)
+
+
+def _finish(pieces: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate the per-level rows, sort by IPA and restore the declared dtypes."""
+    if not pieces:
+        return MAP.empty()
+    out = pd.concat(pieces, ignore_index=True)
+    for col, dtype in MAP.dtypes().items():
+        if dtype == "category" and not isinstance(out[col].dtype, pd.CategoricalDtype):
+            out[col] = out[col].astype(object).astype("category")
+    out = out.sort_values("ipa_start", kind="stable", ignore_index=True)
+    MAP.check(out)
+    return out
 
 
 def _rows(raw: np.ndarray, ipa: np.ndarray, table_pa: np.ndarray, index: np.ndarray,
@@ -178,10 +190,10 @@ def _rows(raw: np.ndarray, ipa: np.ndarray, table_pa: np.ndarray, index: np.ndar
         "size": d["size"].to_numpy(),
         "oa": d["oa"].array,
         "level": d["level"].to_numpy(),
-        "kind": d["kind"].astype(str).astype(MAP.dtypes()["kind"]),
-        "owner": d["owner"].astype(object).astype("category"),
+        "kind": d["kind"].array,
+        "owner": d["owner"].array,
         "owner_id": d["owner_id"].array,
-        "page_state": d["page_state"].astype(object).astype("category"),
+        "page_state": d["page_state"].array,
         "s2ap": d["s2ap"].array,
         "memattr_name": d["memattr_name"].array,
         "xn": d["xn"].array,

@@ -1,0 +1,256 @@
+"""``s2trace decode``, ``s2trace build`` and ``s2trace profiles``.
+
+``decode`` takes descriptor values, a file of raw descriptors (one table), or a dump with
+walk options (``--vttbr/--vtcr`` or ``--root ...``), which it hands to the walk command's code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from s2trace.cli.options import output_options, parse_int, parse_u64, profile_options
+from s2trace.errors import InputError
+
+__all__ = ["register"]
+
+
+def _geometry(granule: str, ds: bool, lpa: bool) -> Any:
+    from s2trace.arch.geometry import Geometry, Granule
+
+    return Geometry(Granule.parse(granule), ds=ds, lpa=lpa)
+
+
+def _profile(name: str | None, extra: str | None) -> Any:
+    from s2trace.pkvm.profiles import DEFAULT_PROFILE, get_profile
+
+    return get_profile(name or DEFAULT_PROFILE, extra)
+
+
+def _read_table_file(path: str) -> np.ndarray:
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    if size == 0:
+        raise InputError(f"{path}: empty file (expected raw little-endian 64-bit descriptors)")
+    if size % 8:
+        raise InputError(f"{path}: length {size} is not a multiple of 8 (expected raw "
+                         f"little-endian 64-bit descriptors; {size % 8} trailing bytes at "
+                         f"offset {size - size % 8:#x})")
+    return np.fromfile(p, dtype="<u8").astype(np.uint64)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        int(text.replace("_", ""), 0)
+    except ValueError:
+        return False
+    return True
+
+
+_WALK_KEYS = ("vttbr", "vtcr", "root", "start_level", "ipa_bits", "base")
+
+
+def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
+    from s2trace.decode import decode_array
+    from s2trace.decode.explain import explain_text
+    from s2trace.render import write_frame
+
+    geometry = _geometry(kw["granule"], kw["ds"], kw["lpa"])
+    level = 3 if kw["level"] is None else kw["level"]
+    geometry.check_level(level)
+    profile = _profile(kw["profile"], kw["profiles_file"])
+    if all(_is_number(t) for t in targets):
+        values = np.array([parse_u64(t, "descriptor") for t in targets], dtype=np.uint64)
+        if kw["explain"]:
+            for v in values:
+                click.echo(explain_text(int(v), geometry, level, profile, kw["fwb"]))
+            return
+        frame = decode_array(values, geometry, level, profile, kw["fwb"])
+    else:
+        if kw["explain"]:
+            raise InputError("--explain takes descriptor values, not files")
+        bad = [t for t in targets if not os.path.exists(t) and not _is_number(t)]
+        if bad:
+            raise InputError(f"{bad[0]}: neither a number nor an existing file (expected a "
+                             "64-bit descriptor like 0x4393d7ff or a file of descriptors)")
+        if kw["level"] is None:
+            raise InputError(f"{targets[0]}: decoding a table file needs --level N (the level "
+                             "of the table), or --vttbr/--vtcr to walk a dump")
+        frames = []
+        for t in targets:
+            values = _read_table_file(t)
+            f = decode_array(values, geometry, level, profile, kw["fwb"])
+            f.insert(0, "index", np.arange(len(values), dtype=np.int64))
+            if len(targets) > 1:
+                f.insert(0, "file", t)
+            frames.append(f)
+        import pandas as pd
+
+        frame = pd.concat(frames, ignore_index=True)
+    fmt = kw["fmt"]
+    if fmt == "ptdump":
+        raise InputError("--format ptdump renders a walk: give --vttbr/--vtcr or --root")
+    if fmt == "table" and not kw["output"]:
+        cols = ["raw", "kind", "oa", "next_table", "memattr_name", "s2ap", "sh", "af",
+                "xn_name", "sw", "owner", "page_state"]
+        if "index" in frame.columns:
+            cols.insert(0, "index")
+        click.echo(_table_with_text(frame, cols), nl=False)
+        return
+    write_frame(frame, fmt, out=sys.stdout, path=kw["output"])
+
+
+def _table_with_text(frame: Any, cols: list[str]) -> str:
+    from s2trace.render import write_frame
+
+    class _Buf:
+        text = ""
+
+        def write(self, s: str) -> None:
+            self.text += s
+
+    buf = _Buf()
+    write_frame(frame[cols], "table", out=buf)  # type: ignore[arg-type]
+    return buf.text
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("decode")
+    @click.argument("targets", nargs=-1, required=True)
+    @click.option("--level", type=int, default=None,
+                  help="Lookup level of the descriptors (default 3 for values).")
+    @click.option("--granule", default="4k", show_default=True, help="4k, 16k or 64k.")
+    @click.option("--ds", is_flag=True, help="VTCR_EL2.DS=1: 52-bit (FEAT_LPA2) format.")
+    @click.option("--lpa", is_flag=True, help="64k granule with 52-bit OA (FEAT_LPA).")
+    @click.option("--fwb", is_flag=True, help="HCR_EL2.FWB=1: MemAttr with the FWB meaning.")
+    @profile_options
+    @click.option("--format", "fmt",
+                  type=click.Choice(["table", "csv", "json", "parquet", "ptdump"]),
+                  default="table", show_default=True)
+    @click.option("-o", "--output", type=click.Path(dir_okay=False),
+                  help="Write to FILE instead of standard output.")
+    @click.option("--explain", is_flag=True, help="Per-bit breakdown of each value.")
+    @click.option("--vttbr", help="VTTBR_EL2: walk the dump from this root.")
+    @click.option("--vtcr", help="VTCR_EL2 (with --vttbr).")
+    @click.option("--root", help="Explicit root table PA (with --start-level, --ipa-bits).")
+    @click.option("--start-level", type=int, help="Start level for --root.")
+    @click.option("--ipa-bits", type=int, help="IPA size in bits for --root.")
+    @click.option("--base", help="Physical address of a raw image (default 0).")
+    @click.option("--all", "include_zero", is_flag=True,
+                  help="Also list zero (never-mapped, host-owned) entries.")
+    @click.option("--coalesce", is_flag=True, help="Merge adjacent equal rows into ranges.")
+    @click.option("--summary", is_flag=True, help="Print the walk summary instead of rows.")
+    @click.option("--strict", is_flag=True, help="Any problem found in the dump is fatal.")
+    def decode_cmd(targets: tuple[str, ...], **kw: Any) -> None:
+        """Decode descriptor VALUEs, a FILE of raw descriptors (--level N), or walk a DUMP.
+
+        \b
+        s2trace decode 0x4393d7ff
+        s2trace decode 0x4 0x2000000000000002 --profile linux-7.1 --format json
+        s2trace decode table.bin --level 3
+        s2trace decode host-s2.elf --vttbr 0x7f709001 --vtcr 0x802d3590 --summary
+        """
+        if any(kw.get(k) is not None for k in _WALK_KEYS) or _looks_like_dump(targets):
+            from s2trace.cli.walk_cmd import run_walk
+
+            run_walk(targets, kw)
+            return
+        _decode_values(targets, kw)
+
+    @cli.command("build")
+    @click.option("--kind", type=click.Choice(["page", "block", "table", "invalid"]),
+                  required=True)
+    @click.option("--level", type=int, default=None, help="Level (default 3; 2 for blocks).")
+    @click.option("--granule", default="4k", show_default=True)
+    @click.option("--ds", is_flag=True)
+    @click.option("--lpa", is_flag=True)
+    @click.option("--fwb", is_flag=True, help="Encode --memattr names with FWB values.")
+    @profile_options
+    @click.option("--oa", help="Output address (page, block).")
+    @click.option("--next-table", help="Next-level table address (table).")
+    @click.option("--memattr", default="normal-wb", show_default=True,
+                  help="Name (normal-wb, device-ngnre, ...) or raw 0..15.")
+    @click.option("--s2ap", default="rw", show_default=True, help="none, ro, wo or rw.")
+    @click.option("--sh", default="inner", show_default=True, help="non, outer or inner.")
+    @click.option("--no-af", is_flag=True, help="Leave the access flag clear.")
+    @click.option("--xn", default="px ux", show_default=True,
+                  help="px ux, PXN, XN, UXN or 0..3.")
+    @click.option("--contiguous", is_flag=True)
+    @click.option("--dbm", is_flag=True)
+    @click.option("--sw", default="0", help="Software bits 58:55 (raw).")
+    @click.option("--state", help="pKVM page state in the SW bits (shared_owned ...).")
+    @click.option("--owner", help="pKVM owner of an invalid entry (hyp, guest, id:N).")
+    @click.option("--locked", is_flag=True, help="Lock marker of an invalid entry.")
+    @click.option("--vm-handle", default="0", help="7.1+ guest donation: VM handle.")
+    @click.option("--gfn", default="0", help="7.1+ guest donation: guest frame number.")
+    @click.option("--format", "fmt", type=click.Choice(["hex", "json"]), default="hex")
+    def build_cmd(**kw: Any) -> None:
+        """Encode a descriptor from named fields (the inverse of decode)."""
+        from s2trace.decode import decode
+        from s2trace.decode.build import build_descriptor
+        from s2trace.render import json_records  # noqa: F401  (keeps JSON rules in one place)
+
+        geometry = _geometry(kw["granule"], kw["ds"], kw["lpa"])
+        level = kw["level"] if kw["level"] is not None else (2 if kw["kind"] == "block" else
+                                                            3 if kw["kind"] != "table" else 0)
+        profile = _profile(kw["profile"], kw["profiles_file"])
+        mem: int | str = kw["memattr"]
+        if _is_number(str(mem)):
+            mem = parse_int(str(mem), "memattr")
+        xn: int | str = kw["xn"]
+        if _is_number(str(xn)):
+            xn = parse_int(str(xn), "xn")
+        raw = build_descriptor(
+            kw["kind"], level=level, geometry=geometry, profile=profile, fwb=kw["fwb"],
+            oa=parse_int(kw["oa"], "--oa") if kw["oa"] else None,
+            next_table=parse_int(kw["next_table"], "--next-table") if kw["next_table"] else None,
+            memattr=mem, s2ap=kw["s2ap"], sh=kw["sh"], af=not kw["no_af"], xn=xn,
+            contiguous=kw["contiguous"], dbm=kw["dbm"], sw=parse_int(kw["sw"], "--sw"),
+            state=kw["state"], owner=kw["owner"], locked=kw["locked"],
+            vm_handle=parse_int(kw["vm_handle"], "--vm-handle"),
+            gfn=parse_int(kw["gfn"], "--gfn"),
+        )
+        if kw["fmt"] == "json":
+            import json
+
+            click.echo(json.dumps(decode(raw, geometry, level, profile, kw["fwb"]).to_dict()))
+        else:
+            click.echo(f"{raw:#018x}")
+
+    @cli.command("profiles")
+    @click.option("--profiles", "profiles_file", type=click.Path(dir_okay=False),
+                  help="Also list the profiles of this TOML file.")
+    def profiles_cmd(profiles_file: str | None) -> None:
+        """List the pKVM annotation profiles."""
+        from s2trace.pkvm.profiles import DEFAULT_PROFILE, load_profiles
+
+        table = load_profiles()
+        if profiles_file:
+            table.update(load_profiles(profiles_file))
+        for name, p in table.items():
+            mark = " (default)" if name == DEFAULT_PROFILE else ""
+            click.echo(f"{name}{mark}\n    {p.kernels}")
+
+
+def _looks_like_dump(targets: tuple[str, ...]) -> bool:
+    """An ELF core (or a compressed file, or FILE@PA) is a dump to walk, never a table."""
+    for t in targets:
+        if "@" in t and not _is_number(t):
+            return True
+        if t.endswith((".zst", ".gz", ".xz")):
+            return True
+        try:
+            with open(t, "rb") as fh:
+                if fh.read(4) == b"\x7fELF":
+                    return True
+        except OSError:
+            continue
+    return False

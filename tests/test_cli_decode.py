@@ -1,0 +1,115 @@
+"""``s2trace decode`` / ``build`` / ``profiles`` on the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from s2trace.cli.main import main
+
+JSON_KEYS = {"raw", "level", "granule", "kind", "oa", "next_table", "size", "memattr",
+             "memattr_name", "s2ap", "sh", "af", "dbm", "contiguous", "xn", "sw", "pbha",
+             "owner", "owner_id", "page_state", "locked"}
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_decode_values_table(capsys):
+    code, out, _ = run(capsys, "decode", "0x4393d7ff", "0x008000004393d7ff", "0x4")
+    assert code == 0
+    lines = out.splitlines()
+    assert "owner" in lines[0] and "page_state" in lines[0]
+    assert "shared_owned" in lines[2] and "0x4393d000" in lines[2]
+    assert "hyp" in lines[3] and "nopage" in lines[3]
+
+
+def test_decode_json_contract(capsys):
+    code, out, _ = run(capsys, "decode", "0x80000004393d7ff", "0x2000000000010004",
+                       "--profile", "linux-7.1", "--format", "json")
+    assert code == 0
+    a, b = (json.loads(line) for line in out.splitlines())
+    assert JSON_KEYS <= set(a)
+    assert a["raw"] == 0x80000004393D7FF and a["oa"] == 0x4393D000 and a["kind"] == "page"
+    assert a["memattr"] == 0xF and a["xn"] == 0 and a["sw"] == 0 and a["pbha"] == 1
+    assert a["next_table"] is None and a["locked"] is None
+    assert b["owner"] == "guest" and b["vm_handle"] == 0x1000 and b["oa"] is None
+    assert isinstance(b["raw"], int)
+
+
+def test_decode_csv_hex(capsys):
+    code, out, _ = run(capsys, "decode", "0x400007fd", "--level", "2", "--format", "csv")
+    header, row = out.splitlines()
+    fields = dict(zip(header.split(","), row.split(","), strict=True))
+    assert code == 0 and fields["oa"] == "0x40000000" and fields["kind"] == "block"
+    assert fields["size"] == "0x200000"
+
+
+def test_decode_table_file(tmp_path, capsys):
+    f = tmp_path / "table.bin"
+    np.array([0x4393D7FF, 0, 0x4, 0x7FD], dtype="<u8").tofile(f)
+    code, out, _ = run(capsys, "decode", str(f), "--level", "3", "--format", "json")
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert code == 0 and [r["index"] for r in rows] == [0, 1, 2, 3]
+    assert [r["kind"] for r in rows] == ["page", "invalid", "invalid", "reserved"]
+
+
+def test_explain(capsys):
+    code, out, _ = run(capsys, "decode", "0x4393d7ff", "--explain")
+    assert code == 0
+    assert "[  7:6] S2AP[1:0]" in out and "rw" in out
+    assert "MemAttr[3:0]" in out and "Normal-WB" in out
+    code, out, _ = run(capsys, "decode", "0x4393d7ff", "--explain", "--granule", "16k")
+    assert "RES0 -- set" in out  # bits 13:12 of a 16K page
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["decode", "banana"], "neither a number nor an existing file"),
+    (["decode", "0x1ffffffffffffffff"], "does not fit in 64 bits"),
+    (["decode", "0x3", "--level", "0", "--granule", "64k"], "level 0 does not exist"),
+    (["decode", "0x3", "--granule", "8k"], "expected 4k, 16k or 64k"),
+    (["decode", "0x3", "--profile", "linux-9.9"], "profile 'linux-9.9'"),
+])
+def test_bad_input_one_line_exit_2(capsys, argv, needle):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_odd_length_file(tmp_path, capsys):
+    f = tmp_path / "t.bin"
+    f.write_bytes(b"\x00" * 12)
+    code, _, err = run(capsys, "decode", str(f), "--level", "3")
+    assert code == 2 and "not a multiple of 8" in err and str(f) in err
+
+
+def test_build_round_trip(capsys):
+    code, out, _ = run(capsys, "build", "--kind", "page", "--oa", "0x4393d000", "--state",
+                       "shared_owned")
+    assert code == 0 and out.strip() == "0x008000004393d7ff"
+    code, out, _ = run(capsys, "decode", out.strip(), "--format", "json")
+    assert json.loads(out)["page_state"] == "shared_owned"
+    code, out, _ = run(capsys, "build", "--kind", "invalid", "--owner", "hyp", "--profile",
+                       "linux-7.1")
+    assert out.strip() == "0x2000000000000002"
+    code, _, err = run(capsys, "build", "--kind", "page", "--oa", "0x4393d800")
+    assert code == 2 and "not aligned" in err
+
+
+def test_console_script_no_traceback():
+    """The installed entry point exits 2 with one line on bad input."""
+    proc = subprocess.run([sys.executable, "-m", "s2trace.cli.main", "decode", "xyz"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("s2trace: error:")
+
+
+def test_profiles_list(capsys):
+    code, out, _ = run(capsys, "profiles")
+    assert code == 0 and "linux-5.15 (default)" in out and "linux-7.1" in out

@@ -65,7 +65,9 @@ class Schema:
 
     def markdown(self) -> str:
         rows = "\n".join(f"| `{c.name}` | {c.dtype} | {c.doc} |" for c in self.columns)
-        return f"## {self.name}\n\n{self.doc}\n\n| column | dtype | meaning |\n|---|---|---|\n{rows}\n"
+        return (
+            f"## {self.name}\n\n{self.doc}\n\n| column | dtype | meaning |\n|---|---|---|\n{rows}\n"
+        )
 
 
 def _cols(*spec: tuple[str, str, str]) -> tuple[Column, ...]:
@@ -174,8 +176,12 @@ TRANSITIONS = Schema(
         ("size", "uint64", "bytes (multiple of the page size)"),
         ("vm", "Int64", "VM the transition belongs to, where known"),
         ("gfn", "UInt64", "guest frame number for host<->guest transitions, where known"),
-        ("counted", "boolean", "host keeps a per-PFN share count (kvm_share_hyp): only the "
-         "0->1 share and the 1->0 unshare reach the hypervisor"),
+        (
+            "counted",
+            "boolean",
+            "host keeps a per-PFN share count (kvm_share_hyp): only the "
+            "0->1 share and the 1->0 unshare reach the hypervisor",
+        ),
         ("recipe", CAT, "name of the recipe that produced the row"),
     ),
 )

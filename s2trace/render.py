@@ -21,10 +21,28 @@ __all__ = ["FORMATS", "HEX_COLUMNS", "json_records", "write_frame"]
 FORMATS = ("table", "csv", "json", "parquet")
 
 #: Columns shown in hex in tables and CSV.
-HEX_COLUMNS = frozenset({
-    "raw", "oa", "next_table", "size", "res0", "ipa_start", "table_pa", "addr", "addr_start",
-    "gfn", "pa", "va", "start", "end", "vm_handle", "hyp_va", "expected_raw", "actual_raw",
-})
+HEX_COLUMNS = frozenset(
+    {
+        "raw",
+        "oa",
+        "next_table",
+        "size",
+        "res0",
+        "ipa_start",
+        "table_pa",
+        "addr",
+        "addr_start",
+        "gfn",
+        "pa",
+        "va",
+        "start",
+        "end",
+        "vm_handle",
+        "hyp_va",
+        "expected_raw",
+        "actual_raw",
+    }
+)
 
 
 def _plain(value: Any) -> Any:
@@ -62,9 +80,14 @@ def _table_text(df: pd.DataFrame, hex_columns: Iterable[str]) -> str:
     return shown.to_string(index=False) + "\n"
 
 
-def write_frame(df: pd.DataFrame, fmt: str, out: IO[str] | None = None,
-                path: str | Path | None = None, hex_columns: Iterable[str] = HEX_COLUMNS,
-                meta: dict[str, Any] | None = None) -> None:
+def write_frame(
+    df: pd.DataFrame,
+    fmt: str,
+    out: IO[str] | None = None,
+    path: str | Path | None = None,
+    hex_columns: Iterable[str] = HEX_COLUMNS,
+    meta: dict[str, Any] | None = None,
+) -> None:
     """Write ``df`` as ``fmt`` to ``path`` or the text stream ``out``.
 
     Parquet needs ``path``; ``meta`` is stored in its schema metadata (key ``s2trace``)

@@ -40,8 +40,9 @@ _TG0 = {Granule.K4: 0, Granule.K64: 1, Granule.K16: 2}
 _PS = {32: 0, 36: 1, 40: 2, 42: 3, 44: 4, 48: 5, 52: 6}
 
 
-def make_vtcr(geometry: Geometry, ia_bits: int, start_level: int, pa_bits: int = 48,
-              vs: bool = True) -> int:
+def make_vtcr(
+    geometry: Geometry, ia_bits: int, start_level: int, pa_bits: int = 48, vs: bool = True
+) -> int:
     """A VTCR_EL2 value selecting this format (inverse of ``Vtcr.decode``; facts §1.8)."""
     base = 2 if geometry.granule is Granule.K4 else 3
     sl2 = 0
@@ -144,15 +145,17 @@ class Stage2Builder:
             elif cur == 0:
                 child = self._alloc()
                 self._tables[table][index] = build_descriptor(
-                    "table", level=lv, geometry=g, next_table=child)
+                    "table", level=lv, geometry=g, next_table=child
+                )
                 table = child
             else:
                 raise InputError(f"ipa {ipa:#x}: level {lv} already holds a leaf or annotation")
             index = (ipa >> g.shift(lv + 1)) % g.entries
         return table, index
 
-    def set_raw(self, ipa: int, level: int, raw: int, *, expect: dict[str, Any] | None = None
-                ) -> tuple[int, int]:
+    def set_raw(
+        self, ipa: int, level: int, raw: int, *, expect: dict[str, Any] | None = None
+    ) -> tuple[int, int]:
         """Write any 64-bit value at the entry for ``ipa`` and ``level`` (damage included).
 
         ``expect`` gives the map row fields this entry should produce (None: no row).
@@ -176,10 +179,21 @@ class Stage2Builder:
                 return level
         raise InputError(f"ipa {ipa:#x}: not aligned to the {self._page:#x} granule")
 
-    def map(self, ipa: int, size: int, *, oa: int | None = None, level: int | None = None,
-            memattr: str | int = "Normal-WB", s2ap: str = "rw", sh: str = "inner",
-            xn: int = 0, contiguous: bool = False, state: str | None = None,
-            af: bool = True) -> None:
+    def map(
+        self,
+        ipa: int,
+        size: int,
+        *,
+        oa: int | None = None,
+        level: int | None = None,
+        memattr: str | int = "Normal-WB",
+        s2ap: str = "rw",
+        sh: str = "inner",
+        xn: int = 0,
+        contiguous: bool = False,
+        state: str | None = None,
+        af: bool = True,
+    ) -> None:
         """Map ``[ipa, ipa+size)`` to ``oa`` (identity by default) with valid leaves, using
         the largest blocks that fit unless ``level`` is given."""
         oa = ipa if oa is None else oa
@@ -189,15 +203,42 @@ class Stage2Builder:
             lv = level if level is not None else self._level_for(ipa, oa, end - ipa)
             span = self.geometry.span(lv)
             kind = "page" if lv == 3 else "block"
-            raw = build_descriptor(kind, level=lv, geometry=self.geometry, profile=self._profile,
-                                   fwb=self.fwb, oa=oa, memattr=mem, s2ap=s2ap, sh=sh, xn=xn,
-                                   contiguous=contiguous, state=state, af=af)
+            raw = build_descriptor(
+                kind,
+                level=lv,
+                geometry=self.geometry,
+                profile=self._profile,
+                fwb=self.fwb,
+                oa=oa,
+                memattr=mem,
+                s2ap=s2ap,
+                sh=sh,
+                xn=xn,
+                contiguous=contiguous,
+                state=state,
+                af=af,
+            )
             state_name = self._leaf_state(state)
-            self.set_raw(ipa, lv, raw, expect=dict(
-                kind=kind, oa=oa, owner=self._profile.mapped_owner,
-                owner_id=self._profile.mapped_owner_id, page_state=state_name, s2ap=s2ap,
-                memattr_name=memattr_names(self.fwb)[mem], xn=xn, contiguous=contiguous,
-                locked=None, inv_type=None, vm_handle=None, gfn=None))
+            self.set_raw(
+                ipa,
+                lv,
+                raw,
+                expect=dict(
+                    kind=kind,
+                    oa=oa,
+                    owner=self._profile.mapped_owner,
+                    owner_id=self._profile.mapped_owner_id,
+                    page_state=state_name,
+                    s2ap=s2ap,
+                    memattr_name=memattr_names(self.fwb)[mem],
+                    xn=xn,
+                    contiguous=contiguous,
+                    locked=None,
+                    inv_type=None,
+                    vm_handle=None,
+                    gfn=None,
+                ),
+            )
             ipa += span
             oa += span
 
@@ -209,8 +250,17 @@ class Stage2Builder:
             return None
         return state or "owned"
 
-    def annotate(self, ipa: int, size: int, owner: str | int, *, level: int = 3,
-                 locked: bool = False, vm_handle: int = 0, gfn: int | None = None) -> None:
+    def annotate(
+        self,
+        ipa: int,
+        size: int,
+        owner: str | int,
+        *,
+        level: int = 3,
+        locked: bool = False,
+        vm_handle: int = 0,
+        gfn: int | None = None,
+    ) -> None:
         """Mark ``[ipa, ipa+size)`` as owned by ``owner`` with annotated invalid entries at
         ``level`` (pages by default).  For guest donations (7.1+), ``gfn`` is the first guest
         frame and increases with each page."""
@@ -223,18 +273,44 @@ class Stage2Builder:
         guest = oid == p.guest_owner
         for i in range(size // span):
             g = (gfn + i) if (guest and gfn is not None) else 0
-            raw = build_descriptor("invalid", level=level, geometry=self.geometry, profile=p,
-                                   owner=oid, locked=locked, vm_handle=vm_handle, gfn=g)
+            raw = build_descriptor(
+                "invalid",
+                level=level,
+                geometry=self.geometry,
+                profile=p,
+                owner=oid,
+                locked=locked,
+                vm_handle=vm_handle,
+                gfn=g,
+            )
             host = oid == p.mapped_owner_id
-            state = None if p.state_source == "none" else (
-                ("owned" if p.state_source == "pte" else "unknown") if host else "nopage")
-            self.set_raw(ipa + i * span, level, raw, expect=dict(
-                kind="invalid", oa=None, owner=name, owner_id=oid, page_state=state, s2ap=None,
-                memattr_name=None, xn=None, contiguous=None,
-                locked=bool(locked) if (p.lock_bit is not None or p.lock_type is not None)
-                else None,
-                inv_type=("donation" if p.type_bits else None), vm_handle=vm_handle if guest
-                and p.handle_bits else None, gfn=g if guest and p.gfn_bits else None))
+            state = (
+                None
+                if p.state_source == "none"
+                else (("owned" if p.state_source == "pte" else "unknown") if host else "nopage")
+            )
+            self.set_raw(
+                ipa + i * span,
+                level,
+                raw,
+                expect=dict(
+                    kind="invalid",
+                    oa=None,
+                    owner=name,
+                    owner_id=oid,
+                    page_state=state,
+                    s2ap=None,
+                    memattr_name=None,
+                    xn=None,
+                    contiguous=None,
+                    locked=bool(locked)
+                    if (p.lock_bit is not None or p.lock_type is not None)
+                    else None,
+                    inv_type=("donation" if p.type_bits else None),
+                    vm_handle=vm_handle if guest and p.handle_bits else None,
+                    gfn=g if guest and p.gfn_bits else None,
+                ),
+            )
 
     # -- outputs --------------------------------------------------------------------------------
     def table_pages(self) -> dict[int, bytes]:
@@ -263,7 +339,7 @@ class Stage2Builder:
         hi = max(pages) + self._page
         image = bytearray(hi - lo)
         for pa, data in pages.items():
-            image[pa - lo:pa - lo + len(data)] = data
+            image[pa - lo : pa - lo + len(data)] = data
         Path(path).write_bytes(bytes(image))
         return lo
 
@@ -272,12 +348,24 @@ class Stage2Builder:
         rows = []
         for (ipa, level), e in sorted(self._leaves.items()):
             table, index = self._slot_existing(ipa, level)
-            rows.append(dict(ipa_start=ipa, size=self.geometry.span(level), level=level,
-                             table_pa=table, index=index, raw=e.raw, **e.fields))
+            rows.append(
+                dict(
+                    ipa_start=ipa,
+                    size=self.geometry.span(level),
+                    level=level,
+                    table_pa=table,
+                    index=index,
+                    raw=e.raw,
+                    **e.fields,
+                )
+            )
         frame = pd.DataFrame(rows, columns=MAP.names)
         for col, dtype in MAP.dtypes().items():
-            frame[col] = frame[col].astype(dtype) if dtype != "category" else \
-                frame[col].astype(object).astype("category")
+            frame[col] = (
+                frame[col].astype(dtype)
+                if dtype != "category"
+                else frame[col].astype(object).astype("category")
+            )
         return frame
 
     def _slot_existing(self, ipa: int, level: int) -> tuple[int, int]:

@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+from conftest import _plain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,11 +17,14 @@ from s2trace.decode.build import build_descriptor
 from s2trace.decode.numpy_engine import res0_masks
 from s2trace.pkvm.profiles import profile_names
 
-from conftest import _plain
-
-GEOMETRIES = [Geometry(Granule.K4), Geometry(Granule.K4, ds=True), Geometry(Granule.K16),
-              Geometry(Granule.K16, ds=True), Geometry(Granule.K64),
-              Geometry(Granule.K64, lpa=True)]
+GEOMETRIES = [
+    Geometry(Granule.K4),
+    Geometry(Granule.K4, ds=True),
+    Geometry(Granule.K16),
+    Geometry(Granule.K16, ds=True),
+    Geometry(Granule.K64),
+    Geometry(Granule.K64, lpa=True),
+]
 CASES = [(g, lv) for g in GEOMETRIES for lv in g.levels]
 CASE_IDS = [f"{g.label}-L{lv}" for g, lv in CASES]
 
@@ -31,8 +35,11 @@ descriptor = st.one_of(
     u64,
     st.integers(0, 0xFFFF),
     st.builds(lambda hi, lo: hi << 48 | lo, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)),
-    st.builds(lambda a, low: (a << 12) | low, st.integers(0, (1 << 36) - 1),
-              st.sampled_from([0x7FF, 0x7FD, 0x7C7, 0x3, 0x4FD, 0x7DF, 0x4, 0x0])),
+    st.builds(
+        lambda a, low: (a << 12) | low,
+        st.integers(0, (1 << 36) - 1),
+        st.sampled_from([0x7FF, 0x7FD, 0x7C7, 0x3, 0x4FD, 0x7DF, 0x4, 0x0]),
+    ),
 )
 
 
@@ -49,8 +56,11 @@ def test_schema_round_trip(geometry, level, raw):
 
 @pytest.mark.parametrize(("geometry", "level"), CASES, ids=CASE_IDS)
 @settings(max_examples=25, deadline=None)
-@given(values=st.lists(descriptor, min_size=1, max_size=40),
-       profile=st.sampled_from(profile_names()), fwb=st.booleans())
+@given(
+    values=st.lists(descriptor, min_size=1, max_size=40),
+    profile=st.sampled_from(profile_names()),
+    fwb=st.booleans(),
+)
 def test_engines_agree(geometry, level, values, profile, fwb):
     """The numpy engine equals the Construct engine on every field, value and type."""
     frame = decode_array(np.array(values, dtype=np.uint64), geometry, level, profile, fwb)
@@ -64,8 +74,9 @@ def test_engines_agree(geometry, level, values, profile, fwb):
 
 @pytest.mark.parametrize(("geometry", "level"), CASES, ids=CASE_IDS)
 @settings(max_examples=25, deadline=None)
-@given(values=st.lists(descriptor, min_size=1, max_size=40),
-       profile=st.sampled_from(profile_names()))
+@given(
+    values=st.lists(descriptor, min_size=1, max_size=40), profile=st.sampled_from(profile_names())
+)
 def test_fast_path_agrees(geometry, level, values, profile):
     """decode_ownership (the walk's path) gives the same kind/address/owner/state."""
     codes = decode_ownership(np.array(values, dtype=np.uint64), geometry, level, profile)
@@ -117,25 +128,48 @@ def test_builder_inverts_decoder(geometry, level, data):
         assert decode(raw, geometry, level).next_table == addr
         return
     fields = dict(
-        memattr=data.draw(st.integers(0, 15)), s2ap=data.draw(st.sampled_from(
-            ["none", "ro", "wo", "rw"])), af=data.draw(st.booleans()),
-        xn=data.draw(st.integers(0, 3)), contiguous=data.draw(st.booleans()),
-        dbm=data.draw(st.booleans()), pbha=data.draw(st.integers(0, 15)),
+        memattr=data.draw(st.integers(0, 15)),
+        s2ap=data.draw(st.sampled_from(["none", "ro", "wo", "rw"])),
+        af=data.draw(st.booleans()),
+        xn=data.draw(st.integers(0, 3)),
+        contiguous=data.draw(st.booleans()),
+        dbm=data.draw(st.booleans()),
+        pbha=data.draw(st.integers(0, 15)),
         state=data.draw(st.sampled_from(["owned", "shared_owned", "shared_borrowed"])),
     )
     raw = build_descriptor(kind, level=level, geometry=geometry, oa=addr, **fields)
     rec = decode(raw, geometry, level)
     assert leaf and rec.kind == kind and rec.oa == addr and rec.res0 == 0
-    assert (rec.memattr, rec.s2ap, rec.af, rec.xn, rec.contiguous, rec.dbm, rec.pbha,
-            rec.page_state) == (fields["memattr"], fields["s2ap"], fields["af"], fields["xn"],
-                                fields["contiguous"], fields["dbm"], fields["pbha"],
-                                fields["state"])
+    assert (
+        rec.memattr,
+        rec.s2ap,
+        rec.af,
+        rec.xn,
+        rec.contiguous,
+        rec.dbm,
+        rec.pbha,
+        rec.page_state,
+    ) == (
+        fields["memattr"],
+        fields["s2ap"],
+        fields["af"],
+        fields["xn"],
+        fields["contiguous"],
+        fields["dbm"],
+        fields["pbha"],
+        fields["state"],
+    )
 
 
 def test_guest_donation_round_trip():
-    raw = build_descriptor("invalid", owner="guest", vm_handle=0x1000, gfn=0x12345,
-                           profile="linux-7.1")
+    raw = build_descriptor(
+        "invalid", owner="guest", vm_handle=0x1000, gfn=0x12345, profile="linux-7.1"
+    )
     rec = decode(raw, profile="linux-7.1")
-    assert (rec.owner, rec.vm_handle, rec.gfn, rec.inv_type) == ("guest", 0x1000, 0x12345,
-                                                                "donation")
+    assert (rec.owner, rec.vm_handle, rec.gfn, rec.inv_type) == (
+        "guest",
+        0x1000,
+        0x12345,
+        "donation",
+    )
     assert raw == 0x2000_0000_0001_0004 | 0x12345 << 20

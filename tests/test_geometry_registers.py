@@ -9,22 +9,31 @@ from s2trace.arch.registers import Vtcr, Vttbr, config_explicit, config_from_reg
 from s2trace.errors import InputError
 
 
-@pytest.mark.parametrize(("geometry", "shifts"), [
-    (Geometry(Granule.K4), {0: 39, 1: 30, 2: 21, 3: 12}),
-    (Geometry(Granule.K4, ds=True), {-1: 48, 0: 39, 1: 30, 2: 21, 3: 12}),
-    (Geometry(Granule.K16), {0: 47, 1: 36, 2: 25, 3: 14}),
-    (Geometry(Granule.K64), {1: 42, 2: 29, 3: 16}),
-])
+@pytest.mark.parametrize(
+    ("geometry", "shifts"),
+    [
+        (Geometry(Granule.K4), {0: 39, 1: 30, 2: 21, 3: 12}),
+        (Geometry(Granule.K4, ds=True), {-1: 48, 0: 39, 1: 30, 2: 21, 3: 12}),
+        (Geometry(Granule.K16), {0: 47, 1: 36, 2: 25, 3: 14}),
+        (Geometry(Granule.K64), {1: 42, 2: 29, 3: 16}),
+    ],
+)
 def test_level_shifts(geometry, shifts):
     """ARM64_HW_PGTABLE_LEVEL_SHIFT: (PAGE_SHIFT-3)*(4-n)+3 (facts table 1.2)."""
     assert {lv: geometry.shift(lv) for lv in geometry.levels} == shifts
 
 
-@pytest.mark.parametrize(("geometry", "blocks"), [
-    (Geometry(Granule.K4), {1, 2}), (Geometry(Granule.K4, ds=True), {0, 1, 2}),
-    (Geometry(Granule.K16), {2}), (Geometry(Granule.K16, ds=True), {1, 2}),
-    (Geometry(Granule.K64), {2}), (Geometry(Granule.K64, lpa=True), {1, 2}),
-])
+@pytest.mark.parametrize(
+    ("geometry", "blocks"),
+    [
+        (Geometry(Granule.K4), {1, 2}),
+        (Geometry(Granule.K4, ds=True), {0, 1, 2}),
+        (Geometry(Granule.K16), {2}),
+        (Geometry(Granule.K16, ds=True), {1, 2}),
+        (Geometry(Granule.K64), {2}),
+        (Geometry(Granule.K64, lpa=True), {1, 2}),
+    ],
+)
 def test_block_levels(geometry, blocks):
     assert geometry.block_levels == blocks
 
@@ -42,11 +51,17 @@ def test_sample_vtcr():
     """VTCR_EL2 0x802d3590 of the real samples, decoded by hand in facts §1.10."""
     v = Vtcr.decode(0x802D3590)
     assert (v.t0sz, v.ia_bits, v.sl0, v.granule, v.ps_bits) == (16, 48, 2, Granule.K4, 48)
-    assert (v.irgn0, v.orgn0, v.sh0, v.vs, v.ha, v.hd, v.ds) == ("WBWA", "WBWA", "inner",
-                                                                  True, True, False, False)
+    assert (v.irgn0, v.orgn0, v.sh0, v.vs, v.ha, v.hd, v.ds) == (
+        "WBWA",
+        "WBWA",
+        "inner",
+        True,
+        True,
+        False,
+        False,
+    )
     c = config_from_registers(0x7F709001, 0x802D3590)
-    assert (c.start_level, c.ia_bits, c.root, c.vmid, c.concatenated) == (0, 48, 0x7F709000,
-                                                                          0, 1)
+    assert (c.start_level, c.ia_bits, c.root, c.vmid, c.concatenated) == (0, 48, 0x7F709000, 0, 1)
 
 
 def test_vttbr_fields():
@@ -56,37 +71,43 @@ def test_vttbr_fields():
     assert Vttbr.decode(0x7F70_9000 | 0b1010 << 2, pa52=True).baddr == 0xA << 48 | 0x7F709000
 
 
-@pytest.mark.parametrize(("vtcr", "start", "ia", "concat"), [
-    # 4K, T0SZ=24 (40-bit), SL0=1 -> level 1 with 2 concatenated tables (facts 1.8 example)
-    (0x80000000 | 1 << 6 | 24, 1, 40, 2),
-    # 4K, T0SZ=20 (44-bit), SL0=2 -> level 0, 1 table
-    (0x80000000 | 2 << 6 | 20, 0, 44, 1),
-    # 16K (TG0=2), T0SZ=24 (40-bit), SL0=1 -> level 2 with 2^(40-36) = 16 tables (the facts
-    # table says 8 next to the same formula; kvm_pgd_pages gives 16)
-    (0x80000000 | 2 << 14 | 1 << 6 | 24, 2, 40, 16),
-    # 64K (TG0=1), T0SZ=22 (42-bit), SL0=1 -> level 2, 1 table
-    (0x80000000 | 1 << 14 | 1 << 6 | 22, 2, 42, 1),
-    # 64K, T0SZ=16 (48-bit), SL0=2 -> level 1, 1 table (facts 1.8 worked row)
-    (0x80000000 | 1 << 14 | 2 << 6 | 16, 1, 48, 1),
-    # 4K DS=1, SL2=1, T0SZ=12 (52-bit) -> level -1
-    (0x80000000 | 1 << 32 | 1 << 33 | 6 << 16 | 12, -1, 52, 1),
-])
+@pytest.mark.parametrize(
+    ("vtcr", "start", "ia", "concat"),
+    [
+        # 4K, T0SZ=24 (40-bit), SL0=1 -> level 1 with 2 concatenated tables (facts 1.8 example)
+        (0x80000000 | 1 << 6 | 24, 1, 40, 2),
+        # 4K, T0SZ=20 (44-bit), SL0=2 -> level 0, 1 table
+        (0x80000000 | 2 << 6 | 20, 0, 44, 1),
+        # 16K (TG0=2), T0SZ=24 (40-bit), SL0=1 -> level 2 with 2^(40-36) = 16 tables (the facts
+        # table says 8 next to the same formula; kvm_pgd_pages gives 16)
+        (0x80000000 | 2 << 14 | 1 << 6 | 24, 2, 40, 16),
+        # 64K (TG0=1), T0SZ=22 (42-bit), SL0=1 -> level 2, 1 table
+        (0x80000000 | 1 << 14 | 1 << 6 | 22, 2, 42, 1),
+        # 64K, T0SZ=16 (48-bit), SL0=2 -> level 1, 1 table (facts 1.8 worked row)
+        (0x80000000 | 1 << 14 | 2 << 6 | 16, 1, 48, 1),
+        # 4K DS=1, SL2=1, T0SZ=12 (52-bit) -> level -1
+        (0x80000000 | 1 << 32 | 1 << 33 | 6 << 16 | 12, -1, 52, 1),
+    ],
+)
 def test_start_levels(vtcr, start, ia, concat):
     c = config_from_registers(0x40000000, vtcr)
     assert (c.start_level, c.ia_bits, c.concatenated) == (start, ia, concat)
 
 
-@pytest.mark.parametrize(("vtcr", "message"), [
-    (0x80000000 | 0 << 6 | 16, "concatenated"),        # 4K 48-bit from level 2: 2^18 tables
-    (0x80000000 | 2 << 6 | 40, "resolves bits"),       # 4K 24-bit IPA starting at level 0
-    (0x80000000 | 3 << 14, "TG0=3"),
-    (0x80000000 | 1 << 14 | 3 << 6 | 16, "reserved"),  # 64K SL0=3 is reserved
-    (0x80000000 | 1 << 33 | 12, "needs DS=1"),          # SL2 without DS
-    (0x80000000 | 2 << 14 | 3 << 6 | 16, "needs DS=1"), # 16K level 0 without DS
-    (0x80000000 | 7 << 16 | 2 << 6 | 16, "PS=7"),
-    (0x80000000 | 2 << 6 | 12, "52-bit"),              # 52-bit IPA without DS
-    (0x80000000 | 1 << 14 | 1 << 32 | 2 << 6 | 16, "DS=1 is not allowed"),
-])
+@pytest.mark.parametrize(
+    ("vtcr", "message"),
+    [
+        (0x80000000 | 0 << 6 | 16, "concatenated"),  # 4K 48-bit from level 2: 2^18 tables
+        (0x80000000 | 2 << 6 | 40, "resolves bits"),  # 4K 24-bit IPA starting at level 0
+        (0x80000000 | 3 << 14, "TG0=3"),
+        (0x80000000 | 1 << 14 | 3 << 6 | 16, "reserved"),  # 64K SL0=3 is reserved
+        (0x80000000 | 1 << 33 | 12, "needs DS=1"),  # SL2 without DS
+        (0x80000000 | 2 << 14 | 3 << 6 | 16, "needs DS=1"),  # 16K level 0 without DS
+        (0x80000000 | 7 << 16 | 2 << 6 | 16, "PS=7"),
+        (0x80000000 | 2 << 6 | 12, "52-bit"),  # 52-bit IPA without DS
+        (0x80000000 | 1 << 14 | 1 << 32 | 2 << 6 | 16, "DS=1 is not allowed"),
+    ],
+)
 def test_impossible_vtcr(vtcr, message):
     with pytest.raises(InputError, match=message):
         config_from_registers(0x40000000, vtcr)

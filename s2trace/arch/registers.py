@@ -24,11 +24,18 @@ _SHARE = {0: "non", 1: "reserved", 2: "outer", 3: "inner"}
 
 # (granule, SL2, SL0) -> start level; None = reserved.  4K SL0=3 is level 3 with FEAT_TTST.
 _SL = {
-    (Granule.K4, 0, 0): 2, (Granule.K4, 0, 1): 1, (Granule.K4, 0, 2): 0, (Granule.K4, 0, 3): 3,
+    (Granule.K4, 0, 0): 2,
+    (Granule.K4, 0, 1): 1,
+    (Granule.K4, 0, 2): 0,
+    (Granule.K4, 0, 3): 3,
     (Granule.K4, 1, 0): -1,
-    (Granule.K16, 0, 0): 3, (Granule.K16, 0, 1): 2, (Granule.K16, 0, 2): 1,
+    (Granule.K16, 0, 0): 3,
+    (Granule.K16, 0, 1): 2,
+    (Granule.K16, 0, 2): 1,
     (Granule.K16, 0, 3): 0,
-    (Granule.K64, 0, 0): 3, (Granule.K64, 0, 1): 2, (Granule.K64, 0, 2): 1,
+    (Granule.K64, 0, 0): 3,
+    (Granule.K64, 0, 1): 2,
+    (Granule.K64, 0, 2): 1,
 }
 
 
@@ -141,16 +148,22 @@ class Stage2Config:
 def _check_start(geometry: Geometry, start: int, ia_bits: int, what: str) -> None:
     geometry.check_level(start)
     if ia_bits > geometry.oa_bits:
-        raise InputError(f"{what}: a {ia_bits}-bit IPA needs 52-bit descriptors "
-                         f"({'DS=1' if geometry.granule is not Granule.K64 else 'FEAT_LPA'})")
+        raise InputError(
+            f"{what}: a {ia_bits}-bit IPA needs 52-bit descriptors "
+            f"({'DS=1' if geometry.granule is not Granule.K64 else 'FEAT_LPA'})"
+        )
     shift = geometry.shift(start)
     if ia_bits <= shift:
-        raise InputError(f"{what}: start level {start} resolves bits from {shift} up, but "
-                         f"the IPA has only {ia_bits} bits (start lower in the tree)")
+        raise InputError(
+            f"{what}: start level {start} resolves bits from {shift} up, but "
+            f"the IPA has only {ia_bits} bits (start lower in the tree)"
+        )
     extra = ia_bits - (shift + geometry.granule.index_bits)
     if extra > 4:
-        raise InputError(f"{what}: a {ia_bits}-bit IPA from level {start} would need "
-                         f"{1 << extra} concatenated tables (at most 16); start one level up")
+        raise InputError(
+            f"{what}: a {ia_bits}-bit IPA from level {start} would need "
+            f"{1 << extra} concatenated tables (at most 16); start one level up"
+        )
 
 
 def config_from_registers(vttbr: int, vtcr: int) -> Stage2Config:
@@ -168,8 +181,9 @@ def config_from_registers(vttbr: int, vtcr: int) -> Stage2Config:
         raise InputError(f"{what}: DS=1 is not allowed with the 64K granule")
     start = _SL.get((v.granule, int(v.sl2), v.sl0))
     if start is None or (v.sl2 and v.granule is not Granule.K4):
-        raise InputError(f"{what}: SL2={int(v.sl2)} SL0={v.sl0} is reserved for the "
-                         f"{v.granule.label} granule")
+        raise InputError(
+            f"{what}: SL2={int(v.sl2)} SL0={v.sl0} is reserved for the {v.granule.label} granule"
+        )
     if start == -1 and not v.ds:
         raise InputError(f"{what}: start level -1 (SL2=1) needs DS=1")
     if v.granule is Granule.K16 and start == 0 and not v.ds:
@@ -177,13 +191,19 @@ def config_from_registers(vttbr: int, vtcr: int) -> Stage2Config:
     geometry = Geometry(v.granule, ds=v.ds, lpa=v.granule is Granule.K64 and v.ps_bits == 52)
     _check_start(geometry, start, v.ia_bits, what)
     t = Vttbr.decode(vttbr, vs=v.vs, pa52=geometry.oa_bits == 52)
-    return Stage2Config(geometry, start, v.ia_bits, t.baddr, t.vmid,
-                        {"vttbr_el2": vttbr, "vtcr_el2": vtcr})
+    return Stage2Config(
+        geometry, start, v.ia_bits, t.baddr, t.vmid, {"vttbr_el2": vttbr, "vtcr_el2": vtcr}
+    )
 
 
-def config_explicit(root: int, start_level: int, ia_bits: int,
-                    granule: Granule | str = Granule.K4, ds: bool = False,
-                    lpa: bool = False) -> Stage2Config:
+def config_explicit(
+    root: int,
+    start_level: int,
+    ia_bits: int,
+    granule: Granule | str = Granule.K4,
+    ds: bool = False,
+    lpa: bool = False,
+) -> Stage2Config:
     """The walk configuration from explicit values (``--root --start-level --ipa-bits``)."""
     g = granule if isinstance(granule, Granule) else Granule.parse(granule)
     geometry = Geometry(g, ds=ds, lpa=lpa)

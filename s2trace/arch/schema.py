@@ -21,7 +21,7 @@ Layouts (Arm ARM D8.3, facts §1.3-§1.7), most significant field first:
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from construct import (
@@ -125,7 +125,7 @@ _INVALID = _bitstruct(_field("software", 63), _field("valid", 1))
 _RESERVED = _bitstruct(_field("payload", 62), _field("type", 1), _field("valid", 1))
 
 
-@lru_cache(maxsize=None)
+@cache
 def kind_schema(geometry: Geometry, level: int, kind: str) -> Construct:
     """The 64-bit layout of one descriptor kind at ``level`` (no dispatch)."""
     geometry.check_level(level)
@@ -143,7 +143,7 @@ def kind_schema(geometry: Geometry, level: int, kind: str) -> Construct:
 _LOW_BITS = ByteSwapped(BitStruct(Padding(62), "type" / Flag, "valid" / Flag))
 
 
-@lru_cache(maxsize=None)
+@cache
 def descriptor_schema(geometry: Geometry, level: int) -> Construct:
     """Schema of any descriptor at ``level``: ``{kind, body}``, dispatching on bits[1:0].
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import numpy as np
 
-from s2trace.cli.options import output_options, parse_int, parse_u64, profile_options
+from s2trace.cli.options import parse_int, parse_u64, profile_options
 from s2trace.errors import InputError
 
 __all__ = ["register"]
@@ -41,9 +41,11 @@ def _read_table_file(path: str) -> np.ndarray:
     if size == 0:
         raise InputError(f"{path}: empty file (expected raw little-endian 64-bit descriptors)")
     if size % 8:
-        raise InputError(f"{path}: length {size} is not a multiple of 8 (expected raw "
-                         f"little-endian 64-bit descriptors; {size % 8} trailing bytes at "
-                         f"offset {size - size % 8:#x})")
+        raise InputError(
+            f"{path}: length {size} is not a multiple of 8 (expected raw "
+            f"little-endian 64-bit descriptors; {size % 8} trailing bytes at "
+            f"offset {size - size % 8:#x})"
+        )
     return np.fromfile(p, dtype="<u8").astype(np.uint64)
 
 
@@ -79,11 +81,15 @@ def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
             raise InputError("--explain takes descriptor values, not files")
         bad = [t for t in targets if not os.path.exists(t) and not _is_number(t)]
         if bad:
-            raise InputError(f"{bad[0]}: neither a number nor an existing file (expected a "
-                             "64-bit descriptor like 0x4393d7ff or a file of descriptors)")
+            raise InputError(
+                f"{bad[0]}: neither a number nor an existing file (expected a "
+                "64-bit descriptor like 0x4393d7ff or a file of descriptors)"
+            )
         if kw["level"] is None:
-            raise InputError(f"{targets[0]}: decoding a table file needs --level N (the level "
-                             "of the table), or --vttbr/--vtcr to walk a dump")
+            raise InputError(
+                f"{targets[0]}: decoding a table file needs --level N (the level "
+                "of the table), or --vttbr/--vtcr to walk a dump"
+            )
         frames = []
         for t in targets:
             values = _read_table_file(t)
@@ -99,8 +105,20 @@ def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     if fmt == "ptdump":
         raise InputError("--format ptdump renders a walk: give --vttbr/--vtcr or --root")
     if fmt == "table" and not kw["output"]:
-        cols = ["raw", "kind", "oa", "next_table", "memattr_name", "s2ap", "sh", "af",
-                "xn_name", "sw", "owner", "page_state"]
+        cols = [
+            "raw",
+            "kind",
+            "oa",
+            "next_table",
+            "memattr_name",
+            "s2ap",
+            "sh",
+            "af",
+            "xn_name",
+            "sw",
+            "owner",
+            "page_state",
+        ]
         if "index" in frame.columns:
             cols.insert(0, "index")
         click.echo(_table_with_text(frame, cols), nl=False)
@@ -125,18 +143,30 @@ def _table_with_text(frame: Any, cols: list[str]) -> str:
 def register(cli: click.Group) -> None:
     @cli.command("decode")
     @click.argument("targets", nargs=-1, required=True)
-    @click.option("--level", type=int, default=None,
-                  help="Lookup level of the descriptors (default 3 for values).")
+    @click.option(
+        "--level",
+        type=int,
+        default=None,
+        help="Lookup level of the descriptors (default 3 for values).",
+    )
     @click.option("--granule", default="4k", show_default=True, help="4k, 16k or 64k.")
     @click.option("--ds", is_flag=True, help="VTCR_EL2.DS=1: 52-bit (FEAT_LPA2) format.")
     @click.option("--lpa", is_flag=True, help="64k granule with 52-bit OA (FEAT_LPA).")
     @click.option("--fwb", is_flag=True, help="HCR_EL2.FWB=1: MemAttr with the FWB meaning.")
     @profile_options
-    @click.option("--format", "fmt",
-                  type=click.Choice(["table", "csv", "json", "parquet", "ptdump"]),
-                  default="table", show_default=True)
-    @click.option("-o", "--output", type=click.Path(dir_okay=False),
-                  help="Write to FILE instead of standard output.")
+    @click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "csv", "json", "parquet", "ptdump"]),
+        default="table",
+        show_default=True,
+    )
+    @click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False),
+        help="Write to FILE instead of standard output.",
+    )
     @click.option("--explain", is_flag=True, help="Per-bit breakdown of each value.")
     @click.option("--vttbr", help="VTTBR_EL2: walk the dump from this root.")
     @click.option("--vtcr", help="VTCR_EL2 (with --vttbr).")
@@ -144,8 +174,12 @@ def register(cli: click.Group) -> None:
     @click.option("--start-level", type=int, help="Start level for --root.")
     @click.option("--ipa-bits", type=int, help="IPA size in bits for --root.")
     @click.option("--base", help="Physical address of a raw image (default 0).")
-    @click.option("--all", "include_zero", is_flag=True,
-                  help="Also list zero (never-mapped, host-owned) entries.")
+    @click.option(
+        "--all",
+        "include_zero",
+        is_flag=True,
+        help="Also list zero (never-mapped, host-owned) entries.",
+    )
     @click.option("--coalesce", is_flag=True, help="Merge adjacent equal rows into ranges.")
     @click.option("--summary", is_flag=True, help="Print the walk summary instead of rows.")
     @click.option("--strict", is_flag=True, help="Any problem found in the dump is fatal.")
@@ -166,8 +200,7 @@ def register(cli: click.Group) -> None:
         _decode_values(targets, kw)
 
     @cli.command("build")
-    @click.option("--kind", type=click.Choice(["page", "block", "table", "invalid"]),
-                  required=True)
+    @click.option("--kind", type=click.Choice(["page", "block", "table", "invalid"]), required=True)
     @click.option("--level", type=int, default=None, help="Level (default 3; 2 for blocks).")
     @click.option("--granule", default="4k", show_default=True)
     @click.option("--ds", is_flag=True)
@@ -176,13 +209,16 @@ def register(cli: click.Group) -> None:
     @profile_options
     @click.option("--oa", help="Output address (page, block).")
     @click.option("--next-table", help="Next-level table address (table).")
-    @click.option("--memattr", default="normal-wb", show_default=True,
-                  help="Name (normal-wb, device-ngnre, ...) or raw 0..15.")
+    @click.option(
+        "--memattr",
+        default="normal-wb",
+        show_default=True,
+        help="Name (normal-wb, device-ngnre, ...) or raw 0..15.",
+    )
     @click.option("--s2ap", default="rw", show_default=True, help="none, ro, wo or rw.")
     @click.option("--sh", default="inner", show_default=True, help="non, outer or inner.")
     @click.option("--no-af", is_flag=True, help="Leave the access flag clear.")
-    @click.option("--xn", default="px ux", show_default=True,
-                  help="px ux, PXN, XN, UXN or 0..3.")
+    @click.option("--xn", default="px ux", show_default=True, help="px ux, PXN, XN, UXN or 0..3.")
     @click.option("--contiguous", is_flag=True)
     @click.option("--dbm", is_flag=True)
     @click.option("--sw", default="0", help="Software bits 58:55 (raw).")
@@ -199,8 +235,11 @@ def register(cli: click.Group) -> None:
         from s2trace.render import json_records  # noqa: F401  (keeps JSON rules in one place)
 
         geometry = _geometry(kw["granule"], kw["ds"], kw["lpa"])
-        level = kw["level"] if kw["level"] is not None else (2 if kw["kind"] == "block" else
-                                                            3 if kw["kind"] != "table" else 0)
+        level = (
+            kw["level"]
+            if kw["level"] is not None
+            else (2 if kw["kind"] == "block" else 3 if kw["kind"] != "table" else 0)
+        )
         profile = _profile(kw["profile"], kw["profiles_file"])
         mem: int | str = kw["memattr"]
         if _is_number(str(mem)):
@@ -209,12 +248,24 @@ def register(cli: click.Group) -> None:
         if _is_number(str(xn)):
             xn = parse_int(str(xn), "xn")
         raw = build_descriptor(
-            kw["kind"], level=level, geometry=geometry, profile=profile, fwb=kw["fwb"],
+            kw["kind"],
+            level=level,
+            geometry=geometry,
+            profile=profile,
+            fwb=kw["fwb"],
             oa=parse_int(kw["oa"], "--oa") if kw["oa"] else None,
             next_table=parse_int(kw["next_table"], "--next-table") if kw["next_table"] else None,
-            memattr=mem, s2ap=kw["s2ap"], sh=kw["sh"], af=not kw["no_af"], xn=xn,
-            contiguous=kw["contiguous"], dbm=kw["dbm"], sw=parse_int(kw["sw"], "--sw"),
-            state=kw["state"], owner=kw["owner"], locked=kw["locked"],
+            memattr=mem,
+            s2ap=kw["s2ap"],
+            sh=kw["sh"],
+            af=not kw["no_af"],
+            xn=xn,
+            contiguous=kw["contiguous"],
+            dbm=kw["dbm"],
+            sw=parse_int(kw["sw"], "--sw"),
+            state=kw["state"],
+            owner=kw["owner"],
+            locked=kw["locked"],
             vm_handle=parse_int(kw["vm_handle"], "--vm-handle"),
             gfn=parse_int(kw["gfn"], "--gfn"),
         )
@@ -226,8 +277,12 @@ def register(cli: click.Group) -> None:
             click.echo(f"{raw:#018x}")
 
     @cli.command("profiles")
-    @click.option("--profiles", "profiles_file", type=click.Path(dir_okay=False),
-                  help="Also list the profiles of this TOML file.")
+    @click.option(
+        "--profiles",
+        "profiles_file",
+        type=click.Path(dir_okay=False),
+        help="Also list the profiles of this TOML file.",
+    )
     def profiles_cmd(profiles_file: str | None) -> None:
         """List the pKVM annotation profiles."""
         from s2trace.pkvm.profiles import DEFAULT_PROFILE, load_profiles

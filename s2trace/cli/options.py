@@ -18,8 +18,9 @@ def parse_int(text: str, what: str) -> int:
     try:
         return int(str(text).strip().replace("_", ""), 0)
     except ValueError:
-        raise InputError(f"{what} {text!r}: not a number (expected hex like 0x7f709001 "
-                         "or decimal)") from None
+        raise InputError(
+            f"{what} {text!r}: not a number (expected hex like 0x7f709001 or decimal)"
+        ) from None
 
 
 def parse_u64(text: str, what: str) -> int:
@@ -31,20 +32,33 @@ def parse_u64(text: str, what: str) -> int:
 
 def profile_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--profile NAME[,key=value]`` and ``--profiles FILE`` (user-defined profiles)."""
-    f = click.option("--profiles", "profiles_file", type=click.Path(dir_okay=False),
-                     help="TOML file with extra annotation profiles (same keys as the "
-                          "shipped profiles.toml).")(f)
-    return click.option("--profile", default=None,
-                        help="pKVM annotation profile (default linux-5.15; see "
-                             "`s2trace profiles`).")(f)
+    f = click.option(
+        "--profiles",
+        "profiles_file",
+        type=click.Path(dir_okay=False),
+        help="TOML file with extra annotation profiles (same keys as the shipped profiles.toml).",
+    )(f)
+    return click.option(
+        "--profile",
+        default=None,
+        help="pKVM annotation profile (default linux-5.15; see `s2trace profiles`).",
+    )(f)
 
 
 def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("-o", "--output", type=click.Path(dir_okay=False),
-                     help="Write to FILE instead of standard output.")(f)
-    return click.option("--format", "fmt", type=click.Choice(["table", "csv", "json",
-                                                              "parquet"]),
-                        default="table", show_default=True)(f)
+    f = click.option(
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False),
+        help="Write to FILE instead of standard output.",
+    )(f)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["table", "csv", "json", "parquet"]),
+        default="table",
+        show_default=True,
+    )(f)
 
 
 def stdout() -> Any:

@@ -42,23 +42,37 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
     if kw.get("vttbr") is not None or kw.get("vtcr") is not None:
         if kw.get("vttbr") is None or kw.get("vtcr") is None:
             raise InputError("--vttbr and --vtcr go together")
-        config = config_from_registers(parse_u64(kw["vttbr"], "--vttbr"),
-                                       parse_u64(kw["vtcr"], "--vtcr"))
+        config = config_from_registers(
+            parse_u64(kw["vttbr"], "--vttbr"), parse_u64(kw["vtcr"], "--vtcr")
+        )
     elif kw.get("root") is not None:
         if kw.get("start_level") is None or kw.get("ipa_bits") is None:
             raise InputError("--root needs --start-level and --ipa-bits")
-        config = config_explicit(parse_u64(kw["root"], "--root"), kw["start_level"],
-                                 kw["ipa_bits"], kw.get("granule") or "4k",
-                                 bool(kw.get("ds")), bool(kw.get("lpa")))
+        config = config_explicit(
+            parse_u64(kw["root"], "--root"),
+            kw["start_level"],
+            kw["ipa_bits"],
+            kw.get("granule") or "4k",
+            bool(kw.get("ds")),
+            bool(kw.get("lpa")),
+        )
     else:
-        raise InputError(f"{targets[0]}: walking a dump needs --vttbr X --vtcr Y (or --root "
-                         "PA --start-level N --ipa-bits N); `s2trace scan` can guess them")
+        raise InputError(
+            f"{targets[0]}: walking a dump needs --vttbr X --vtcr Y (or --root "
+            "PA --start-level N --ipa-bits N); `s2trace scan` can guess them"
+        )
     profile = get_profile(kw.get("profile") or DEFAULT_PROFILE, kw.get("profiles_file"))
     memory = open_memory(list(targets), base=base)
     try:
-        result = walk(memory, config, profile, fwb=bool(kw.get("fwb")),
-                      include_zero=bool(kw.get("include_zero")), strict=bool(kw.get("strict")),
-                      progress=_progress())
+        result = walk(
+            memory,
+            config,
+            profile,
+            fwb=bool(kw.get("fwb")),
+            include_zero=bool(kw.get("include_zero")),
+            strict=bool(kw.get("strict")),
+            progress=_progress(),
+        )
     finally:
         memory.close()
     for p in getattr(memory, "problems", []):
@@ -72,8 +86,11 @@ def _report_problems(result: Any) -> None:
         return
     total = sum(counts.values())
     kinds = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
-    click.echo(f"s2trace: warning: {total} problem(s) in the dump ({kinds}); first: "
-               f"{next(iter(result.problems))}", err=True)
+    click.echo(
+        f"s2trace: warning: {total} problem(s) in the dump ({kinds}); first: "
+        f"{next(iter(result.problems))}",
+        err=True,
+    )
 
 
 def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
@@ -90,8 +107,11 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         text = summarize(result).text()
         _emit(text, kw.get("output"))
         return
-    frame = coalesce(result.map, result.config.geometry.granule.value) \
-        if kw.get("coalesce") else result.map
+    frame = (
+        coalesce(result.map, result.config.geometry.granule.value)
+        if kw.get("coalesce")
+        else result.map
+    )
     fmt = kw.get("fmt", "table")
     if fmt == "ptdump":
         _emit("\n".join(ptdump_lines(frame)) + "\n", kw.get("output"))
@@ -112,19 +132,21 @@ def _emit(text: str, path: str | None) -> None:
 
 def walk_options(f: Any) -> Any:
     """Options that say how to walk a dump (registers or explicit geometry)."""
-    for opt in reversed([
-        click.option("--vttbr", help="VTTBR_EL2 value."),
-        click.option("--vtcr", help="VTCR_EL2 value."),
-        click.option("--root", help="Explicit root table PA."),
-        click.option("--start-level", type=int),
-        click.option("--ipa-bits", type=int),
-        click.option("--granule", default="4k", show_default=True),
-        click.option("--ds", is_flag=True),
-        click.option("--lpa", is_flag=True),
-        click.option("--fwb", is_flag=True),
-        click.option("--base", help="Physical address of raw images (default 0)."),
-        click.option("--strict", is_flag=True, help="Any problem is fatal."),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--vttbr", help="VTTBR_EL2 value."),
+            click.option("--vtcr", help="VTCR_EL2 value."),
+            click.option("--root", help="Explicit root table PA."),
+            click.option("--start-level", type=int),
+            click.option("--ipa-bits", type=int),
+            click.option("--granule", default="4k", show_default=True),
+            click.option("--ds", is_flag=True),
+            click.option("--lpa", is_flag=True),
+            click.option("--fwb", is_flag=True),
+            click.option("--base", help="Physical address of raw images (default 0)."),
+            click.option("--strict", is_flag=True, help="Any problem is fatal."),
+        ]
+    ):
         f = opt(f)
     return profile_options(f)
 
@@ -135,8 +157,13 @@ def register(cli: click.Group) -> None:
     @click.option("--base", help="Physical address of raw images (default 0).")
     @click.option("--top", type=int, default=5, show_default=True)
     @profile_options
-    def scan_cmd(dump: tuple[str, ...], base: str | None, top: int, profile: str | None,
-                 profiles_file: str | None) -> None:
+    def scan_cmd(
+        dump: tuple[str, ...],
+        base: str | None,
+        top: int,
+        profile: str | None,
+        profiles_file: str | None,
+    ) -> None:
         """Find candidate stage-2 roots in a dump without register values."""
         from s2trace.io import open_memory
         from s2trace.walk.scan import scan

@@ -96,13 +96,22 @@ def build_descriptor(
     if kind == "table" and level == 3:
         raise InputError("level 3 holds pages, not tables")
     if kind == "block" and level not in geometry.block_levels:
-        raise InputError(f"{geometry.label} allows no block at level {level} "
-                         f"(blocks at {sorted(geometry.block_levels)})")
+        raise InputError(
+            f"{geometry.label} allows no block at level {level} "
+            f"(blocks at {sorted(geometry.block_levels)})"
+        )
     schema = kind_schema(geometry, level, kind)
     body = _blank(schema)
     if kind == "invalid":
-        raw = prof.encode_invalid(owner, locked=locked, note=note, inv_type=inv_type,
-                                  vm_handle=vm_handle, gfn=gfn, prot_none=prot_none)
+        raw = prof.encode_invalid(
+            owner,
+            locked=locked,
+            note=note,
+            inv_type=inv_type,
+            vm_handle=vm_handle,
+            gfn=gfn,
+            prot_none=prot_none,
+        )
         if raw & 1:
             raise InputError("the annotation sets bit 0: it would not be an invalid entry")
         body["software"] = raw >> 1
@@ -126,9 +135,16 @@ def build_descriptor(
         if not 0 <= mem < 16:
             raise InputError(f"memattr {mem}: expected 0..15")
         body.update(
-            valid=1, type=1 if kind == "page" else 0, memattr=mem,
-            s2ap=_choice(s2ap, S2AP, "s2ap"), af=int(af), fnxs=int(fnxs),
-            contiguous=int(contiguous), dbm=int(dbm), xn=_choice(xn, XN, "xn"), sw=sw,
+            valid=1,
+            type=1 if kind == "page" else 0,
+            memattr=mem,
+            s2ap=_choice(s2ap, S2AP, "s2ap"),
+            af=int(af),
+            fnxs=int(fnxs),
+            contiguous=int(contiguous),
+            dbm=int(dbm),
+            xn=_choice(xn, XN, "xn"),
+            sw=sw,
             pbha=pbha,
         )
         if not geometry.ds:

@@ -37,8 +37,14 @@ def _res0(body: Any) -> int:
 
 
 # Least-significant descriptor bit of each RES0 field (res0_lo starts at bit 17).
-_RES0_LSB = {"res0_50": 50, "res0_49_48": 48, "res0_63_59": 59, "res0_15_12": 12,
-             "res0_13_12": 12, "res0_lo": 17}
+_RES0_LSB = {
+    "res0_50": 50,
+    "res0_49_48": 48,
+    "res0_63_59": 59,
+    "res0_15_12": 12,
+    "res0_13_12": 12,
+    "res0_lo": 17,
+}
 
 
 def decode(
@@ -56,8 +62,14 @@ def decode(
     kind = c.kind
     leaf = kind in ("block", "page")
     common: dict[str, Any] = dict.fromkeys(Descriptor.field_names())
-    common.update(raw=raw, level=level, granule=geometry.granule.label, kind=kind,
-                  size=geometry.span(level), res0=0)
+    common.update(
+        raw=raw,
+        level=level,
+        granule=geometry.granule.label,
+        kind=kind,
+        size=geometry.span(level),
+        res0=0,
+    )
     if kind == "table":
         common["next_table"] = _assemble(b, geometry, "nlta", geometry.granule.shift)
         common["res0"] = _res0(b)
@@ -82,9 +94,16 @@ def decode(
             res0=_res0(b),
         )
     ann = prof.annotate(raw, kind)
-    common.update(owner=ann.owner, owner_id=ann.owner_id, page_state=ann.page_state,
-                  locked=ann.locked, inv_type=ann.inv_type, vm_handle=ann.vm_handle,
-                  gfn=ann.gfn, note=ann.note)
+    common.update(
+        owner=ann.owner,
+        owner_id=ann.owner_id,
+        page_state=ann.page_state,
+        locked=ann.locked,
+        inv_type=ann.inv_type,
+        vm_handle=ann.vm_handle,
+        gfn=ann.gfn,
+        note=ann.note,
+    )
     return Descriptor(**common)
 
 

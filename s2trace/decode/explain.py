@@ -109,25 +109,40 @@ def explain(
         value = int(container.body[sc.name])
         warning = "set in a RES0 field" if sc.name.startswith("res0") and value else ""
         arm = _ARM.get(sc.name, _address_name(sc.name, hi, lo))
-        out.append(BitField(hi, lo, sc.name, value, arm,
-                            _meaning(sc.name, value, geometry, fwb, prof), warning))
+        out.append(
+            BitField(
+                hi, lo, sc.name, value, arm, _meaning(sc.name, value, geometry, fwb, prof), warning
+            )
+        )
     return out
 
 
 def _address_name(name: str, hi: int, lo: int) -> str:
     span = f"[{hi}:{lo}]" if hi != lo else f"[{hi}]"
     if name.startswith("oa_"):
-        return f"Output address bits {span}" if name == "oa_47" else f"OA[{name[3:].replace('_', ':')}]"
+        return (
+            f"Output address bits {span}"
+            if name == "oa_47"
+            else f"OA[{name[3:].replace('_', ':')}]"
+        )
     if name.startswith("nlta_"):
-        return (f"Next-level table address {span}" if name == "nlta_47"
-                else f"NLTA[{name[5:].replace('_', ':')}]")
+        return (
+            f"Next-level table address {span}"
+            if name == "nlta_47"
+            else f"NLTA[{name[5:].replace('_', ':')}]"
+        )
     if name.startswith("res0"):
         return f"RES0 {span}"
     return f"Ignored {span}"
 
 
-def explain_text(raw: int, geometry: Geometry | None = None, level: int = 3,
-                 profile: Profile | str | None = None, fwb: bool = False) -> str:
+def explain_text(
+    raw: int,
+    geometry: Geometry | None = None,
+    level: int = 3,
+    profile: Profile | str | None = None,
+    fwb: bool = False,
+) -> str:
     """The breakdown as text: one line per field, then the decoded record."""
     geometry = geometry or Geometry()
     rec = decode(raw, geometry, level, profile, fwb)

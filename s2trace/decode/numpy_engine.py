@@ -119,10 +119,12 @@ class _Words:
         width = hi - lo + 1
         if hi <= 15:
             return ((self.lo >> np.uint16(lo)) & np.uint16((1 << width) - 1)).astype(
-                np.uint8 if width <= 8 else np.uint16, copy=False)
+                np.uint8 if width <= 8 else np.uint16, copy=False
+            )
         if lo >= 48:
             return ((self.hi >> np.uint16(lo - 48)) & np.uint16((1 << width) - 1)).astype(
-                np.uint8 if width <= 8 else np.uint16, copy=False)
+                np.uint8 if width <= 8 else np.uint16, copy=False
+            )
         out = self.raw >> _U64(lo)
         if width < 64:
             out &= _U64((1 << width) - 1)
@@ -174,8 +176,9 @@ def _owner_names(profile: Profile, width: int) -> list[str]:
 
 
 def _state_names(profile: Profile) -> list[str]:
-    return list(dict.fromkeys([*profile.states.values(), "owned", "unknown", "nopage",
-                               "prot_none"]))
+    return list(
+        dict.fromkeys([*profile.states.values(), "owned", "unknown", "nopage", "prot_none"])
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +212,14 @@ class _Key:
 
     @property
     def digits(self) -> list[tuple[str, int]]:
-        return [("owner", 1 << self.owner_w), ("type", 1 << self.type_w),
-                ("zero", 2 if self.zero else 1), ("prot", 2 if self.prot else 1),
-                ("state", 1 << self.state_w), ("kind", len(KINDS))]
+        return [
+            ("owner", 1 << self.owner_w),
+            ("type", 1 << self.type_w),
+            ("zero", 2 if self.zero else 1),
+            ("prot", 2 if self.prot else 1),
+            ("state", 1 << self.state_w),
+            ("kind", len(KINDS)),
+        ]
 
     @property
     def size(self) -> int:
@@ -256,8 +264,7 @@ def _compile(profile: Profile) -> tuple[_Key, dict[str, np.ndarray], list[str], 
     return key, tables, list(names), list(snames)
 
 
-def _compile_tables(profile: Profile) -> tuple[_Key, dict[str, np.ndarray], list[str],
-                                                list[str]]:
+def _compile_tables(profile: Profile) -> tuple[_Key, dict[str, np.ndarray], list[str], list[str]]:
     """Lookup tables (owner code, owner id, id valid, state code) over the key space.
 
     The rules, written once as whole-array logic (facts §2.2-2.4, 2.10): valid leaves belong
@@ -277,17 +284,23 @@ def _compile_tables(profile: Profile) -> tuple[_Key, dict[str, np.ndarray], list
     leaf = (kind == _BLOCK) | (kind == _PAGE)
     invalid = kind == _INVALID
     if profile.owner_bits:
-        gated = invalid if profile.owner_type is None else invalid & (d["type"] == profile.owner_type)
+        gated = (
+            invalid if profile.owner_type is None else invalid & (d["type"] == profile.owner_type)
+        )
     else:
         gated = np.zeros_like(invalid)
     zero = invalid & (d["zero"] == 1) if key.zero else np.zeros_like(invalid)
     prot = invalid & (d["prot"] == 1) if key.prot else np.zeros_like(invalid)
     ids = np.where(gated, d["owner"] if key.owner_w else 0, 0).astype(np.uint32)
     has_id = (gated | zero) & ~prot
-    id_names = [profile.owner_name(i) for i in range(1 << key.owner_w)] if key.owner_w else [
-        profile.owner_name(0)]
-    owner = np.array([index.get(id_names[i], -1) if i < len(id_names) else -1 for i in ids],
-                     dtype=np.int16)
+    id_names = (
+        [profile.owner_name(i) for i in range(1 << key.owner_w)]
+        if key.owner_w
+        else [profile.owner_name(0)]
+    )
+    owner = np.array(
+        [index.get(id_names[i], -1) if i < len(id_names) else -1 for i in ids], dtype=np.int16
+    )
     owner[~has_id] = -1
     owner[prot] = index["inaccessible"]
     mapped = profile.mapped_owner_id
@@ -313,22 +326,33 @@ def _compile_tables(profile: Profile) -> tuple[_Key, dict[str, np.ndarray], list
     return key, tables, names, snames
 
 
-def _annotations(w: _Words, kind: np.ndarray, profile: Profile) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[str]
-]:
+def _annotations(
+    w: _Words, kind: np.ndarray, profile: Profile
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
     """Owner codes, owner ids, id validity, state codes, and their category names."""
     key, tables, names, snames = _compile(profile)
     if profile.owner_bits and key.owner_w == 0:
         return _wide_annotations(w, kind, profile, key, tables, names, snames)
     k = key.compute(w, kind, profile)
-    return (np.take(tables["owner"], k), np.take(tables["owner_id"], k),
-            np.take(tables["has_id"], k), np.take(tables["state"], k), names, snames)
+    return (
+        np.take(tables["owner"], k),
+        np.take(tables["owner_id"], k),
+        np.take(tables["has_id"], k),
+        np.take(tables["state"], k),
+        names,
+        snames,
+    )
 
 
-def _wide_annotations(w: _Words, kind: np.ndarray, profile: Profile, key: _Key,
-                      tables: dict[str, np.ndarray], names: list[str], snames: list[str]
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str],
-                                 list[str]]:
+def _wide_annotations(
+    w: _Words,
+    kind: np.ndarray,
+    profile: Profile,
+    key: _Key,
+    tables: dict[str, np.ndarray],
+    names: list[str],
+    snames: list[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
     """Owner fields wider than 8 bits (rfc-v4: bits 63:32): ids are looked up per distinct
     value, everything else through the compiled tables with the owner digit fixed at 0."""
     k = key.compute(w, kind, profile)
@@ -357,8 +381,9 @@ def _wide_annotations(w: _Words, kind: np.ndarray, profile: Profile, key: _Key,
     return owner.astype(np.int32), ids, has_id, state.astype(np.int8), names, snames
 
 
-def _prepare(raw: object, geometry: Geometry | None, level: int,
-             profile: Profile | str | None) -> tuple[np.ndarray, Geometry, Profile]:
+def _prepare(
+    raw: object, geometry: Geometry | None, level: int, profile: Profile | str | None
+) -> tuple[np.ndarray, Geometry, Profile]:
     geometry = geometry or Geometry()
     geometry.check_level(level)
     prof = get_profile(profile) if profile is not None else get_profile()
@@ -378,8 +403,9 @@ def decode_ownership(
     kind = np.take(t.kind_by_low2, w.lo & np.uint16(3))
     addr = _addresses(w, kind, t, geometry)
     owner, ids, has_id, state, owner_names, state_names = _annotations(w, kind, prof)
-    return OwnershipCodes(kind, addr, owner, ids, has_id, state, tuple(owner_names),
-                          tuple(state_names))
+    return OwnershipCodes(
+        kind, addr, owner, ids, has_id, state, tuple(owner_names), tuple(state_names)
+    )
 
 
 # -- the full DataFrame ------------------------------------------------------------------------
@@ -388,15 +414,16 @@ def _cat(codes: np.ndarray, names: list[str] | tuple[str, ...]) -> pd.Categorica
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 
-def _lut_cat(values: np.ndarray, table: tuple[str, ...], kind: np.ndarray,
-             kinds: tuple[int, ...]) -> pd.Categorical:
+def _lut_cat(
+    values: np.ndarray, table: tuple[str, ...], kind: np.ndarray, kinds: tuple[int, ...]
+) -> pd.Categorical:
     """Category column from a raw field and its name table, <NA> unless the kind is one of
     ``kinds``: one lookup keyed by (kind, value)."""
     names = list(dict.fromkeys(table))
     width = len(table)
     lut = np.full(len(KINDS) * width, -1, dtype=np.int8)
     for k in kinds:
-        lut[k * width:(k + 1) * width] = [names.index(t) for t in table]
+        lut[k * width : (k + 1) * width] = [names.index(t) for t in table]
     key = kind.astype(np.intp) * width + values
     return _cat(np.take(lut, key), names)
 
@@ -411,8 +438,11 @@ def _nullable(values: np.ndarray, absent: np.ndarray, dtype: str) -> object:
 def _drop_unused(cat: pd.Categorical) -> pd.Categorical:
     """Remove categories no row uses (one bincount and one lookup over the codes)."""
     codes = cat.codes
-    ucodes = codes.view(np.uint8 if codes.dtype.itemsize == 1 else np.uint16) \
-        if codes.dtype.itemsize <= 2 else codes
+    ucodes = (
+        codes.view(np.uint8 if codes.dtype.itemsize == 1 else np.uint16)
+        if codes.dtype.itemsize <= 2
+        else codes
+    )
     n = len(cat.categories)
     used = np.bincount(ucodes, minlength=n)[:n] > 0
     if used.all():
@@ -475,8 +505,14 @@ def decode_array(
     return frame
 
 
-def _invalid_columns(w: _Words, kind: np.ndarray, ids: np.ndarray, has_id: np.ndarray,
-                     inv_type: np.ndarray | None, prof: Profile) -> dict[str, object]:
+def _invalid_columns(
+    w: _Words,
+    kind: np.ndarray,
+    ids: np.ndarray,
+    has_id: np.ndarray,
+    inv_type: np.ndarray | None,
+    prof: Profile,
+) -> dict[str, object]:
     invalid = kind == _INVALID
     n = invalid.shape[0]
     none = np.ones(n, dtype=bool)
@@ -489,8 +525,9 @@ def _invalid_columns(w: _Words, kind: np.ndarray, ids: np.ndarray, has_id: np.nd
         locked = _nullable(np.zeros(n, bool), none, "boolean")
     if inv_type is not None:
         top = 1 << (prof.type_bits[0] - prof.type_bits[1] + 1)
-        inv_type_col = _lut_cat(inv_type, tuple(prof.type_name(v) for v in range(top)), kind,
-                                (_INVALID,))
+        inv_type_col = _lut_cat(
+            inv_type, tuple(prof.type_name(v) for v in range(top)), kind, (_INVALID,)
+        )
     else:
         inv_type_col = _cat(np.full(n, -1, dtype=np.int8), [])
     guest_id = prof.guest_owner
@@ -501,7 +538,15 @@ def _invalid_columns(w: _Words, kind: np.ndarray, ids: np.ndarray, has_id: np.nd
     else:
         handle = _nullable(np.zeros(n, np.uint16), none, "UInt16")
         gfn = _nullable(np.zeros(n, np.uint64), none, "UInt64")
-    note = (_nullable(w.bit(prof.note_bit), not_invalid, "boolean")
-            if prof.note_bit is not None else _nullable(np.zeros(n, bool), none, "boolean"))
-    return {"locked": locked, "inv_type": inv_type_col, "vm_handle": handle, "gfn": gfn,
-            "note": note}
+    note = (
+        _nullable(w.bit(prof.note_bit), not_invalid, "boolean")
+        if prof.note_bit is not None
+        else _nullable(np.zeros(n, bool), none, "boolean")
+    )
+    return {
+        "locked": locked,
+        "inv_type": inv_type_col,
+        "vm_handle": handle,
+        "gfn": gfn,
+        "note": note,
+    }

@@ -81,8 +81,13 @@ class Descriptor:
         return f"{text} | pKVM: {pkvm}" if pkvm else text
 
     def _flags(self) -> list[tuple[str, bool | None]]:
-        return [("AF", self.af), ("nT", self.nt), ("DBM", self.dbm), ("CONT", self.contiguous),
-                ("FnXS", self.fnxs)]
+        return [
+            ("AF", self.af),
+            ("nT", self.nt),
+            ("DBM", self.dbm),
+            ("CONT", self.contiguous),
+            ("FnXS", self.fnxs),
+        ]
 
     def _pkvm(self) -> str:
         bits = []

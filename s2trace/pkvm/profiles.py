@@ -221,8 +221,10 @@ class Profile:
         for k, v in self.types.items():
             if v == inv_type:
                 return k
-        raise InputError(f"invalid-entry type {inv_type!r}: profile {self.name} has "
-                         f"{', '.join(self.types.values()) or 'none'}")
+        raise InputError(
+            f"invalid-entry type {inv_type!r}: profile {self.name} has "
+            f"{', '.join(self.types.values()) or 'none'}"
+        )
 
     def encode_state(self, state: str) -> int:
         """Descriptor bits that put ``state`` in a valid leaf (0 for ``owned``)."""
@@ -233,8 +235,9 @@ class Profile:
         for k, v in self.states.items():
             if v == state:
                 return self._put(k, self.state_bits, "state")
-        raise InputError(f"page state {state!r}: profile {self.name} has "
-                         f"{', '.join(self.states.values())}")
+        raise InputError(
+            f"page state {state!r}: profile {self.name} has {', '.join(self.states.values())}"
+        )
 
     def _need(self, value: int | None, what: str) -> bool:
         if value is None:
@@ -302,7 +305,9 @@ def profile_names() -> list[str]:
 
 
 def get_profile(spec: str | Profile = DEFAULT_PROFILE, extra: str | Path | None = None) -> Profile:
-    """A profile by name, optionally with ``,key=value`` overrides (``rfc-v3-prot-none,prot_none_bit=58``).
+    """A profile by name, with optional ``,key=value`` overrides.
+
+    Example: ``rfc-v3-prot-none,prot_none_bit=58``.
 
     ``extra`` names a user TOML file whose profiles are added to (or replace) the shipped ones.
     """

@@ -17,8 +17,19 @@ from s2trace.walk.walker import WalkResult
 __all__ = ["ATTRIBUTES", "Summary", "coalesce", "summarize"]
 
 #: Columns that must be equal for two neighbouring rows to merge.
-ATTRIBUTES = ("kind", "owner", "owner_id", "page_state", "s2ap", "memattr_name", "xn",
-              "contiguous", "locked", "inv_type", "vm_handle")
+ATTRIBUTES = (
+    "kind",
+    "owner",
+    "owner_id",
+    "page_state",
+    "s2ap",
+    "memattr_name",
+    "xn",
+    "contiguous",
+    "locked",
+    "inv_type",
+    "vm_handle",
+)
 
 
 def _codes(s: pd.Series) -> np.ndarray:
@@ -115,12 +126,19 @@ def summarize(result: WalkResult) -> Summary:
     """Summary of a walk (``s2trace decode DUMP --summary``)."""
     m = result.map
     leafish = m[m["kind"] != "table"]
-    by_owner = (leafish.groupby("owner", observed=True)["size"].agg(["sum", "count"])
-                .rename(columns={"sum": "bytes", "count": "entries"}).reset_index())
-    by_state = (leafish.groupby(["owner", "page_state"], observed=True, dropna=False)["size"]
-                .agg(["sum", "count"]).rename(columns={"sum": "bytes", "count": "entries"})
-                .reset_index())
-    tables = (result.tables.groupby("level").size().rename("tables").reset_index())
+    by_owner = (
+        leafish.groupby("owner", observed=True)["size"]
+        .agg(["sum", "count"])
+        .rename(columns={"sum": "bytes", "count": "entries"})
+        .reset_index()
+    )
+    by_state = (
+        leafish.groupby(["owner", "page_state"], observed=True, dropna=False)["size"]
+        .agg(["sum", "count"])
+        .rename(columns={"sum": "bytes", "count": "entries"})
+        .reset_index()
+    )
+    tables = result.tables.groupby("level").size().rename("tables").reset_index()
     kinds = m.groupby("kind", observed=True).size().rename("entries").reset_index()
     counts = result.problems.counts()
     problems = pd.DataFrame({"problem": list(counts), "count": list(counts.values())})
@@ -129,5 +147,6 @@ def summarize(result: WalkResult) -> Summary:
         notes.append(
             f"profile {result.profile.name}: host page states are kept in the hypervisor's "
             "hyp_vmemmap since 6.14, not in the host stage 2, so valid pages read 'unknown'. "
-            "Give --ttbr0-el2/--tcr-el2 and --kallsyms (or --vmemmap VA) to read them.")
+            "Give --ttbr0-el2/--tcr-el2 and --kallsyms (or --vmemmap VA) to read them."
+        )
     return Summary(by_owner, by_state, tables, kinds, problems, dict(result.meta), notes)

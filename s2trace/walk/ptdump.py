@@ -65,6 +65,7 @@ def ptdump_lines(map_df: pd.DataFrame, marker: str = "Host IPA") -> list[str]:
     for s, e in zip(starts, ends, strict=True):
         row = df.iloc[s]
         lo, hi = int(ipa[s]), int(ipa[e] + size[e])
-        lines.append(f"0x{lo:016x}-0x{hi:016x}   {size_label(hi - lo)} {int(row['level'])}   "
-                     f"{_labels(row)}")
+        lines.append(
+            f"0x{lo:016x}-0x{hi:016x}   {size_label(hi - lo)} {int(row['level'])}   {_labels(row)}"
+        )
     return lines

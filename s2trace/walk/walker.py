@@ -98,9 +98,13 @@ def walk(
     root = config.root
     if root % config.root_bytes:
         aligned = root - root % config.root_bytes
-        _problem(log, "root_misaligned", root,
-                 f"root must be aligned to {config.root_bytes:#x}; using {aligned:#x}",
-                 config.start_level)
+        _problem(
+            log,
+            "root_misaligned",
+            root,
+            f"root must be aligned to {config.root_bytes:#x}; using {aligned:#x}",
+            config.start_level,
+        )
         root = aligned
 
     tables_pa: list[np.ndarray] = []
@@ -115,8 +119,8 @@ def walk(
     per_table = min(entries, start_entries)
     frontier = _Frontier(
         pa=root + np.arange(n_start_tables, dtype=np.uint64) * np.uint64(g.granule.value),
-        ipa=np.arange(n_start_tables, dtype=np.uint64) * np.uint64(per_table * g.span(
-            config.start_level)),
+        ipa=np.arange(n_start_tables, dtype=np.uint64)
+        * np.uint64(per_table * g.span(config.start_level)),
         parent=np.full(n_start_tables, -1, dtype=np.int64),
     )
     levels = [lv for lv in g.levels if lv >= config.start_level]
@@ -133,8 +137,13 @@ def walk(
         n_read = per_table if level == config.start_level else entries
         words, ok = memory.gather(frontier.pa, n_read * 8)
         for pa in frontier.pa[~ok]:
-            _problem(log, "table_outside_dump", pa,
-                     f"level {level} table at {int(pa):#x} is not in the dump", level)
+            _problem(
+                log,
+                "table_outside_dump",
+                pa,
+                f"level {level} table at {int(pa):#x} is not in the dump",
+                level,
+            )
         span = np.uint64(g.span(level))
         idx = np.arange(n_read, dtype=np.uint64)
         raw = words[ok].reshape(-1)
@@ -148,22 +157,27 @@ def walk(
         keep |= (codes.kind == _INVALID) & ((raw != 0) | include_zero)
         sel = np.flatnonzero(keep)
         if sel.size:
-            pieces.append(_rows(raw[sel], ipa[sel], table_pa[sel], index[sel], level, config,
-                                prof, fwb))
-        _check_entries(log, raw, codes.kind, codes.addr, ipa, table_pa, index, level, config,
-                       identity)
-        frontier = _next_frontier(log, codes.kind, codes.addr, ipa, table_id, visited,
-                                  parents_all, level)
+            pieces.append(
+                _rows(raw[sel], ipa[sel], table_pa[sel], index[sel], level, config, prof, fwb)
+            )
+        _check_entries(
+            log, raw, codes.kind, codes.addr, ipa, table_pa, index, level, config, identity
+        )
+        frontier = _next_frontier(
+            log, codes.kind, codes.addr, ipa, table_id, visited, parents_all, level
+        )
         if progress is not None:
             progress(step + 1, len(levels))
 
     result_map = _finish(pieces)
-    tables = pd.DataFrame({
-        "pa": np.concatenate(tables_pa) if tables_pa else np.empty(0, np.uint64),
-        "level": np.concatenate(tables_level) if tables_level else np.empty(0, np.int8),
-        "ipa_start": np.concatenate(tables_ipa) if tables_ipa else np.empty(0, np.uint64),
-        "parent": np.concatenate(tables_parent) if tables_parent else np.empty(0, np.int64),
-    })
+    tables = pd.DataFrame(
+        {
+            "pa": np.concatenate(tables_pa) if tables_pa else np.empty(0, np.uint64),
+            "level": np.concatenate(tables_level) if tables_level else np.empty(0, np.int8),
+            "ipa_start": np.concatenate(tables_ipa) if tables_ipa else np.empty(0, np.uint64),
+            "parent": np.concatenate(tables_parent) if tables_parent else np.empty(0, np.int64),
+        }
+    )
     meta = {"profile": prof.name, "fwb": fwb, **config.describe()}
     return WalkResult(result_map, tables, log, config, prof, fwb, meta)
 
@@ -181,56 +195,90 @@ def _finish(pieces: list[pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
-def _rows(raw: np.ndarray, ipa: np.ndarray, table_pa: np.ndarray, index: np.ndarray,
-          level: int, config: Stage2Config, prof: Profile, fwb: bool) -> pd.DataFrame:
+def _rows(
+    raw: np.ndarray,
+    ipa: np.ndarray,
+    table_pa: np.ndarray,
+    index: np.ndarray,
+    level: int,
+    config: Stage2Config,
+    prof: Profile,
+    fwb: bool,
+) -> pd.DataFrame:
     """Map rows for the kept entries of one level (full decode of the subset only)."""
     d = decode_array(raw, config.geometry, level, prof, fwb)
-    frame = pd.DataFrame({
-        "ipa_start": ipa,
-        "size": d["size"].to_numpy(),
-        "oa": d["oa"].array,
-        "level": d["level"].to_numpy(),
-        "kind": d["kind"].array,
-        "owner": d["owner"].array,
-        "owner_id": d["owner_id"].array,
-        "page_state": d["page_state"].array,
-        "s2ap": d["s2ap"].array,
-        "memattr_name": d["memattr_name"].array,
-        "xn": d["xn"].array,
-        "contiguous": d["contiguous"].array,
-        "table_pa": table_pa,
-        "index": index,
-        "raw": raw,
-        "locked": d["locked"].array,
-        "inv_type": d["inv_type"].array,
-        "vm_handle": d["vm_handle"].array,
-        "gfn": d["gfn"].array,
-    })
+    frame = pd.DataFrame(
+        {
+            "ipa_start": ipa,
+            "size": d["size"].to_numpy(),
+            "oa": d["oa"].array,
+            "level": d["level"].to_numpy(),
+            "kind": d["kind"].array,
+            "owner": d["owner"].array,
+            "owner_id": d["owner_id"].array,
+            "page_state": d["page_state"].array,
+            "s2ap": d["s2ap"].array,
+            "memattr_name": d["memattr_name"].array,
+            "xn": d["xn"].array,
+            "contiguous": d["contiguous"].array,
+            "table_pa": table_pa,
+            "index": index,
+            "raw": raw,
+            "locked": d["locked"].array,
+            "inv_type": d["inv_type"].array,
+            "vm_handle": d["vm_handle"].array,
+            "gfn": d["gfn"].array,
+        }
+    )
     return frame
 
 
-def _check_entries(log: ProblemLog, raw: np.ndarray, kind: np.ndarray, addr: np.ndarray,
-                   ipa: np.ndarray, table_pa: np.ndarray, index: np.ndarray, level: int,
-                   config: Stage2Config, identity: bool) -> None:
+def _check_entries(
+    log: ProblemLog,
+    raw: np.ndarray,
+    kind: np.ndarray,
+    addr: np.ndarray,
+    ipa: np.ndarray,
+    table_pa: np.ndarray,
+    index: np.ndarray,
+    level: int,
+    config: Stage2Config,
+    identity: bool,
+) -> None:
     """Record reserved encodings, RES0 bits set and identity-map breaks (rare: loop per hit)."""
     masks = res0_masks(config.geometry, level)
     for pos in np.flatnonzero(kind == _RESERVED):
-        _problem(log, "reserved_encoding", int(table_pa[pos]) + 8 * int(index[pos]),
-                 f"descriptor {int(raw[pos]):#x} (ipa {int(ipa[pos]):#x}): bits[1:0]=0b01 "
-                 f"is not a block at level {level}", level)
+        _problem(
+            log,
+            "reserved_encoding",
+            int(table_pa[pos]) + 8 * int(index[pos]),
+            f"descriptor {int(raw[pos]):#x} (ipa {int(ipa[pos]):#x}): bits[1:0]=0b01 "
+            f"is not a block at level {level}",
+            level,
+        )
     res0 = np.zeros(raw.shape[0], dtype=np.uint64)
     for name in ("table", "block", "page"):
         sel = kind == KIND_CODE[name]
         res0[sel] = raw[sel] & np.uint64(masks[name])
     for pos in np.flatnonzero(res0):
-        _problem(log, "res0_set", int(table_pa[pos]) + 8 * int(index[pos]),
-                 f"descriptor {int(raw[pos]):#x} sets RES0 bits {int(res0[pos]):#x}", level)
+        _problem(
+            log,
+            "res0_set",
+            int(table_pa[pos]) + 8 * int(index[pos]),
+            f"descriptor {int(raw[pos]):#x} sets RES0 bits {int(res0[pos]):#x}",
+            level,
+        )
     if identity:
         leaf = (kind == _BLOCK) | (kind == _PAGE)
         for pos in np.flatnonzero(leaf & (addr != ipa)):
-            _problem(log, "not_identity", int(ipa[pos]),
-                     f"leaf maps ipa {int(ipa[pos]):#x} to oa {int(addr[pos]):#x} "
-                     "(the host stage 2 is an identity map)", level)
+            _problem(
+                log,
+                "not_identity",
+                int(ipa[pos]),
+                f"leaf maps ipa {int(ipa[pos]):#x} to oa {int(addr[pos]):#x} "
+                "(the host stage 2 is an identity map)",
+                level,
+            )
 
 
 def _ancestors(start: int, parents: np.ndarray) -> set[int]:
@@ -242,9 +290,16 @@ def _ancestors(start: int, parents: np.ndarray) -> set[int]:
     return out
 
 
-def _next_frontier(log: ProblemLog, kind: np.ndarray, addr: np.ndarray, ipa: np.ndarray,
-                   table_id: np.ndarray, visited: np.ndarray, parents: np.ndarray,
-                   level: int) -> _Frontier:
+def _next_frontier(
+    log: ProblemLog,
+    kind: np.ndarray,
+    addr: np.ndarray,
+    ipa: np.ndarray,
+    table_id: np.ndarray,
+    visited: np.ndarray,
+    parents: np.ndarray,
+    level: int,
+) -> _Frontier:
     """Tables of the next level, without loops or tables already walked."""
     sel = np.flatnonzero(kind == _TABLE)
     pa, src_ipa, src_table = addr[sel], ipa[sel], table_id[sel]
@@ -258,17 +313,27 @@ def _next_frontier(log: ProblemLog, kind: np.ndarray, addr: np.ndarray, ipa: np.
         target = int(order[hit[pos]])
         chain = _ancestors(int(src_table[pos]), parents)
         what = "loop" if target in chain else "table_reused"
-        _problem(log, what, int(pa[pos]),
-                 f"level {level} entry for ipa {int(src_ipa[pos]):#x} points to table "
-                 f"{int(pa[pos]):#x}, which {'is its own ancestor' if what == 'loop' else 'was already walked'}",
-                 level)
+        why = "is its own ancestor" if what == "loop" else "was already walked"
+        _problem(
+            log,
+            what,
+            int(pa[pos]),
+            f"level {level} entry for ipa {int(src_ipa[pos]):#x} points to table "
+            f"{int(pa[pos]):#x}, which {why}",
+            level,
+        )
     fresh = np.flatnonzero(~seen_mask)
     # Two entries of this level pointing at the same new table: walk it once.
     _, first = np.unique(pa[fresh], return_index=True)
     dup = np.setdiff1d(np.arange(fresh.size), first)
     for pos in fresh[dup]:
-        _problem(log, "table_reused", int(pa[pos]),
-                 f"level {level} entry for ipa {int(src_ipa[pos]):#x} points to table "
-                 f"{int(pa[pos]):#x}, which another entry of the same level also uses", level)
+        _problem(
+            log,
+            "table_reused",
+            int(pa[pos]),
+            f"level {level} entry for ipa {int(src_ipa[pos]):#x} points to table "
+            f"{int(pa[pos]):#x}, which another entry of the same level also uses",
+            level,
+        )
     keep = fresh[np.sort(first)]
     return _Frontier(pa=pa[keep], ipa=src_ipa[keep], parent=src_table[keep].astype(np.int64))

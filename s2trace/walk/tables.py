@@ -1,0 +1,209 @@
+"""Level-by-level traversal of a VMSAv8-64 translation table in a dump.
+
+Shared by every walk (the host stage 2, the hypervisor's stage 1, guest stage 2s): the
+format-specific part is a ``decode(raw, level)`` function that returns an object with
+``kind`` (int8 codes into :data:`s2trace.arch.attributes.KINDS`) and ``addr`` (next-table
+address of table entries) arrays.  All table pages of one level are read with one
+``gather`` and decoded in one call; Python loops run per level and per problem only.
+
+Problems recorded here (see :mod:`s2trace.walk.walker` for the walk-level ones):
+``root_misaligned``, ``table_outside_dump``, ``loop`` (a table pointing to an ancestor, not
+followed) and ``table_reused`` (a table reached again from elsewhere, walked once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from s2trace.arch.attributes import KINDS
+from s2trace.arch.geometry import Geometry
+from s2trace.errors import Problem, ProblemLog
+
+__all__ = ["LevelChunk", "Memory", "TableWalk"]
+
+_TABLE = KINDS.index("table")
+
+
+class Memory(Protocol):
+    """What a walk needs from a dump (see :class:`s2trace.io.memory.PhysicalMemory`)."""
+
+    def gather(self, pas: np.ndarray, nbytes: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LevelChunk:
+    """Every entry read at one level: raw value, input address, where it sits, its decode."""
+
+    level: int
+    raw: np.ndarray
+    ipa: np.ndarray
+    table_pa: np.ndarray
+    index: np.ndarray
+    decoded: Any
+
+
+def _problem(log: ProblemLog, kind: str, where: int, detail: str, level: int) -> None:
+    log.add(Problem(kind, int(where), detail, level))
+
+
+class TableWalk:
+    """Iterate the levels of one translation table: ``for chunk in TableWalk(...)``.
+
+    ``start_entries`` is the number of descriptors across the start-level table(s)
+    (concatenated stage-2 tables included); the root must be aligned to their size.
+    After iteration, :meth:`tables` lists every table page visited.
+    """
+
+    def __init__(
+        self,
+        memory: Memory,
+        geometry: Geometry,
+        *,
+        start_level: int,
+        start_entries: int,
+        root: int,
+        decode: Callable[[np.ndarray, int], Any],
+        log: ProblemLog,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self.memory, self.geometry, self.decode, self.log = memory, geometry, decode, log
+        self.start_level, self.start_entries, self.progress = start_level, start_entries, progress
+        root_bytes = max(64, start_entries * 8)
+        if root % root_bytes:
+            aligned = root - root % root_bytes
+            _problem(
+                log,
+                "root_misaligned",
+                root,
+                f"root must be aligned to {root_bytes:#x}; using {aligned:#x}",
+                start_level,
+            )
+            root = aligned
+        self.root = root
+        self._pa: list[np.ndarray] = []
+        self._level: list[np.ndarray] = []
+        self._ipa: list[np.ndarray] = []
+        self._parent: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[LevelChunk]:
+        g = self.geometry
+        entries = g.entries
+        n_start = -(-self.start_entries // entries)
+        per_table = min(entries, self.start_entries)
+        pa = self.root + np.arange(n_start, dtype=np.uint64) * np.uint64(g.granule.value)
+        ipa = np.arange(n_start, dtype=np.uint64) * np.uint64(per_table * g.span(self.start_level))
+        parent = np.full(n_start, -1, dtype=np.int64)
+        visited = np.empty(0, dtype=np.uint64)
+        parents = np.empty(0, dtype=np.int64)
+        levels = [lv for lv in g.levels if lv >= self.start_level]
+        for step, level in enumerate(levels):
+            if pa.size == 0:
+                break
+            first_id = visited.size
+            visited = np.concatenate([visited, pa])
+            parents = np.concatenate([parents, parent])
+            self._pa.append(pa)
+            self._level.append(np.full(pa.size, level, dtype=np.int8))
+            self._ipa.append(ipa)
+            self._parent.append(parent)
+            n_read = per_table if level == self.start_level else entries
+            words, ok = self.memory.gather(pa, n_read * 8)
+            for bad in pa[~ok]:
+                _problem(
+                    self.log,
+                    "table_outside_dump",
+                    int(bad),
+                    f"level {level} table at {int(bad):#x} is not in the dump",
+                    level,
+                )
+            span = np.uint64(g.span(level))
+            idx = np.arange(n_read, dtype=np.uint64)
+            raw = words[ok].reshape(-1)
+            chunk_ipa = (ipa[ok][:, None] + idx[None, :] * span).reshape(-1)
+            table_id = np.repeat(np.arange(first_id, first_id + pa.size)[ok], n_read)
+            decoded = self.decode(raw, level)
+            yield LevelChunk(
+                level,
+                raw,
+                chunk_ipa,
+                np.repeat(pa[ok], n_read),
+                np.tile(idx.astype(np.uint16), int(ok.sum())),
+                decoded,
+            )
+            pa, ipa, parent = self._next(
+                decoded.kind, decoded.addr, chunk_ipa, table_id, visited, parents, level
+            )
+            if self.progress is not None:
+                self.progress(step + 1, len(levels))
+
+    def tables(self) -> pd.DataFrame:
+        """Table pages visited: ``pa, level, ipa_start, parent`` (row of the parent table)."""
+
+        def cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+            return np.concatenate(parts) if parts else np.empty(0, dtype)
+
+        return pd.DataFrame(
+            {
+                "pa": cat(self._pa, np.uint64),
+                "level": cat(self._level, np.int8),
+                "ipa_start": cat(self._ipa, np.uint64),
+                "parent": cat(self._parent, np.int64),
+            }
+        )
+
+    def _next(
+        self,
+        kind: np.ndarray,
+        addr: np.ndarray,
+        ipa: np.ndarray,
+        table_id: np.ndarray,
+        visited: np.ndarray,
+        parents: np.ndarray,
+        level: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tables of the next level, without loops or tables already walked."""
+        sel = np.flatnonzero(kind == _TABLE)
+        pa, src_ipa, src_table = addr[sel], ipa[sel], table_id[sel]
+        order = np.argsort(visited, kind="stable")
+        hit = np.minimum(np.searchsorted(visited[order], pa), max(visited.size - 1, 0))
+        seen = visited[order][hit] == pa if visited.size else np.zeros(pa.size, dtype=bool)
+        for pos in np.flatnonzero(seen):
+            target = int(order[hit[pos]])
+            loop = target in _ancestors(int(src_table[pos]), parents)
+            what = "loop" if loop else "table_reused"
+            why = "is its own ancestor" if loop else "was already walked"
+            _problem(
+                self.log,
+                what,
+                int(pa[pos]),
+                f"level {level} entry for ipa {int(src_ipa[pos]):#x} points to table "
+                f"{int(pa[pos]):#x}, which {why}",
+                level,
+            )
+        fresh = np.flatnonzero(~seen)
+        _, first = np.unique(pa[fresh], return_index=True)
+        for pos in fresh[np.setdiff1d(np.arange(fresh.size), first)]:
+            _problem(
+                self.log,
+                "table_reused",
+                int(pa[pos]),
+                f"level {level} entry for ipa {int(src_ipa[pos]):#x} points to table "
+                f"{int(pa[pos]):#x}, which another entry of the same level also uses",
+                level,
+            )
+        keep = fresh[np.sort(first)]
+        return pa[keep], src_ipa[keep], src_table[keep].astype(np.int64)
+
+
+def _ancestors(start: int, parents: np.ndarray) -> set[int]:
+    out: set[int] = set()
+    node = start
+    while node >= 0 and node not in out:
+        out.add(node)
+        node = int(parents[node])
+    return out

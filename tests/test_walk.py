@@ -253,3 +253,22 @@ def test_walk_is_vectorised_over_a_level(tmp_path):
     assert calls == [1, 1, 1, 64]
     assert len(result.map) == 64
     assert np.all(np.diff(result.map["ipa_start"].to_numpy().astype(np.int64)) > 0)
+
+
+def test_scan_ranks_the_builder_root_first(tmp_path):
+    from s2trace.walk.scan import scan
+
+    b = Stage2Builder()
+    b.map(0x0, 0x4000_0000)  # 1 GiB block at 0, like the real host
+    b.map(0x4000_0000, 0x20_0000)
+    b.map(0x4020_0000, 0x8000)
+    b.annotate(0x4030_0000, 0x4000, owner="hyp")
+    # a decoy: a page of table pointers into the same tables, not an identity map
+    decoy = b._alloc()
+    b._tables[decoy][3] = b._tables[b.root][0]
+    path = b.write_elf(tmp_path / "d.elf")
+    with open_memory([str(path)]) as memory:
+        found = scan(memory, top=3)
+    assert int(found["root"].iloc[0], 16) == b.root
+    assert found["vttbr"].iloc[0] == f"{b.root | 1:#x}"
+    assert found["identity"].iloc[0] == 1 + 1 + 8

@@ -56,7 +56,9 @@ class TableWalk:
 
     ``start_entries`` is the number of descriptors across the start-level table(s)
     (concatenated stage-2 tables included); the root must be aligned to their size.
-    After iteration, :meth:`tables` lists every table page visited.
+    After iteration, :meth:`tables` lists every table page visited.  ``max_tables`` stops
+    the walk (recording ``walk_truncated``) before a level that would exceed it; scans use it
+    to bound the cost of walking a page that only looks like a root.
     """
 
     def __init__(
@@ -70,8 +72,10 @@ class TableWalk:
         decode: Callable[[np.ndarray, int], Any],
         log: ProblemLog,
         progress: Callable[[int, int], None] | None = None,
+        max_tables: int | None = None,
     ) -> None:
         self.memory, self.geometry, self.decode, self.log = memory, geometry, decode, log
+        self.max_tables = max_tables
         self.start_level, self.start_entries, self.progress = start_level, start_entries, progress
         root_bytes = max(64, start_entries * 8)
         if root % root_bytes:
@@ -103,6 +107,15 @@ class TableWalk:
         levels = [lv for lv in g.levels if lv >= self.start_level]
         for step, level in enumerate(levels):
             if pa.size == 0:
+                break
+            if self.max_tables is not None and visited.size + pa.size > self.max_tables:
+                _problem(
+                    self.log,
+                    "walk_truncated",
+                    int(pa[0]),
+                    f"stopped before level {level}: more than {self.max_tables} tables",
+                    level,
+                )
                 break
             first_id = visited.size
             visited = np.concatenate([visited, pa])

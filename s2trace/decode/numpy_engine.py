@@ -409,23 +409,33 @@ def decode_ownership(
 
 
 # -- the full DataFrame ------------------------------------------------------------------------
+_DTYPES: dict[tuple[str, ...], pd.CategoricalDtype] = {}
+
+
 def _cat(codes: np.ndarray, names: list[str] | tuple[str, ...]) -> pd.Categorical:
-    dtype = pd.CategoricalDtype(list(names))
+    """Categorical from integer codes; the dtype (and its validation) is built once per name
+    list, since building it costs more than the codes themselves."""
+    key = tuple(names)
+    dtype = _DTYPES.get(key)
+    if dtype is None:
+        dtype = _DTYPES.setdefault(key, pd.CategoricalDtype(list(key)))
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 
-def _lut_cat(
-    values: np.ndarray, table: tuple[str, ...], kind: np.ndarray, kinds: tuple[int, ...]
-) -> pd.Categorical:
-    """Category column from a raw field and its name table, <NA> unless the kind is one of
-    ``kinds``: one lookup keyed by (kind, value)."""
+def _lut_cat(values: np.ndarray, table: tuple[str, ...], absent: np.ndarray) -> pd.Categorical:
+    """Category column from a raw field and its name table; ``absent`` is int8, -1 where the
+    field does not apply (<NA>) and 0 elsewhere.  Distinct names: the raw value is the code."""
     names = list(dict.fromkeys(table))
-    width = len(table)
-    lut = np.full(len(KINDS) * width, -1, dtype=np.int8)
-    for k in kinds:
-        lut[k * width : (k + 1) * width] = [names.index(t) for t in table]
-    key = kind.astype(np.intp) * width + values
-    return _cat(np.take(lut, key), names)
+    if len(names) == len(table) and len(table) <= 127:
+        return _cat(values.astype(np.int8) | absent, names)
+    lut = np.array([names.index(t) for t in table], dtype=np.int8)
+    return _cat(np.take(lut, values.astype(np.intp)) | absent, names)
+
+
+def _absent(kind: np.ndarray, kinds: tuple[int, ...]) -> np.ndarray:
+    """int8 per row: 0 where the row's kind is one of ``kinds``, -1 elsewhere."""
+    lut = np.array([0 if k in kinds else -1 for k in range(len(KINDS))], dtype=np.int8)
+    return np.take(lut, kind)
 
 
 def _nullable(values: np.ndarray, absent: np.ndarray, dtype: str) -> object:
@@ -465,9 +475,9 @@ def decode_array(
     n = arr.shape[0]
     t = _Tables.build(geometry, level)
     w = _Words(arr)
-    kind = np.take(t.kind_by_low2, w.lo & np.uint16(3))
-    leaf = np.take(t.leaf, kind)
-    not_leaf = ~leaf
+    kind = np.take(t.kind_by_low2, (w.lo & np.uint16(3)).astype(np.intp)).astype(np.intp)
+    absent_leaf = _absent(kind, _LEAVES)
+    not_leaf = absent_leaf != 0
     addr = _addresses(w, kind, t, geometry)
     owner, ids, has_id, state, owner_names, state_names = _annotations(w, kind, prof)
     inv_type = w.field(*prof.type_bits) if prof.type_bits else None
@@ -477,20 +487,20 @@ def decode_array(
         "raw": arr,
         "level": np.full(n, level, dtype=np.int8),
         "granule": _cat(np.zeros(n, dtype=np.int8), [geometry.granule.label]),
-        "kind": _cat(kind, KINDS),
+        "kind": _cat(kind.astype(np.int8), KINDS),
         "oa": _nullable(addr, not_leaf, "UInt64"),
         "next_table": _nullable(addr, kind != _TABLE, "UInt64"),
         "size": np.full(n, geometry.span(level), dtype=np.uint64),
         "memattr": _nullable(memattr, not_leaf, "UInt8"),
-        "memattr_name": _lut_cat(memattr, memattr_names(fwb), kind, _LEAVES),
-        "s2ap": _lut_cat(w.field(7, 6), S2AP, kind, _LEAVES),
-        "sh": _lut_cat(w.field(9, 8), SH, kind, () if geometry.ds else _LEAVES),
+        "memattr_name": _lut_cat(memattr, memattr_names(fwb), absent_leaf),
+        "s2ap": _lut_cat(w.field(7, 6), S2AP, absent_leaf),
+        "sh": _lut_cat(w.field(9, 8), SH, _absent(kind, ()) if geometry.ds else absent_leaf),
         "af": _nullable(w.bit(10), not_leaf, "boolean"),
         "nt": _nullable(w.bit(16), kind != _BLOCK, "boolean"),
         "dbm": _nullable(w.bit(51), not_leaf, "boolean"),
         "contiguous": _nullable(w.bit(52), not_leaf, "boolean"),
         "xn": _nullable(xn, not_leaf, "UInt8"),
-        "xn_name": _lut_cat(xn, XN, kind, _LEAVES),
+        "xn_name": _lut_cat(xn, XN, absent_leaf),
         "sw": _nullable(w.field(58, 55), not_leaf, "UInt8"),
         "pbha": _nullable(w.field(62, 59), not_leaf, "UInt8"),
         "res0": arr & np.take(t.res0, kind),
@@ -526,7 +536,7 @@ def _invalid_columns(
     if inv_type is not None:
         top = 1 << (prof.type_bits[0] - prof.type_bits[1] + 1)
         inv_type_col = _lut_cat(
-            inv_type, tuple(prof.type_name(v) for v in range(top)), kind, (_INVALID,)
+            inv_type, tuple(prof.type_name(v) for v in range(top)), _absent(kind, (_INVALID,))
         )
     else:
         inv_type_col = _cat(np.full(n, -1, dtype=np.int8), [])

@@ -370,3 +370,45 @@ class Stage2Builder:
 
     def _slot_existing(self, ipa: int, level: int) -> tuple[int, int]:
         return self._slot(ipa, level)
+
+
+def identity_page_tables(ram_base: int, ram_size: int, *, table_base: int = 0x1000_0000,
+                         geometry: Geometry | None = None) -> tuple[Stage2Builder, np.ndarray]:
+    """A host stage 2 mapping ``[ram_base, ram_base+ram_size)`` entirely with pages, built
+    vectorised (for benchmarks and large tests): the upper levels come from the builder, the
+    leaf tables are the builder's page template ORed with every output address.
+
+    Returns the builder (upper levels, registers) and the leaf tables as one uint64 array of
+    shape (tables, entries), which sit right after the builder's tables in physical memory
+    (``builder.leaf_base``).
+    """
+    g = geometry or Geometry()
+    page = g.granule.value
+    span = g.span(2)
+    if ram_base % span or ram_size % span:
+        raise InputError("ram_base and ram_size must be multiples of the level-2 span")
+    b = Stage2Builder(g, table_base=table_base)
+    template = build_descriptor("page", level=3, geometry=g, oa=0, profile=b._profile)
+    n_tables = ram_size // span
+    # Upper levels first (the builder allocates their tables), then reserve the leaf tables.
+    for i in range(n_tables):
+        b._slot(ram_base + i * span, 2)
+    leaf_base = b._next
+    b._next += n_tables * page
+    for i in range(n_tables):
+        table, index = b._slot(ram_base + i * span, 2)
+        b._tables[table][index] = build_descriptor("table", level=2, geometry=g,
+                                                   next_table=leaf_base + i * page)
+    oa = np.arange(ram_base, ram_base + ram_size, page, dtype=np.uint64)
+    leaves = (oa | np.uint64(template)).reshape(n_tables, g.entries)
+    b.leaf_base = leaf_base  # type: ignore[attr-defined]
+    return b, leaves
+
+
+def write_identity_elf(path: str | Path, ram_base: int, ram_size: int, **kw: Any) -> Stage2Builder:
+    """Write :func:`identity_page_tables` as an ELF core (upper tables + leaf tables)."""
+    b, leaves = identity_page_tables(ram_base, ram_size, **kw)
+    segs = b.segments()
+    segs.append((b.leaf_base, leaves.astype("<u8").tobytes()))  # type: ignore[attr-defined]
+    write_elf_core(path, sorted(segs))
+    return b

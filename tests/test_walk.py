@@ -272,3 +272,25 @@ def test_scan_ranks_the_builder_root_first(tmp_path):
     assert int(found["root"].iloc[0], 16) == b.root
     assert found["vttbr"].iloc[0] == f"{b.root | 1:#x}"
     assert found["identity"].iloc[0] == 1 + 1 + 8
+
+
+@pytest.mark.parametrize("profile", ["linux-5.15", "linux-7.1"])
+def test_coalesce_while_walking_equals_coalesce_after(tmp_path, profile):
+    """walk(coalesce=True) gives exactly coalesce(walk()): blocks, page runs, states,
+    annotations, guest donations with consecutive gfns, an OA jump and a hole."""
+    b = Stage2Builder(profile=profile)
+    b.map(0x4000_0000, 0x40_0000)
+    b.map(0x4040_0000, 0x3000)
+    b.map(0x4040_3000, 0x1000, state="shared_owned" if profile == "linux-5.15" else None)
+    b.map(0x4040_4000, 0x2000, s2ap="ro")
+    b.map(0x4040_6000, 0x1000, oa=0x5000_0000)
+    b.map(0x4040_7000, 0x1000)
+    b.annotate(0x4040_9000, 0x4000, owner="hyp")
+    if profile == "linux-7.1":
+        b.annotate(0x4041_0000, 0x3000, owner="guest", vm_handle=0x1000, gfn=0x20)
+    b.map(0x4060_0000, 0x20_0000)
+    b.map(0x4080_0000, 0x1000)
+    early = _walk(b, tmp_path, coalesce=True, identity=False).map
+    late = coalesce(_walk(b, tmp_path, identity=False).map)
+    assert_same_map(early, late)
+    assert len(early) < 12

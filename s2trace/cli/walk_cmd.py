@@ -57,19 +57,27 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
             bool(kw.get("lpa")),
         )
     else:
-        raise InputError(
-            f"{targets[0]}: walking a dump needs --vttbr X --vtcr Y (or --root "
-            "PA --start-level N --ipa-bits N); `s2trace scan` can guess them"
-        )
+        config = None  # recovered from the dump's memory below
     profile = get_profile(kw.get("profile") or DEFAULT_PROFILE, kw.get("profiles_file"))
     memory = open_memory(list(targets), base=base)
+    fwb = bool(kw.get("fwb"))
     try:
+        if config is None:
+            from s2trace.pkvm.init_params import registers_from_memory
+
+            regs, note = registers_from_memory(
+                memory, kw.get("kallsyms"), kw.get("iomem"), label=targets[0]
+            )
+            click.echo(f"s2trace: no --vttbr/--vtcr given; {note}", err=True)
+            config = regs.config()
+            fwb = fwb or regs.fwb
         result = walk(
             memory,
             config,
             profile,
-            fwb=bool(kw.get("fwb")),
+            fwb=fwb,
             include_zero=bool(kw.get("include_zero")),
+            coalesce=bool(kw.get("coalesce") or kw.get("summary")),
             strict=bool(kw.get("strict")),
             progress=_progress(),
         )
@@ -96,7 +104,7 @@ def _report_problems(result: Any) -> None:
 def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     """``s2trace decode DUMP --vttbr X --vtcr Y [...]``."""
     from s2trace.render import write_frame
-    from s2trace.walk.ownership import coalesce, summarize
+    from s2trace.walk.ownership import summarize
     from s2trace.walk.ptdump import ptdump_lines
 
     if kw.get("explain"):
@@ -107,11 +115,7 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         text = summarize(result).text()
         _emit(text, kw.get("output"))
         return
-    frame = (
-        coalesce(result.map, result.config.geometry.granule.value)
-        if kw.get("coalesce")
-        else result.map
-    )
+    frame = result.map
     fmt = kw.get("fmt", "table")
     if fmt == "ptdump":
         _emit("\n".join(ptdump_lines(frame)) + "\n", kw.get("output"))
@@ -145,6 +149,8 @@ def walk_options(f: Any) -> Any:
             click.option("--fwb", is_flag=True),
             click.option("--base", help="Physical address of raw images (default 0)."),
             click.option("--strict", is_flag=True, help="Any problem is fatal."),
+            click.option("--kallsyms", help="/proc/kallsyms of the dump's boot (find registers)."),
+            click.option("--iomem", help="/proc/iomem of the dump's boot (with --kallsyms)."),
         ]
     ):
         f = opt(f)

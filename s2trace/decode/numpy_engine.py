@@ -16,7 +16,9 @@ integer codes (``-1`` = not applicable) without validation passes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -418,7 +420,7 @@ def _cat(codes: np.ndarray, names: list[str] | tuple[str, ...]) -> pd.Categorica
     key = tuple(names)
     dtype = _DTYPES.get(key)
     if dtype is None:
-        dtype = _DTYPES.setdefault(key, pd.CategoricalDtype(list(key)))
+        dtype = _DTYPES.setdefault(key, pd.CategoricalDtype(pd.Index(list(key), dtype="str")))
     return pd.Categorical.from_codes(codes, dtype=dtype, validate=False)
 
 
@@ -469,49 +471,78 @@ def decode_array(
     level: int = 3,
     profile: Profile | str | None = None,
     fwb: bool = False,
+    columns: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Every field of every descriptor, as a DataFrame with the ``descriptors`` schema."""
+    """Every field of every descriptor, as a DataFrame with the ``descriptors`` schema.
+
+    ``columns`` limits the result to those columns (in schema order), computing only them:
+    the walk asks for the dozen it keeps in the ownership map.
+    """
     arr, geometry, prof = _prepare(raw, geometry, level, profile)
+    wanted = (
+        DESCRIPTOR.names if columns is None else [c for c in DESCRIPTOR.names if c in set(columns)]
+    )
+    unknown = set(columns or ()) - set(DESCRIPTOR.names)
+    if unknown:
+        raise ValueError(f"unknown descriptor columns: {sorted(unknown)}")
     n = arr.shape[0]
     t = _Tables.build(geometry, level)
     w = _Words(arr)
     kind = np.take(t.kind_by_low2, (w.lo & np.uint16(3)).astype(np.intp)).astype(np.intp)
     absent_leaf = _absent(kind, _LEAVES)
     not_leaf = absent_leaf != 0
-    addr = _addresses(w, kind, t, geometry)
-    owner, ids, has_id, state, owner_names, state_names = _annotations(w, kind, prof)
-    inv_type = w.field(*prof.type_bits) if prof.type_bits else None
-    memattr = w.field(5, 2)
-    xn = w.field(54, 53)
-    cols: dict[str, object] = {
-        "raw": arr,
-        "level": np.full(n, level, dtype=np.int8),
-        "granule": _cat(np.zeros(n, dtype=np.int8), [geometry.granule.label]),
-        "kind": _cat(kind.astype(np.int8), KINDS),
-        "oa": _nullable(addr, not_leaf, "UInt64"),
-        "next_table": _nullable(addr, kind != _TABLE, "UInt64"),
-        "size": np.full(n, geometry.span(level), dtype=np.uint64),
-        "memattr": _nullable(memattr, not_leaf, "UInt8"),
-        "memattr_name": _lut_cat(memattr, memattr_names(fwb), absent_leaf),
-        "s2ap": _lut_cat(w.field(7, 6), S2AP, absent_leaf),
-        "sh": _lut_cat(w.field(9, 8), SH, _absent(kind, ()) if geometry.ds else absent_leaf),
-        "af": _nullable(w.bit(10), not_leaf, "boolean"),
-        "nt": _nullable(w.bit(16), kind != _BLOCK, "boolean"),
-        "dbm": _nullable(w.bit(51), not_leaf, "boolean"),
-        "contiguous": _nullable(w.bit(52), not_leaf, "boolean"),
-        "xn": _nullable(xn, not_leaf, "UInt8"),
-        "xn_name": _lut_cat(xn, XN, absent_leaf),
-        "sw": _nullable(w.field(58, 55), not_leaf, "UInt8"),
-        "pbha": _nullable(w.field(62, 59), not_leaf, "UInt8"),
-        "res0": arr & np.take(t.res0, kind),
-        "owner": _drop_unused(_cat(owner, owner_names)),
-        "owner_id": _nullable(ids, ~has_id, "UInt32"),
-        "page_state": _cat(state, state_names),
+    lazy: dict[str, Any] = {}
+
+    def once(name: str, fn: Callable[[], Any]) -> Any:
+        if name not in lazy:
+            lazy[name] = fn()
+        return lazy[name]
+
+    def addr() -> np.ndarray:
+        return once("addr", lambda: _addresses(w, kind, t, geometry))
+
+    def ann() -> tuple[Any, ...]:
+        return once("ann", lambda: _annotations(w, kind, prof))
+
+    def inv() -> dict[str, object]:
+        inv_type = w.field(*prof.type_bits) if prof.type_bits else None
+        return once("inv", lambda: _invalid_columns(w, kind, ann()[1], ann()[2], inv_type, prof))
+
+    memattr = lambda: once("memattr", lambda: w.field(5, 2))  # noqa: E731
+    xn = lambda: once("xn", lambda: w.field(54, 53))  # noqa: E731
+    build: dict[str, Callable[[], object]] = {
+        "raw": lambda: arr,
+        "level": lambda: np.full(n, level, dtype=np.int8),
+        "granule": lambda: _cat(np.zeros(n, dtype=np.int8), [geometry.granule.label]),
+        "kind": lambda: _cat(kind.astype(np.int8), KINDS),
+        "oa": lambda: _nullable(addr(), not_leaf, "UInt64"),
+        "next_table": lambda: _nullable(addr(), kind != _TABLE, "UInt64"),
+        "size": lambda: np.full(n, geometry.span(level), dtype=np.uint64),
+        "memattr": lambda: _nullable(memattr(), not_leaf, "UInt8"),
+        "memattr_name": lambda: _lut_cat(memattr(), memattr_names(fwb), absent_leaf),
+        "s2ap": lambda: _lut_cat(w.field(7, 6), S2AP, absent_leaf),
+        "sh": lambda: _lut_cat(
+            w.field(9, 8), SH, _absent(kind, ()) if geometry.ds else absent_leaf
+        ),
+        "af": lambda: _nullable(w.bit(10), not_leaf, "boolean"),
+        "nt": lambda: _nullable(w.bit(16), kind != _BLOCK, "boolean"),
+        "dbm": lambda: _nullable(w.bit(51), not_leaf, "boolean"),
+        "contiguous": lambda: _nullable(w.bit(52), not_leaf, "boolean"),
+        "xn": lambda: _nullable(xn(), not_leaf, "UInt8"),
+        "xn_name": lambda: _lut_cat(xn(), XN, absent_leaf),
+        "sw": lambda: _nullable(w.field(58, 55), not_leaf, "UInt8"),
+        "pbha": lambda: _nullable(w.field(62, 59), not_leaf, "UInt8"),
+        "res0": lambda: arr & np.take(t.res0, kind),
+        "owner": lambda: _drop_unused(_cat(ann()[0], ann()[4])),
+        "owner_id": lambda: _nullable(ann()[1], ~ann()[2], "UInt32"),
+        "page_state": lambda: _cat(ann()[3], ann()[5]),
+        "fnxs": lambda: _nullable(w.bit(11), not_leaf, "boolean"),
     }
-    cols.update(_invalid_columns(w, kind, ids, has_id, inv_type, prof))
-    cols["fnxs"] = _nullable(w.bit(11), not_leaf, "boolean")
-    frame = pd.DataFrame(cols, copy=False)
-    DESCRIPTOR.check(frame)
+    for name in ("locked", "inv_type", "vm_handle", "gfn", "note"):
+        build[name] = lambda name=name: inv()[name]
+    frame = pd.DataFrame({c: build[c]() for c in wanted}, copy=False)
+    if columns is None:
+        DESCRIPTOR.check(frame)
     return frame
 
 

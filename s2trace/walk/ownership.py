@@ -125,21 +125,23 @@ def _fmt_bytes_table(df: pd.DataFrame) -> str:
 def summarize(result: WalkResult) -> Summary:
     """Summary of a walk (``s2trace decode DUMP --summary``)."""
     m = result.map
-    leafish = m[m["kind"] != "table"]
+    rows = "ranges" if result.meta.get("coalesced") else "entries"
     by_owner = (
-        leafish.groupby("owner", observed=True)["size"]
+        m.groupby("owner", observed=True)["size"]
         .agg(["sum", "count"])
-        .rename(columns={"sum": "bytes", "count": "entries"})
+        .rename(columns={"sum": "bytes", "count": rows})
         .reset_index()
     )
     by_state = (
-        leafish.groupby(["owner", "page_state"], observed=True, dropna=False)["size"]
+        m.groupby(["owner", "page_state"], observed=True, dropna=False)["size"]
         .agg(["sum", "count"])
-        .rename(columns={"sum": "bytes", "count": "entries"})
+        .rename(columns={"sum": "bytes", "count": rows})
         .reset_index()
     )
     tables = result.tables.groupby("level").size().rename("tables").reset_index()
-    kinds = m.groupby("kind", observed=True).size().rename("entries").reset_index()
+    kinds = pd.DataFrame(
+        {"kind": list(result.entry_counts), "entries": list(result.entry_counts.values())}
+    )
     counts = result.problems.counts()
     problems = pd.DataFrame({"problem": list(counts), "count": list(counts.values())})
     notes = []

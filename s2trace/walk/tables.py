@@ -54,11 +54,13 @@ def _problem(log: ProblemLog, kind: str, where: int, detail: str, level: int) ->
 class TableWalk:
     """Iterate the levels of one translation table: ``for chunk in TableWalk(...)``.
 
-    ``start_entries`` is the number of descriptors across the start-level table(s)
-    (concatenated stage-2 tables included); the root must be aligned to their size.
-    After iteration, :meth:`tables` lists every table page visited.  ``max_tables`` stops
-    the walk (recording ``walk_truncated``) before a level that would exceed it; scans use it
-    to bound the cost of walking a page that only looks like a root.
+        ``start_entries`` is the number of descriptors across the start-level table(s)
+        (concatenated stage-2 tables included); the root must be aligned to their size.
+        Each level is read in batches of about ``batch_entries`` descriptors (one chunk each), so
+    memory stays bounded on huge tables.  After iteration, :meth:`tables` lists every table page
+    visited.  ``max_tables`` stops
+        the walk (recording ``walk_truncated``) before a level that would exceed it; scans use it
+        to bound the cost of walking a page that only looks like a root.
     """
 
     def __init__(
@@ -73,9 +75,11 @@ class TableWalk:
         log: ProblemLog,
         progress: Callable[[int, int], None] | None = None,
         max_tables: int | None = None,
+        batch_entries: int = 1 << 20,
     ) -> None:
         self.memory, self.geometry, self.decode, self.log = memory, geometry, decode, log
         self.max_tables = max_tables
+        self.batch_entries = batch_entries
         self.start_level, self.start_entries, self.progress = start_level, start_entries, progress
         root_bytes = max(64, start_entries * 8)
         if root % root_bytes:
@@ -125,34 +129,57 @@ class TableWalk:
             self._ipa.append(ipa)
             self._parent.append(parent)
             n_read = per_table if level == self.start_level else entries
-            words, ok = self.memory.gather(pa, n_read * 8)
-            for bad in pa[~ok]:
-                _problem(
-                    self.log,
-                    "table_outside_dump",
-                    int(bad),
-                    f"level {level} table at {int(bad):#x} is not in the dump",
-                    level,
+            found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+            batch = max(1, self.batch_entries // n_read)
+            for lo in range(0, pa.size, batch):
+                chunk, tables = self._read(
+                    pa[lo : lo + batch], ipa[lo : lo + batch], first_id + lo, n_read, level
                 )
-            span = np.uint64(g.span(level))
-            idx = np.arange(n_read, dtype=np.uint64)
-            raw = words[ok].reshape(-1)
-            chunk_ipa = (ipa[ok][:, None] + idx[None, :] * span).reshape(-1)
-            table_id = np.repeat(np.arange(first_id, first_id + pa.size)[ok], n_read)
-            decoded = self.decode(raw, level)
-            yield LevelChunk(
-                level,
-                raw,
-                chunk_ipa,
-                np.repeat(pa[ok], n_read),
-                np.tile(idx.astype(np.uint16), int(ok.sum())),
-                decoded,
+                if chunk is not None:
+                    found.append(tables)
+                    yield chunk
+            t_pa, t_ipa, t_src = (
+                (np.concatenate(x) for x in zip(*found, strict=True))
+                if found
+                else (np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.int64))
             )
-            pa, ipa, parent = self._next(
-                decoded.kind, decoded.addr, chunk_ipa, table_id, visited, parents, level
-            )
+            pa, ipa, parent = self._next(t_pa, t_ipa, t_src, visited, parents, level)
             if self.progress is not None:
                 self.progress(step + 1, len(levels))
+
+    def _read(
+        self, pa: np.ndarray, ipa: np.ndarray, first_id: int, n_read: int, level: int
+    ) -> tuple[LevelChunk | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Read and decode one batch of tables; return the chunk and its table entries
+        (next-table address, input address, number of the table holding them)."""
+        words, ok = self.memory.gather(pa, n_read * 8)
+        for bad in pa[~ok]:
+            _problem(
+                self.log,
+                "table_outside_dump",
+                int(bad),
+                f"level {level} table at {int(bad):#x} is not in the dump",
+                level,
+            )
+        empty = (np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.int64))
+        if not ok.any():
+            return None, empty
+        span = np.uint64(self.geometry.span(level))
+        idx = np.arange(n_read, dtype=np.uint64)
+        raw = words[ok].reshape(-1)
+        chunk_ipa = (ipa[ok][:, None] + idx[None, :] * span).reshape(-1)
+        ids = np.arange(first_id, first_id + pa.size)[ok]
+        decoded = self.decode(raw, level)
+        chunk = LevelChunk(
+            level,
+            raw,
+            chunk_ipa,
+            np.repeat(pa[ok], n_read),
+            np.tile(idx.astype(np.uint16), int(ok.sum())),
+            decoded,
+        )
+        sel = np.flatnonzero(decoded.kind == _TABLE)
+        return chunk, (decoded.addr[sel], chunk_ipa[sel], ids[sel // n_read])
 
     def tables(self) -> pd.DataFrame:
         """Table pages visited: ``pa, level, ipa_start, parent`` (row of the parent table)."""
@@ -171,17 +198,15 @@ class TableWalk:
 
     def _next(
         self,
-        kind: np.ndarray,
-        addr: np.ndarray,
-        ipa: np.ndarray,
-        table_id: np.ndarray,
+        pa: np.ndarray,
+        src_ipa: np.ndarray,
+        src_table: np.ndarray,
         visited: np.ndarray,
         parents: np.ndarray,
         level: int,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Tables of the next level, without loops or tables already walked."""
-        sel = np.flatnonzero(kind == _TABLE)
-        pa, src_ipa, src_table = addr[sel], ipa[sel], table_id[sel]
+        """Tables of the next level from this level's table entries (their next-table
+        address, input address and holding table), without loops or tables already walked."""
         order = np.argsort(visited, kind="stable")
         hit = np.minimum(np.searchsorted(visited[order], pa), max(visited.size - 1, 0))
         seen = visited[order][hit] == pa if visited.size else np.zeros(pa.size, dtype=bool)

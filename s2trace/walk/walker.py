@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from s2trace.arch.attributes import KINDS
 from s2trace.arch.registers import Stage2Config
@@ -48,6 +49,8 @@ class WalkResult:
     profile: Profile
     fwb: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Entries read, by kind (``invalid`` counts annotated ones; ``zero`` the empty ones).
+    entry_counts: dict[str, int] = field(default_factory=dict)
 
 
 def _problem(log: ProblemLog, kind: str, where: int, detail: str, level: int) -> None:
@@ -64,6 +67,7 @@ def walk(
     identity: bool = True,
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    coalesce: bool = False,
 ) -> WalkResult:
     """Walk the stage 2 described by ``config`` in ``memory``.
 
@@ -71,7 +75,8 @@ def walk(
     entry, and per zero entry too with ``include_zero``), sorted by ``ipa_start``.
     ``identity`` reports valid leaves whose output address differs from the input address
     (the pKVM host stage 2 is an identity map).  ``progress(done, levels)`` is called after
-    each level.
+    each level.  ``coalesce`` merges equal neighbours into ranges while walking (the same
+    result as :func:`s2trace.walk.ownership.coalesce` on the full map, without building it).
     """
     prof = get_profile(profile) if profile is not None else get_profile()
     g = config.geometry
@@ -86,41 +91,119 @@ def walk(
         log=log,
         progress=progress,
     )
-    pieces: list[pd.DataFrame] = []
+    pieces: list[dict[str, Any]] = []
+    counts = np.zeros(len(KINDS) + 1, dtype=np.int64)  # by kind, then zero entries
     for chunk in traversal:
         kind = chunk.decoded.kind
+        counts[: len(KINDS)] += np.bincount(kind, minlength=len(KINDS))
+        counts[-1] += int(np.count_nonzero(chunk.raw == 0))
         keep = (kind == _BLOCK) | (kind == _PAGE) | (kind == _RESERVED)
         keep |= (kind == _INVALID) & ((chunk.raw != 0) | include_zero)
-        sel = np.flatnonzero(keep)
-        if sel.size:
-            pieces.append(
-                _rows(
-                    chunk.raw[sel],
-                    chunk.ipa[sel],
-                    chunk.table_pa[sel],
-                    chunk.index[sel],
-                    chunk.level,
-                    config,
-                    prof,
-                    fwb,
-                )
+        if keep.any():
+            sel = slice(None) if keep.all() else np.flatnonzero(keep)
+            span = g.span(chunk.level)
+            sizes = None
+            if coalesce:
+                sel, sizes = _runs(chunk, sel, span, prof)
+            cols = _rows(
+                chunk.raw[sel],
+                chunk.ipa[sel],
+                chunk.table_pa[sel],
+                chunk.index[sel],
+                chunk.level,
+                config,
+                prof,
+                fwb,
             )
+            if sizes is not None:
+                cols["size"] = sizes
+            pieces.append(cols)
         _check_entries(log, chunk, config, identity)
     meta = {"profile": prof.name, "fwb": fwb, **config.describe()}
-    return WalkResult(_finish(pieces), traversal.tables(), log, config, prof, fwb, meta)
+    entry_counts = dict(zip([*KINDS, "zero"], (int(c) for c in counts), strict=True))
+    entry_counts["invalid"] -= entry_counts["zero"]
+    result_map = _finish(pieces)
+    if coalesce:
+        from s2trace.walk.ownership import coalesce as merge
+
+        result_map = merge(result_map, g.granule.value)
+        meta["coalesced"] = True
+    return WalkResult(result_map, traversal.tables(), log, config, prof, fwb, meta, entry_counts)
 
 
-def _finish(pieces: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate the per-level rows, sort by IPA and restore the declared dtypes."""
+def _runs(chunk: LevelChunk, sel: Any, span: int, prof: Profile) -> tuple[np.ndarray, np.ndarray]:
+    """Heads and sizes of the runs of kept entries that certainly coalesce.
+
+    A run continues when the input address continues, the kind, owner and state codes are
+    equal, and the raw descriptor differs from its predecessor only by the span in the output
+    address (leaves), not at all (annotations), or by one guest frame (7.1 guest donations).
+    These rules are stricter than :func:`s2trace.walk.ownership.coalesce`, which the walk
+    applies afterwards to the (much shorter) list of runs, so the result is the same as
+    coalescing the full map, without building it.
+    """
+    c = chunk.decoded
+    raw, ipa = chunk.raw[sel], chunk.ipa[sel]
+    kind, addr, owner, state = c.kind[sel], c.addr[sel], c.owner[sel], c.state[sel]
+    n = raw.shape[0]
+    if n == 0:
+        return np.empty(0, np.intp), np.empty(0, np.uint64)
+    step = np.uint64(span)
+    same = (ipa[1:] == ipa[:-1] + step) & (kind[1:] == kind[:-1]) & (owner[1:] == owner[:-1])
+    same &= state[1:] == state[:-1]
+    leaf = (kind[1:] == _BLOCK) | (kind[1:] == _PAGE)
+    leaf_ok = (raw[1:] == raw[:-1] + step) & (addr[1:] == addr[:-1] + step)
+    inv_ok = raw[1:] == raw[:-1]
+    if prof.gfn_bits:
+        gstep = np.uint64(1 << prof.gfn_bits[1])
+        inv_ok |= (raw[1:] == raw[:-1] + gstep) & ((raw[1:] ^ raw[:-1]) >> np.uint64(60) == 0)
+    same &= np.where(leaf, leaf_ok, (kind[1:] == _INVALID) & inv_ok)
+    heads = np.flatnonzero(np.concatenate(([True], ~same)))
+    lengths = np.diff(np.append(heads, n)).astype(np.uint64)
+    return (sel[heads] if isinstance(sel, np.ndarray) else heads), lengths * step
+
+
+def _finish(pieces: list[dict[str, Any]]) -> pd.DataFrame:
+    """Concatenate the pieces column by column (peak memory: one column more than the map),
+    restore the declared dtypes, and sort by IPA only when levels interleave."""
     if not pieces:
         return MAP.empty()
-    out = pd.concat(pieces, ignore_index=True)
-    for col, dtype in MAP.dtypes().items():
-        if dtype == "category" and not isinstance(out[col].dtype, pd.CategoricalDtype):
-            out[col] = out[col].astype(object).astype("category")
-    out = out.sort_values("ipa_start", kind="stable", ignore_index=True)
+    cols: dict[str, Any] = {}
+    for name, dtype in MAP.dtypes().items():
+        parts = [p[name] for p in pieces]
+        if dtype == "category":
+            cols[name] = union_categoricals(parts) if len(parts) > 1 else parts[0]
+        elif isinstance(parts[0], np.ndarray):
+            cols[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        else:
+            cols[name] = type(parts[0])._concat_same_type(parts) if len(parts) > 1 else parts[0]
+        for p in pieces:
+            del p[name]
+    out = pd.DataFrame(cols, copy=False)
+    ipa = out["ipa_start"].to_numpy()
+    if ipa.size > 1 and not bool(np.all(ipa[1:] > ipa[:-1])):
+        out = out.take(np.argsort(ipa, kind="stable")).reset_index(drop=True)
     MAP.check(out)
     return out
+
+
+#: Columns of the map that come from the full decode of the kept entries.
+_DECODED = (
+    "size",
+    "oa",
+    "level",
+    "kind",
+    "owner",
+    "owner_id",
+    "page_state",
+    "s2ap",
+    "memattr_name",
+    "xn",
+    "contiguous",
+    "locked",
+    "inv_type",
+    "vm_handle",
+    "gfn",
+)
 
 
 def _rows(
@@ -132,33 +215,12 @@ def _rows(
     config: Stage2Config,
     prof: Profile,
     fwb: bool,
-) -> pd.DataFrame:
-    """Map rows for the kept entries of one level (full decode of the subset only)."""
-    d = decode_array(raw, config.geometry, level, prof, fwb)
-    frame = pd.DataFrame(
-        {
-            "ipa_start": ipa,
-            "size": d["size"].to_numpy(),
-            "oa": d["oa"].array,
-            "level": d["level"].to_numpy(),
-            "kind": d["kind"].array,
-            "owner": d["owner"].array,
-            "owner_id": d["owner_id"].array,
-            "page_state": d["page_state"].array,
-            "s2ap": d["s2ap"].array,
-            "memattr_name": d["memattr_name"].array,
-            "xn": d["xn"].array,
-            "contiguous": d["contiguous"].array,
-            "table_pa": table_pa,
-            "index": index,
-            "raw": raw,
-            "locked": d["locked"].array,
-            "inv_type": d["inv_type"].array,
-            "vm_handle": d["vm_handle"].array,
-            "gfn": d["gfn"].array,
-        }
-    )
-    return frame
+) -> dict[str, Any]:
+    """Map columns for the kept entries of one chunk (full decode of the subset only)."""
+    d = decode_array(raw, config.geometry, level, prof, fwb, columns=_DECODED)
+    cols = {c: d[c].array if c not in ("size", "level") else d[c].to_numpy() for c in _DECODED}
+    cols.update(ipa_start=ipa, table_pa=table_pa, index=index, raw=raw)
+    return cols
 
 
 def _check_entries(
@@ -167,12 +229,15 @@ def _check_entries(
     """Record reserved encodings, RES0 bits set and identity-map breaks (loop per hit only)."""
     raw, kind, addr, ipa = chunk.raw, chunk.decoded.kind, chunk.decoded.addr, chunk.ipa
     level = chunk.level
-    where = chunk.table_pa + np.uint64(8) * chunk.index.astype(np.uint64)
+
+    def where(pos: int) -> int:
+        return int(chunk.table_pa[pos]) + 8 * int(chunk.index[pos])
+
     for pos in np.flatnonzero(kind == _RESERVED):
         _problem(
             log,
             "reserved_encoding",
-            int(where[pos]),
+            where(pos),
             f"descriptor {int(raw[pos]):#x} (ipa {int(ipa[pos]):#x}): bits[1:0]=0b01 "
             f"is not a block at level {level}",
             level,
@@ -183,7 +248,7 @@ def _check_entries(
         _problem(
             log,
             "res0_set",
-            int(where[pos]),
+            where(pos),
             f"descriptor {int(raw[pos]):#x} sets RES0 bits {int(res0[pos]):#x}",
             level,
         )

@@ -175,6 +175,12 @@ def register(cli: click.Group) -> None:
     @click.option("--ipa-bits", type=int, help="IPA size in bits for --root.")
     @click.option("--base", help="Physical address of a raw image (default 0).")
     @click.option(
+        "--kallsyms",
+        help="/proc/kallsyms of the dumped boot: find the registers through symbols when "
+        "--vttbr/--vtcr are absent (default: scan RAM).",
+    )
+    @click.option("--iomem", help="/proc/iomem of the dumped boot (with --kallsyms).")
+    @click.option(
         "--all",
         "include_zero",
         is_flag=True,
@@ -297,7 +303,11 @@ def register(cli: click.Group) -> None:
 
 def _looks_like_dump(targets: tuple[str, ...]) -> bool:
     """An ELF core (or a compressed file, or FILE@PA) is a dump to walk, never a table."""
+    from s2trace.capture import is_capture
+
     for t in targets:
+        if is_capture(t):
+            return True
         if "@" in t and not _is_number(t):
             return True
         if t.endswith((".zst", ".gz", ".xz")):

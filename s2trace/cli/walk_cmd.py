@@ -101,8 +101,34 @@ def _report_problems(result: Any) -> None:
     )
 
 
+def expand_capture(
+    targets: tuple[str, ...] | list[str], kw: dict[str, Any]
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """A capture folder as the only target: its dump files, and its registers, profile
+    (from the kernel version) and FWB (from HCR_EL2) where the command line gives none."""
+    from s2trace.capture import is_capture, load_capture
+
+    if len(targets) != 1 or not is_capture(targets[0]):
+        return tuple(targets), kw
+    cap = load_capture(targets[0])
+    kw = dict(kw)
+    for key, reg in (("vttbr", "vttbr_el2"), ("vtcr", "vtcr_el2")):
+        if kw.get(key) is None and kw.get("root") is None and cap.reg(reg) is not None:
+            kw[key] = hex(cap.reg(reg))
+    if not kw.get("profile") and cap.profile:
+        kw["profile"] = cap.profile
+    if not kw.get("fwb"):
+        kw["fwb"] = cap.fwb
+    for key in ("kallsyms", "iomem"):
+        if kw.get(key) is None and getattr(cap, key) is not None:
+            kw[key] = str(getattr(cap, key))
+    kw["capture"] = cap
+    return cap.dump, kw
+
+
 def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
-    """``s2trace decode DUMP --vttbr X --vtcr Y [...]``."""
+    """``s2trace decode DUMP --vttbr X --vtcr Y [...]`` (or a capture folder)."""
+    targets, kw = expand_capture(targets, kw)
     from s2trace.render import write_frame
     from s2trace.walk.ownership import summarize
     from s2trace.walk.ptdump import ptdump_lines
@@ -158,6 +184,42 @@ def walk_options(f: Any) -> Any:
 
 
 def register(cli: click.Group) -> None:
+    @cli.command("trim")
+    @click.argument("dump", nargs=-1, required=True)
+    @walk_options
+    @click.option(
+        "--range",
+        "ranges",
+        multiple=True,
+        help="Also keep PA:SIZE (e.g. the hyp carve-out 0x7f200000:0xa00000).",
+    )
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+    def trim_cmd(dump: tuple[str, ...], ranges: tuple[str, ...], output: str, **kw: Any) -> None:
+        """Write an ELF core with only the table pages of the walk (and --range ranges)."""
+        from s2trace.arch.registers import config_from_registers
+        from s2trace.io import open_memory
+        from s2trace.walk.trim import trim
+
+        dump, kw = expand_capture(dump, kw)
+        if kw.get("vttbr") is None or kw.get("vtcr") is None:
+            raise InputError("trim needs --vttbr and --vtcr (or a capture folder)")
+        config = config_from_registers(
+            parse_u64(kw["vttbr"], "--vttbr"), parse_u64(kw["vtcr"], "--vtcr")
+        )
+        spans = []
+        for r in ranges:
+            pa, sep, size = r.partition(":")
+            if not sep:
+                raise InputError(f"--range {r!r}: expected PA:SIZE")
+            spans.append((parse_u64(pa, "--range PA"), parse_u64(size, "--range SIZE")))
+        with open_memory(
+            list(dump), base=parse_int(kw["base"], "--base") if kw.get("base") else 0
+        ) as memory:
+            path, log = trim(memory, [config], output, spans)
+        for p in log:
+            click.echo(f"s2trace: warning: {p}", err=True)
+        click.echo(f"{path}: {path.stat().st_size} bytes")
+
     @cli.command("scan")
     @click.argument("dump", nargs=-1, required=True)
     @click.option("--base", help="Physical address of raw images (default 0).")

@@ -1,0 +1,147 @@
+"""Capture folders: a dump plus what is needed to read it, as one input.
+
+A capture folder holds a ``capture.toml`` and the files it names::
+
+    kernel = "6.12.117"            # picks the annotation profile (and hypercall table)
+    dump = ["host-s2.elf"]         # ELF core(s), FILE@PA raw images or region lists
+    trace = "ftrace.txt"           # optional
+    kallsyms = "kallsyms.txt"      # optional: kallsyms, iomem, dmesg
+    iomem = "iomem.txt"
+    dmesg = "dmesg.txt"
+    linear_map = "0xffff000000000000=0x40000000"   # kernel linear-map VA = PA
+
+    [registers]                    # EL2 registers (any subset; hex strings or integers)
+    vttbr_el2 = "0x7f709001"
+    vtcr_el2 = "0x802d3590"
+    ttbr0_el2 = "0x7f301001"
+    tcr_el2 = "0x15001f5b5d53510"
+    hcr_el2 = "0x30480080001"
+    mair_el2 = "0x40044ffff"
+
+Everything is optional except the dump; the CLI takes flags over the folder's values.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s2trace.errors import InputError
+
+__all__ = ["Capture", "is_capture", "load_capture", "profile_for_kernel"]
+
+CAPTURE_FILE = "capture.toml"
+_HCR_FWB = 1 << 46
+
+
+def profile_for_kernel(version: str) -> str:
+    """The annotation profile of a mainline kernel version (facts §2.1)."""
+    m = re.match(r"(\d+)\.(\d+)", version.strip())
+    if not m:
+        raise InputError(f"kernel version {version!r}: expected MAJOR.MINOR[...]")
+    v = (int(m.group(1)), int(m.group(2)))
+    if v < (5, 15):
+        return "linux-5.13"
+    if v < (6, 14):
+        return "linux-5.15"
+    if v < (7, 1):
+        return "linux-6.14"
+    return "linux-7.1"
+
+
+@dataclass(frozen=True)
+class Capture:
+    """A parsed capture folder (paths are absolute)."""
+
+    folder: Path
+    dump: tuple[str, ...]
+    registers: dict[str, int] = field(default_factory=dict)
+    kernel: str | None = None
+    trace: Path | None = None
+    kallsyms: Path | None = None
+    iomem: Path | None = None
+    dmesg: Path | None = None
+    linear_map: tuple[int, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def profile(self) -> str | None:
+        return profile_for_kernel(self.kernel) if self.kernel else None
+
+    @property
+    def fwb(self) -> bool:
+        """HCR_EL2.FWB (bit 46), when the folder records HCR_EL2."""
+        return bool(self.registers.get("hcr_el2", 0) & _HCR_FWB)
+
+    def reg(self, name: str) -> int | None:
+        return self.registers.get(name)
+
+
+def is_capture(path: str | Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / CAPTURE_FILE).exists()
+
+
+def _int(value: Any, what: str, origin: str) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).replace("_", ""), 0)
+    except ValueError:
+        raise InputError(f"{origin}: {what} = {value!r} is not a number") from None
+
+
+def _linear(text: str, origin: str) -> tuple[int, int]:
+    va, sep, pa = str(text).partition("=")
+    if not sep:
+        raise InputError(f"{origin}: linear_map {text!r}: expected VA=PA")
+    return _int(va, "linear_map VA", origin), _int(pa, "linear_map PA", origin)
+
+
+def load_capture(folder: str | Path) -> Capture:
+    """Read ``capture.toml`` of a capture folder; missing named files are an InputError."""
+    root = Path(folder).resolve()
+    path = root / CAPTURE_FILE
+    origin = str(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{root}: not a capture folder (no {CAPTURE_FILE})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{origin}: not valid TOML: {exc}") from None
+
+    def file(key: str) -> Path | None:
+        if key not in data:
+            return None
+        p = root / str(data[key])
+        if not p.exists():
+            raise InputError(f"{origin}: {key} = {data[key]!r}: no such file in {root}")
+        return p
+
+    dumps = data.get("dump")
+    if not dumps:
+        raise InputError(f"{origin}: 'dump' is required (the dump file or files)")
+    if isinstance(dumps, str):
+        dumps = [dumps]
+    dump_paths = []
+    for d in dumps:
+        name, at, pa = str(d).partition("@")
+        if not (root / name).exists():
+            raise InputError(f"{origin}: dump {name!r}: no such file in {root}")
+        dump_paths.append(str(root / name) + (at + pa if at else ""))
+    regs = {k.lower(): _int(v, k, origin) for k, v in data.get("registers", {}).items()}
+    known = {"kernel", "dump", "trace", "kallsyms", "iomem", "dmesg", "linear_map", "registers"}
+    return Capture(
+        folder=root,
+        dump=tuple(dump_paths),
+        registers=regs,
+        kernel=str(data["kernel"]) if "kernel" in data else None,
+        trace=file("trace"),
+        kallsyms=file("kallsyms"),
+        iomem=file("iomem"),
+        dmesg=file("dmesg"),
+        linear_map=_linear(data["linear_map"], origin) if "linear_map" in data else None,
+        extra={k: v for k, v in data.items() if k not in known},
+    )

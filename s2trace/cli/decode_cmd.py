@@ -57,7 +57,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-_WALK_KEYS = ("vttbr", "vtcr", "root", "start_level", "ipa_bits", "base")
+_WALK_KEYS = ("vttbr", "vtcr", "root", "start_level", "ipa_bits", "base", "kallsyms", "iomem")
 
 
 def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
@@ -310,7 +310,7 @@ def _looks_like_dump(targets: tuple[str, ...]) -> bool:
             return True
         if "@" in t and not _is_number(t):
             return True
-        if t.endswith((".zst", ".gz", ".xz")):
+        if t.endswith((".zst", ".gz", ".xz", ".cmm")) or Path(t).name.lower() == "dump_info.txt":
             return True
         try:
             with open(t, "rb") as fh:

@@ -228,7 +228,7 @@ class _Key:
         return int(np.prod([n for _, n in self.digits]))
 
     def compute(self, w: _Words, kind: np.ndarray, profile: Profile) -> np.ndarray:
-        """The key of every descriptor (int32; small-integer arithmetic only)."""
+        """The key of every descriptor, as ``intp`` so the lookups need no conversion."""
         parts = {"kind": kind}
         if self.owner_w:
             parts["owner"] = w.field(*profile.owner_bits)
@@ -240,12 +240,16 @@ class _Key:
             parts["prot"] = w.bit(profile.prot_none_bit)
         if self.state_w:
             parts["state"] = w.field(*profile.state_bits)
-        key = np.zeros(kind.shape[0], dtype=np.int32)
+        key: np.ndarray | None = None
         scale = 1
         for name, n in self.digits:
             if name in parts:
-                key += parts[name].astype(np.int32) * np.int32(scale)
+                digit = parts[name].astype(np.intp)
+                if scale != 1:
+                    digit *= scale
+                key = digit if key is None else np.add(key, digit, out=key)
             scale *= n
+        assert key is not None  # the kind digit is always present
         return key
 
     def space(self) -> dict[str, np.ndarray]:

@@ -71,3 +71,15 @@ def test_readme_main_job(capsys):
 )
 def test_profile_for_kernel(kernel, profile):
     assert profile_for_kernel(kernel) == profile
+
+
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_registers_recovered_from_the_reduced_sample(version):
+    """The trimmed samples keep the per-CPU kvm_nvhe_init_params pages (facts §2.11)."""
+    from s2trace.pkvm.init_params import registers_from_memory
+
+    cap = load_capture(SAMPLES / VERSIONS[version])
+    with open_memory(list(cap.dump)) as memory:
+        regs, _ = registers_from_memory(memory)
+    assert (regs.vttbr_el2, regs.vtcr_el2) == (REAL[version]["vttbr"], REAL[version]["vtcr"])
+    assert regs.tcr_el2 == REAL[version]["tcr"]

@@ -19,6 +19,11 @@ A capture folder holds a ``capture.toml`` and the files it names::
     mair_el2 = "0x40044ffff"
 
 Everything is optional except the dump; the CLI takes flags over the folder's values.
+
+A folder without ``capture.toml`` but laid out as the QEMU capture script leaves it
+(``host-s2.elf[.zst]``, ``gdb-regs.txt``, a README naming ``linux-image-X.Y``, ``kallsyms*``,
+``iomem*``, ``dmesg*``, ``ftrace*``) is read by convention: registers are the first value of
+each register in ``gdb-regs.txt`` (CPU 0).
 """
 
 from __future__ import annotations
@@ -81,7 +86,56 @@ class Capture:
 
 
 def is_capture(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / CAPTURE_FILE).exists()
+    """A folder with a ``capture.toml``, or laid out as the capture script leaves it."""
+    p = Path(path)
+    return p.is_dir() and ((p / CAPTURE_FILE).exists() or _first(p, *_DUMP_NAMES) is not None)
+
+
+_DUMP_NAMES = ("host-s2.elf", "host-s2.elf.zst", "*.elf", "*.elf.zst")
+_REG = re.compile(r"^([A-Z][A-Z0-9_]+)\s+(0x[0-9a-fA-F]+)\b", re.M)
+
+
+def _first(folder: Path, *patterns: str) -> Path | None:
+    for pattern in patterns:
+        hits = sorted(folder.glob(pattern))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _from_layout(root: Path) -> Capture:
+    """A capture-script folder without ``capture.toml`` (see the module docstring)."""
+    dump = _first(root, *_DUMP_NAMES)
+    if dump is None:
+        raise InputError(f"{root}: not a capture folder (no {CAPTURE_FILE} and no host-s2.elf)")
+    regs: dict[str, int] = {}
+    gdb = _first(root, "gdb-regs.txt")
+    if gdb is not None:
+        for name, value in _REG.findall(gdb.read_text(errors="replace")):
+            regs.setdefault(name.lower(), int(value, 16))
+    kernel = None
+    readme = _first(root, "README.md", "README*")
+    if readme is not None:
+        m = re.search(r"linux-image-(\d+\.\d+(?:\.\d+)?)", readme.read_text(errors="replace"))
+        kernel = m.group(1) if m else None
+    linear = None
+    if readme is not None:
+        m = re.search(
+            r"virtual (0x[0-9a-f]+) (?:for|is) physical (0x[0-9a-f]+)",
+            readme.read_text(errors="replace"),
+        )
+        linear = (int(m.group(1), 16), int(m.group(2), 16)) if m else None
+    return Capture(
+        folder=root,
+        dump=(str(dump),),
+        registers=regs,
+        kernel=kernel,
+        trace=_first(root, "ftrace*.txt", "trace*.txt"),
+        kallsyms=_first(root, "kallsyms*.txt", "kallsyms"),
+        iomem=_first(root, "iomem*.txt", "iomem"),
+        dmesg=_first(root, "dmesg*.txt", "dmesg"),
+        linear_map=linear,
+    )
 
 
 def _int(value: Any, what: str, origin: str) -> int:
@@ -103,7 +157,11 @@ def _linear(text: str, origin: str) -> tuple[int, int]:
 def load_capture(folder: str | Path) -> Capture:
     """Read ``capture.toml`` of a capture folder; missing named files are an InputError."""
     root = Path(folder).resolve()
+    if not root.is_dir():
+        raise InputError(f"{folder}: not a capture folder")
     path = root / CAPTURE_FILE
+    if not path.exists():
+        return _from_layout(root)
     origin = str(path)
     try:
         data = tomllib.loads(path.read_text())

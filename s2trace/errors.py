@@ -46,10 +46,16 @@ class Problem:
     level: int | None = None
     source: str = ""
 
+    @property
+    def is_line(self) -> bool:
+        """``where`` is a line number (trace and region-list problems), not an address."""
+        return self.kind.endswith("_line")
+
     def __str__(self) -> str:
         lvl = "" if self.level is None else f" level {self.level}"
         src = f"{self.source}: " if self.source else ""
-        return f"{src}{self.kind} at {self.where:#x}{lvl}: {self.detail}"
+        at = f"line {self.where}" if self.is_line else f"{self.where:#x}"
+        return f"{src}{self.kind} at {at}{lvl}: {self.detail}"
 
 
 @dataclass

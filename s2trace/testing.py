@@ -372,8 +372,9 @@ class Stage2Builder:
         return self._slot(ipa, level)
 
 
-def identity_page_tables(ram_base: int, ram_size: int, *, table_base: int = 0x1000_0000,
-                         geometry: Geometry | None = None) -> tuple[Stage2Builder, np.ndarray]:
+def identity_page_tables(
+    ram_base: int, ram_size: int, *, table_base: int = 0x1000_0000, geometry: Geometry | None = None
+) -> tuple[Stage2Builder, np.ndarray]:
     """A host stage 2 mapping ``[ram_base, ram_base+ram_size)`` entirely with pages, built
     vectorised (for benchmarks and large tests): the upper levels come from the builder, the
     leaf tables are the builder's page template ORed with every output address.
@@ -397,8 +398,9 @@ def identity_page_tables(ram_base: int, ram_size: int, *, table_base: int = 0x10
     b._next += n_tables * page
     for i in range(n_tables):
         table, index = b._slot(ram_base + i * span, 2)
-        b._tables[table][index] = build_descriptor("table", level=2, geometry=g,
-                                                   next_table=leaf_base + i * page)
+        b._tables[table][index] = build_descriptor(
+            "table", level=2, geometry=g, next_table=leaf_base + i * page
+        )
     oa = np.arange(ram_base, ram_base + ram_size, page, dtype=np.uint64)
     leaves = (oa | np.uint64(template)).reshape(n_tables, g.entries)
     b.leaf_base = leaf_base  # type: ignore[attr-defined]

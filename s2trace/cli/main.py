@@ -49,7 +49,7 @@ _register_all()
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for unusable input)."""
     try:
-        cli.main(args=argv, prog_name="s2trace", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="s2trace", standalone_mode=False)
     except InputError as exc:
         click.echo(f"s2trace: error: {exc}", err=True)
         return 2
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def entry() -> None:  # pragma: no cover - console-script shim

@@ -1,0 +1,581 @@
+"""Evidence a post-mortem has, as labelled physical ranges: kallsyms, /proc/iomem, dmesg, traces.
+
+Every source becomes rows of the LABELS schema (``start, end, label, source``; physical
+addresses, ``end`` exclusive), and :func:`label_map` joins them onto any frame with an address
+and a size column (an ownership map, the hyp map, breaches), so a row reads as what it is.
+
+* kallsyms (``/proc/kallsyms`` format ``ADDR TYPE NAME [MODULE]``): the hypervisor's sections
+  (``__kvm_nvhe___hyp_*_start``/``_end``, the per-CPU template ``__kvm_nvhe___per_cpu_*``) and
+  the kernel image's (``_text``/``_etext``/``__init_begin``/``_sdata``/``__bss_start`` ...).
+  Image VAs become PAs with the image offset: PA = VA - ``_text`` + start of iomem
+  "Kernel code" (the kernel maps its image linearly from ``_text``).
+* The hypervisor's per-CPU areas: the array ``__kvm_nvhe_kvm_arm_hyp_percpu_base[]`` (in the
+  dump) holds their kernel linear-map addresses, each area is the per-CPU template rounded up
+  to pages (facts §2.11).
+* ``/proc/iomem``: "System RAM", "Kernel code", "reserved" ... as they are.
+* dmesg: ``kvm [0]: Reserved N MiB at 0x...`` (the hyp carve-out) and ``cma: Reserved ...``.
+* trace-derived allocations (host ftrace kprobes of the capture scripts, facts §3.2a):
+  ``kvm_share_hyp`` ranges named by the caller (``struct kvm`` from ``kvm_arch_init_vm``, a vCPU
+  from ``kvm_arch_vcpu_create``), pages ``alloc_pages_exact`` returned under
+  ``pkvm_create_hyp_vm``/``pkvm_create_hyp_vcpu`` (donated to the hypervisor), and guest pages
+  of ``pkvm_pgtable_stage2_map``.  Kernel linear addresses become PAs with
+  :class:`LinearMap` (PA = (VA & ~PAGE_OFFSET) + PHYS_OFFSET, the kernel's ``__lm_to_phys``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s2trace.columns import Column, Schema
+from s2trace.errors import InputError
+from s2trace.walk.tables import Memory
+
+__all__ = [
+    "LABELS",
+    "KernelImage",
+    "LinearMap",
+    "collect_labels",
+    "dmesg_labels",
+    "image_labels",
+    "iomem_labels",
+    "label_map",
+    "percpu_labels",
+    "read_iomem",
+    "read_kallsyms",
+    "read_symbol_u64",
+    "symbol_labels",
+    "trace_labels",
+]
+
+LABELS = Schema(
+    "labels",
+    "Labelled physical ranges from the evidence of a capture (`s2trace.hyp.symbols`).",
+    (
+        Column("start", "uint64", "first physical address"),
+        Column("end", "uint64", "first physical address after the range"),
+        Column("label", "string", "what the range is"),
+        Column("source", "category", "kallsyms, percpu, iomem, dmesg or trace"),
+    ),
+)
+
+PAGE = 4096
+
+#: (start symbol, end symbol, label): the image sections, most specific last.
+SECTIONS: tuple[tuple[str, str, str], ...] = (
+    ("_text", "_etext", "kernel text"),
+    ("_etext", "__init_begin", "kernel rodata"),
+    ("__init_begin", "__init_end", "kernel init"),
+    ("_sdata", "_edata", "kernel data"),
+    ("__bss_start", "__bss_stop", "kernel bss"),
+    ("__kvm_nvhe___hyp_idmap_text_start", "__kvm_nvhe___hyp_idmap_text_end", "hyp .idmap.text"),
+    ("__kvm_nvhe___hyp_text_start", "__kvm_nvhe___hyp_text_end", "hyp .text"),
+    ("__kvm_nvhe___hyp_rodata_start", "__kvm_nvhe___hyp_rodata_end", "hyp .rodata"),
+    ("__kvm_nvhe___per_cpu_start", "__kvm_nvhe___per_cpu_end", "hyp per-CPU template"),
+    ("__kvm_nvhe___hyp_data_start", "__kvm_nvhe___hyp_data_end", "hyp .data"),
+    ("__kvm_nvhe___hyp_bss_start", "__kvm_nvhe___hyp_bss_end", "hyp .bss"),
+)
+
+
+def _text(source: str | Path) -> tuple[str, str]:
+    """(content, name) of a path or of literal text (anything with a newline)."""
+    if isinstance(source, Path) or "\n" not in source:
+        p = Path(source)
+        try:
+            return p.read_text(errors="replace"), str(p)
+        except OSError as exc:
+            raise InputError(f"{p}: cannot read: {exc.strerror}") from None
+    return source, "<text>"
+
+
+_HEXVAL = np.full(256, 255, dtype=np.uint8)
+_HEXVAL[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
+_HEXVAL[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+_HEXVAL[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def hex_values(text: pd.Series | list[str]) -> np.ndarray:
+    """Hex strings (``0x`` optional, up to 16 digits) to uint64, vectorised: right-aligned
+    into 16 bytes, one lookup per digit, one shift-and-or per column.  Raises ValueError on
+    a non-hex digit."""
+    s = pd.Series(text, dtype="string").str.replace(r"^0[xX]", "", regex=True)
+    if s.str.len().max() > 16 if len(s) else False:
+        raise ValueError("hex value longer than 16 digits")
+    raw = np.array(s.str.zfill(16).fillna("0" * 16).tolist(), dtype="S16")
+    digits = np.take(_HEXVAL, raw.view(np.uint8).reshape(-1, 16))
+    if (digits == 255).any():
+        raise ValueError("not a hex number")
+    out = np.zeros(len(s), dtype=np.uint64)
+    for col in range(16):
+        out = (out << np.uint64(4)) | digits[:, col].astype(np.uint64)
+    return out
+
+
+def _frame(start: object, end: object, label: object, source: str) -> pd.DataFrame:
+    s = np.asarray(start, dtype=np.uint64)
+    df = pd.DataFrame(
+        {
+            "start": s,
+            "end": np.asarray(end, dtype=np.uint64),
+            "label": pd.array(np.asarray(label, dtype=object), dtype="string"),
+            "source": pd.Categorical([source] * len(s)),
+        }
+    )
+    return df[df["end"] > df["start"]].reset_index(drop=True)
+
+
+# -- kallsyms ---------------------------------------------------------------------------------
+def read_kallsyms(source: str | Path) -> pd.DataFrame:
+    """``/proc/kallsyms`` lines as ``addr (uint64), type, name`` (first address per name wins
+    in lookups).  A line that is not ``HEXADDR TYPE NAME`` is an :class:`InputError`."""
+    text, name = _text(source)
+    lines = pd.Series(text.splitlines(), dtype="string")
+    lines = lines[lines.str.strip() != ""]
+    parts = lines.str.strip().str.split(r"\s+", n=3, expand=True, regex=True)
+    if parts.shape[1] < 3:
+        parts = parts.reindex(columns=range(3))
+    bad = ~(parts[0].str.fullmatch(r"[0-9a-fA-F]{1,16}").fillna(False)) | parts[2].isna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        line_no = int(lines.index[i]) + 1
+        raise InputError(
+            f"{name}: line {line_no}: {lines.iloc[i]!r} is not 'HEXADDR TYPE NAME' (kallsyms)"
+        )
+    addr = hex_values(parts[0])
+    return pd.DataFrame(
+        {"addr": addr, "type": parts[1].to_numpy(str), "name": parts[2].to_numpy(str)}
+    )
+
+
+def _symbols(kallsyms: pd.DataFrame) -> dict[str, int]:
+    first = kallsyms.drop_duplicates("name")
+    return dict(zip(first["name"], first["addr"].astype(np.uint64).tolist(), strict=True))
+
+
+# -- iomem and dmesg ------------------------------------------------------------------------------
+_IOMEM = re.compile(r"^(\s*)([0-9a-fA-F]+)-([0-9a-fA-F]+)\s*:\s*(.*?)\s*$")
+
+
+def read_iomem(source: str | Path) -> pd.DataFrame:
+    """``/proc/iomem`` as ``start, end (exclusive), name, depth``."""
+    text, name = _text(source)
+    lines = pd.Series(text.splitlines(), dtype="string")
+    lines = lines[lines.str.strip() != ""]
+    parts = lines.str.extract(_IOMEM)
+    bad = parts[1].isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{name}: line {int(lines.index[i]) + 1}: {lines.iloc[i]!r} is not "
+            "'START-END : NAME' (iomem)"
+        )
+    return pd.DataFrame(
+        {
+            "start": hex_values(parts[1]),
+            "end": hex_values(parts[2]) + np.uint64(1),
+            "name": parts[3].to_numpy(str),
+            "depth": (parts[0].str.len().to_numpy(np.int64) // 2).astype(np.int8),
+        }
+    )
+
+
+def iomem_labels(iomem: pd.DataFrame) -> pd.DataFrame:
+    """Every iomem line as a label (``iomem: NAME``)."""
+    return _frame(iomem["start"], iomem["end"], "iomem: " + iomem["name"], "iomem")
+
+
+_RESERVED = re.compile(
+    r"(?P<who>kvm|cma)\b[^\n]*?Reserved (?P<n>\d+) (?P<unit>[KMG])iB at (?P<at>0x[0-9a-fA-F]+)"
+)
+
+
+def dmesg_labels(source: str | Path) -> pd.DataFrame:
+    """The hyp carve-out (``kvm [0]: Reserved N MiB at PA``) and CMA lines of a dmesg."""
+    text, _ = _text(source)
+    rows = []
+    for m in _RESERVED.finditer(text):
+        size = int(m.group("n")) << {"K": 10, "M": 20, "G": 30}[m.group("unit")]
+        at = int(m.group("at"), 16)
+        what = "hyp carve-out (dmesg)" if m.group("who") == "kvm" else "CMA area (dmesg)"
+        rows.append((at, at + size, what))
+    if not rows:
+        return LABELS.empty()
+    s, e, lab = zip(*rows, strict=True)
+    return _frame(s, e, list(lab), "dmesg")
+
+
+# -- the kernel image and the linear map -------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class KernelImage:
+    """Where the kernel image is: ``_text`` at ``text_va`` is physical ``text_pa``."""
+
+    text_va: int
+    text_pa: int
+
+    @classmethod
+    def from_evidence(cls, kallsyms: pd.DataFrame, iomem: pd.DataFrame) -> KernelImage:
+        syms = _symbols(kallsyms)
+        if "_text" not in syms:
+            raise InputError("kallsyms: no _text symbol (needed to place the kernel image)")
+        code = iomem[iomem["name"] == "Kernel code"]
+        if code.empty:
+            raise InputError("iomem: no 'Kernel code' line (needed to place the kernel image)")
+        return cls(syms["_text"], int(code["start"].iloc[0]))
+
+    def pa(self, va: object) -> np.ndarray:
+        """Physical addresses of kernel-image VAs (vectorised)."""
+        v = np.asarray(va, dtype=np.uint64)
+        return v - np.uint64(self.text_va) + np.uint64(self.text_pa)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearMap:
+    """The kernel's linear map: PA = VA - PAGE_OFFSET + PHYS_OFFSET, modulo 2**64.
+
+    That is ``__lm_to_phys`` ((VA & ~PAGE_OFFSET) + PHYS_OFFSET) for linear addresses.
+    ``phys_offset`` is ``memstart_addr`` (read from the dump with :meth:`from_dump`).  A
+    kernel built with 52-bit VAs running with 48 (no LPA2/LVA, as in both captures, whose
+    kconfig has ARM64_VA_BITS=52) keeps PAGE_OFFSET = -(1 << 52) and lowers memstart_addr by
+    ``_PAGE_OFFSET(48) - _PAGE_OFFSET(52)`` (``arm64_memblock_init``), so memstart_addr then
+    reads as a negative number (0xfff1000040000000 in both dumps for RAM at 0x40000000).
+    ``page_offset`` None picks PAGE_OFFSET from that: -(1 << 52) when memstart_addr is
+    negative, else -(1 << 48) for VAs at or above 0xffff000000000000 and -(1 << 52) below.
+    """
+
+    phys_offset: int
+    page_offset: int | None = None
+
+    def pa(self, va: object) -> np.ndarray:
+        v = np.asarray(va, dtype=np.uint64)
+        if self.page_offset is not None:
+            po = np.full(v.shape, self.page_offset, dtype=np.uint64)
+        elif self.phys_offset >= 1 << 63:
+            po = np.full(v.shape, 0xFFF0000000000000, dtype=np.uint64)
+        else:
+            po = np.where(
+                v >= np.uint64(0xFFFF000000000000),
+                np.uint64(0xFFFF000000000000),
+                np.uint64(0xFFF0000000000000),
+            )
+        with np.errstate(over="ignore"):
+            return v - po + np.uint64(self.phys_offset)
+
+    @classmethod
+    def from_dump(
+        cls,
+        memory: Memory,
+        kallsyms: pd.DataFrame,
+        image: KernelImage,
+        page_offset: int | None = None,
+    ) -> LinearMap:
+        value = read_symbol_u64(memory, kallsyms, image, "memstart_addr")
+        return cls(int(value), page_offset)
+
+
+def read_symbol_u64(
+    memory: Memory, kallsyms: pd.DataFrame, image: KernelImage, name: str, count: int = 1
+) -> int | np.ndarray:
+    """The 64-bit value(s) of a kernel-image variable, read from the dump."""
+    syms = _symbols(kallsyms)
+    if name not in syms:
+        raise InputError(f"kallsyms: no symbol {name}")
+    pa = int(image.pa(syms[name]))
+    words, ok = memory.gather(np.array([pa], dtype=np.uint64), 8 * count)
+    if not ok[0]:
+        raise InputError(f"{name} (PA {pa:#x}) is not in the dump")
+    row = words[0].astype(np.uint64)
+    return int(row[0]) if count == 1 else row
+
+
+def image_labels(kallsyms: pd.DataFrame, image: KernelImage) -> pd.DataFrame:
+    """The image and hypervisor sections named by :data:`SECTIONS`, as physical ranges."""
+    syms = _symbols(kallsyms)
+    rows = [(syms[a], syms[b], lab) for a, b, lab in SECTIONS if a in syms and b in syms]
+    if not rows:
+        return LABELS.empty()
+    s, e, lab = zip(*rows, strict=True)
+    return _frame(image.pa(list(s)), image.pa(list(e)), list(lab), "kallsyms")
+
+
+def percpu_labels(
+    memory: Memory,
+    kallsyms: pd.DataFrame,
+    image: KernelImage,
+    linear: LinearMap,
+    max_cpus: int = 512,
+) -> pd.DataFrame:
+    """The hypervisor's per-CPU areas from ``kvm_arm_hyp_percpu_base[]`` in the dump.
+
+    The array is read up to its first zero entry (unused CPUs) or ``max_cpus`` entries.
+    """
+    syms = _symbols(kallsyms)
+    need = ("__kvm_nvhe_kvm_arm_hyp_percpu_base", "__kvm_nvhe___per_cpu_start")
+    if any(n not in syms for n in (*need, "__kvm_nvhe___per_cpu_end")):
+        return LABELS.empty()
+    bases = np.asarray(
+        read_symbol_u64(memory, kallsyms, image, need[0], count=max_cpus), dtype=np.uint64
+    )
+    zero = np.flatnonzero(bases == 0)
+    bases = bases[: int(zero[0])] if zero.size else bases
+    size = syms["__kvm_nvhe___per_cpu_end"] - syms["__kvm_nvhe___per_cpu_start"]
+    size = -(-size // PAGE) * PAGE
+    start = linear.pa(bases)
+    labels = [f"hyp per-CPU area, CPU {i}" for i in range(len(bases))]
+    return _frame(start, start + np.uint64(size), labels, "percpu")
+
+
+# -- traces -------------------------------------------------------------------------------------
+_HEX = r"(0x[0-9a-fA-F]+)"
+
+
+def _hex(series: pd.Series) -> np.ndarray:
+    return hex_values(series)
+
+
+def trace_labels(events: pd.DataFrame, linear: LinearMap) -> pd.DataFrame:
+    """Allocations named by the capture's host kprobes (EVENTS schema input; see module doc).
+
+    VM numbers count ``s2_kvm_arch_init_vm`` events in trace order (VM 1 is the first).
+    Vectorised over events: one regex extraction per event kind, pairing of kretprobes with
+    the entry probe before them on the same CPU by a grouped shift.
+    """
+    ev = events.reset_index(drop=True)
+    name = ev["event"].astype(str)
+    fields = ev["fields"].astype("string").fillna("")
+    vm = (name == "s2_kvm_arch_init_vm").cumsum().to_numpy()
+    out: list[pd.DataFrame] = []
+
+    # kvm_share_hyp(from, to): caller from the matching return probe.
+    share = np.flatnonzero((name == "s2_kvm_share_hyp").to_numpy())
+    ret = np.flatnonzero((name == "s2_kvm_share_hyp_ret").to_numpy())
+    if share.size:
+        rng = fields.iloc[share].str.extract(rf"from={_HEX}\s+to={_HEX}")
+        ok = rng.notna().all(axis=1).to_numpy()
+        lo = linear.pa(_hex(rng[0][ok]))
+        hi = linear.pa(_hex(rng[1][ok]))
+        caller = _callers(ev, fields, share[ok], ret)
+        what = np.where(
+            caller == "kvm_arch_init_vm",
+            "struct kvm",
+            np.where(caller == "kvm_arch_vcpu_create", "vCPU struct", "object"),
+        )
+        labels = [
+            f"{w} of VM {v} shared with hyp (kvm_share_hyp)"
+            for w, v in zip(what, vm[share[ok]], strict=True)
+        ]
+        out.append(_frame(lo & ~np.uint64(PAGE - 1), _page_up(hi), labels, "trace"))
+
+    # alloc_pages_exact(size) ... ret: donated when the caller creates the hyp VM or vCPU.
+    alloc = np.flatnonzero((name == "s2_alloc_pages_exact").to_numpy())
+    aret = np.flatnonzero((name == "s2_alloc_pages_exact_ret").to_numpy())
+    if aret.size and alloc.size:
+        entry = _previous(ev, alloc, aret)
+        okr = entry >= 0
+        size = fields.iloc[entry[okr]].str.extract(rf"size={_HEX}")[0]
+        got = fields.iloc[aret[okr]].str.extract(rf"\((\w+)\+.*ret={_HEX}")
+        keep = (size.notna().to_numpy()) & got.notna().all(axis=1).to_numpy()
+        rows = aret[okr][keep]
+        base = linear.pa(_hex(got[1][keep]))
+        nbytes = _hex(size[keep])
+        who = got[0][keep].to_numpy(str)
+        donated = np.isin(who, ["pkvm_create_hyp_vm", "pkvm_create_hyp_vcpu"])
+        verb = np.where(donated, "donated to hyp by ", "allocated by ")
+        labels = _text_join(verb, who, " (VM ", vm[rows], ")")
+        out.append(_frame(base, base + nbytes, labels, "trace"))
+
+    # pkvm_pgtable_stage2_map(addr, size, phys): a guest page.
+    gmap = np.flatnonzero((name == "s2_pkvm_pgtable_stage2_map").to_numpy())
+    if gmap.size:
+        g = fields.iloc[gmap].str.extract(rf"addr={_HEX}\s+size={_HEX}\s+phys={_HEX}")
+        ok = g.notna().all(axis=1).to_numpy()
+        phys, size, ipa = _hex(g[2][ok]), _hex(g[1][ok]), _hex(g[0][ok])
+        labels = [
+            f"guest memory of VM {v} (IPA {i:#x})"
+            for v, i in zip(vm[gmap[ok]], ipa.tolist(), strict=True)
+        ]
+        out.append(_frame(phys, phys + size, labels, "trace"))
+    if not out:
+        return LABELS.empty()
+    return pd.concat(out, ignore_index=True)
+
+
+def _text_join(*parts: object) -> np.ndarray:
+    """Element-wise string concatenation of scalars and arrays (vectorised by pandas)."""
+    n = max((len(p) for p in parts if not isinstance(p, str)), default=1)
+    out = pd.Series([""] * n, dtype="string")
+    for p in parts:
+        out = out + (p if isinstance(p, str) else pd.Series(np.asarray(p)).astype("string").values)
+    return out.to_numpy(object)
+
+
+def _page_up(x: np.ndarray) -> np.ndarray:
+    return (x + np.uint64(PAGE - 1)) & ~np.uint64(PAGE - 1)
+
+
+def _previous(ev: pd.DataFrame, entries: np.ndarray, rets: np.ndarray) -> np.ndarray:
+    """For each return probe, the row of the latest entry probe before it on the same CPU
+    (-1 when none): a merge_asof by CPU over row numbers."""
+    cpu = ev["cpu"].astype("Int64").fillna(-1).to_numpy(np.int64)
+    left = pd.DataFrame({"row": rets, "cpu": cpu[rets]}).sort_values("row")
+    right = pd.DataFrame({"row": entries, "entry": entries, "cpu": cpu[entries]})
+    merged = pd.merge_asof(
+        left,
+        right.sort_values("row"),
+        on="row",
+        by="cpu",
+        direction="backward",
+        allow_exact_matches=False,
+    )
+    return merged.set_index("row").loc[rets, "entry"].fillna(-1).to_numpy(np.int64)
+
+
+def _callers(
+    ev: pd.DataFrame, fields: pd.Series, entries: np.ndarray, rets: np.ndarray
+) -> np.ndarray:
+    """Caller function named by the first return probe after each entry on the same CPU."""
+    if not rets.size:
+        return np.full(entries.size, "", dtype=object)
+    cpu = ev["cpu"].astype("Int64").fillna(-1).to_numpy(np.int64)
+    left = pd.DataFrame({"row": entries, "cpu": cpu[entries]}).sort_values("row")
+    right = pd.DataFrame({"row": rets, "ret": rets, "cpu": cpu[rets]}).sort_values("row")
+    merged = (
+        pd.merge_asof(
+            left, right, on="row", by="cpu", direction="forward", allow_exact_matches=False
+        )
+        .set_index("row")
+        .loc[entries]
+    )
+    has = merged["ret"].notna().to_numpy()
+    out = np.full(entries.size, "", dtype=object)
+    names = fields.iloc[merged["ret"][has].astype(np.int64)].str.extract(r"\((\w+)\+")[0]
+    out[has] = names.fillna("").to_numpy(object)
+    return out
+
+
+# -- the interval join ---------------------------------------------------------------------------
+def label_map(
+    frame: pd.DataFrame,
+    labels: pd.DataFrame,
+    start: str = "ipa_start",
+    size: str = "size",
+    column: str = "label",
+) -> pd.DataFrame:
+    """``frame`` with a ``label`` column: the labels of every range overlapping each row,
+    most specific (smallest) first, joined with ``"; "`` (<NA> where none).
+
+    Vectorised interval join.  Labels up to 16 MiB wide are found per row with two
+    ``searchsorted`` over their sorted starts (a window as wide as the widest of them); the
+    few wider ones (RAM, CMA, carve-out) with a rows x labels comparison.  The joined text is
+    built once per distinct set of labels (a 64-bit sum of per-label random keys names the
+    set), not once per row.
+    """
+    out = frame.copy()
+    n = len(frame)
+    if labels.empty or n == 0:
+        out[column] = pd.array([pd.NA] * n, dtype="string")
+        return out
+    lab = labels.drop_duplicates(["start", "end", "label"])
+    ls = lab["start"].to_numpy(np.uint64)
+    le = lab["end"].to_numpy(np.uint64)
+    width = le - ls
+    names = lab["label"].astype(str).to_numpy(object)
+    rs = frame[start].to_numpy(np.uint64)
+    re_ = rs + frame[size].to_numpy(np.uint64)
+    small = np.flatnonzero(width <= np.uint64(1 << 24))
+    big = np.flatnonzero(width > np.uint64(1 << 24))
+    rows, hits = [], []
+    if small.size:
+        order = small[np.argsort(ls[small], kind="stable")]
+        starts = ls[order]
+        reach = np.uint64(int(width[small].max()))
+        lo = np.searchsorted(starts, np.where(rs > reach, rs - reach, 0), side="left")
+        hi = np.searchsorted(starts, re_, side="left")
+        cnt = (hi - lo).astype(np.int64)
+        r = np.repeat(np.arange(n), cnt)
+        k = order[np.repeat(lo, cnt) + (np.arange(r.size) - np.repeat(np.cumsum(cnt) - cnt, cnt))]
+        keep = le[k] > rs[r]
+        rows.append(r[keep])
+        hits.append(k[keep])
+    if big.size:
+        m = (ls[big][None, :] < re_[:, None]) & (le[big][None, :] > rs[:, None])
+        r, j = np.nonzero(m)
+        rows.append(r)
+        hits.append(big[j])
+    r = np.concatenate(rows)
+    k = np.concatenate(hits)
+    order = np.lexsort((ls[k], width[k], r))
+    r, k = r[order], k[order]
+    keys = np.random.default_rng(0x5EED).integers(1, 2**63, size=len(lab), dtype=np.uint64)
+    text = np.full(n, None, dtype=object)
+    if r.size:
+        first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        with np.errstate(over="ignore"):
+            sums = np.add.reduceat(keys[k], first)
+        uniq, at = np.unique(sums, return_index=True)
+        ends = np.r_[first[1:], r.size]
+        combo = {
+            int(u): "; ".join(names[k[first[i] : ends[i]]]) for u, i in zip(uniq, at, strict=True)
+        }
+        text[r[first]] = [combo[int(s)] for s in sums]
+    out[column] = pd.array(text, dtype="string")
+    return out
+
+
+def symbol_labels(
+    kallsyms: pd.DataFrame, image: KernelImage, prefixes: tuple[str, ...] = ("__kvm_nvhe_",)
+) -> pd.DataFrame:
+    """Data objects (kallsyms types D, d, B, b, R, r) whose name starts with one of
+    ``prefixes`` (or contains ``kvm``), each from its address to the next symbol, at most to
+    the end of its page (kallsyms has no sizes): e.g. ``__kvm_nvhe___hyp_vmemmap``,
+    ``kvm_vgic_global_state``.  Section markers (``__kvm_nvhe___hyp_*``) are left to
+    :func:`image_labels`."""
+    ks = kallsyms.sort_values("addr", kind="stable").drop_duplicates("addr", keep="last")
+    addr = ks["addr"].to_numpy(np.uint64)
+    nxt = np.r_[addr[1:], np.uint64(2**64 - 1)]
+    name = ks["name"].astype(str)
+    obj = ks["type"].astype(str).isin(list("DdBbRr")).to_numpy()
+    pick = name.str.startswith(prefixes) | name.str.contains("kvm")
+    pick &= ~name.str.contains(r"___hyp_|__per_cpu_|_section_", regex=True)
+    sel = obj & pick.to_numpy()
+    end = np.minimum(nxt[sel], (addr[sel] // np.uint64(PAGE) + np.uint64(1)) * np.uint64(PAGE))
+    return _frame(image.pa(addr[sel]), image.pa(end), name[sel].to_numpy(object), "kallsyms")
+
+
+# -- all the labels of the evidence ----------------------------------------------------------
+def collect_labels(
+    memory: Memory | None = None,
+    kallsyms: pd.DataFrame | None = None,
+    image: KernelImage | None = None,
+    iomem: pd.DataFrame | None = None,
+    dmesg: str | Path | None = None,
+    events: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Every label the given evidence yields (LABELS schema).  Per-CPU areas and trace
+    addresses need the dump (``memory``) to read ``kvm_arm_hyp_percpu_base[]`` and
+    ``memstart_addr``; sources that cannot be used are skipped."""
+    parts = []
+    if iomem is not None:
+        parts.append(iomem_labels(iomem))
+    if dmesg is not None:
+        parts.append(dmesg_labels(dmesg))
+    if kallsyms is not None and image is not None:
+        parts.append(image_labels(kallsyms, image))
+        parts.append(symbol_labels(kallsyms, image))
+        if memory is not None:
+            parts.append(
+                percpu_labels(memory, kallsyms, image, LinearMap.from_dump(memory, kallsyms, image))
+            )
+            if events is not None:
+                linear = LinearMap.from_dump(memory, kallsyms, image)
+                parts.append(trace_labels(events, linear))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return LABELS.empty()
+    out = pd.concat(parts, ignore_index=True)
+    out["source"] = out["source"].astype(str).astype("category")
+    LABELS.check(out)
+    return out

@@ -1,0 +1,405 @@
+"""Questions about an ownership timeline: who owned a page when, how it got there, and map diffs.
+
+Every query is a mask or a ``searchsorted`` over the INTERVALS table of a
+:class:`~s2trace.trace.replay.Timeline`.  Pages the timeline has no row for were never touched
+and are host owned for the whole replay (the replay's default); a lost-events marker of size 0
+still makes their answer ``incomplete`` from its time on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from s2trace.columns import INTERVALS, MAP, Column, Schema
+from s2trace.errors import InputError
+from s2trace.trace.replay import Timeline
+
+__all__ = [
+    "MAP_DIFF",
+    "OwnerAnswer",
+    "diff_maps",
+    "explain",
+    "history",
+    "owner_at",
+    "snapshot",
+]
+
+MAP_DIFF = Schema(
+    "map diff",
+    "Ranges where two ownership maps disagree on owner or host page state (`diff_maps`). "
+    "`unknown` or <NA> page state on one side agrees with any state; a range one map does not "
+    "cover reads owner host with no state there.",
+    (
+        Column("ipa_start", "uint64", "first address of the range"),
+        Column("size", "uint64", "bytes"),
+        Column("expected_owner", "category", "owner in the expected map (<NA>: not covered)"),
+        Column("expected_state", "category", "page state in the expected map"),
+        Column("actual_owner", "category", "owner in the actual map (<NA>: not covered)"),
+        Column("actual_state", "category", "page state in the actual map"),
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerAnswer:
+    """The state of the page holding ``addr`` at time ``t`` (``None``: after the last event).
+
+    ``since`` is when that state began (-inf: initial), ``cause`` the event_index of the
+    transition that made it and ``line`` that transition's source line (when the timeline
+    carries its transitions).  ``incomplete``: a lost-events marker concerning this page lies
+    between ``since`` and ``t``, so a transition may be missing.
+    """
+
+    addr: int
+    t: float | None
+    owner: str
+    host_state: str
+    peer: str | None
+    peer_state: str | None
+    since: float
+    cause: int | None
+    line: int | None
+    incomplete: bool
+
+
+# ---------------------------------------------------------------------------------------------
+def _alive(iv: pd.DataFrame, t: float | None) -> np.ndarray:
+    t_start = iv["t_start"].to_numpy()
+    t_end = iv["t_end"].to_numpy()
+    if t is None:
+        return np.isinf(t_end) & (t_end > 0)
+    return (t_start <= t) & (t < t_end)
+
+
+def _covers(iv: pd.DataFrame, addr: int) -> np.ndarray:
+    start = iv["addr_start"].to_numpy()
+    end = start + iv["size"].to_numpy()
+    a = np.uint64(addr)
+    return (start <= a) & (a < end)
+
+
+def _lost_before(timeline: Timeline, addr: int, t: float | None) -> list[float]:
+    """Times of lost-events markers that concern ``addr`` at or before ``t``."""
+    out = []
+    for m in timeline.meta.get("lost", []):
+        inside = m["size"] == 0 or m["addr"] <= addr < m["addr"] + m["size"]
+        if inside and (t is None or m["ts"] <= t):
+            out.append(m["ts"])
+    return out
+
+
+def _line_of(timeline: Timeline, event_index: int | None) -> int | None:
+    tr = timeline.transitions
+    if event_index is None or tr is None:
+        return None
+    hit = np.flatnonzero(tr["event_index"].to_numpy() == event_index)
+    return int(tr["line"].iloc[hit[0]]) if len(hit) else None
+
+
+def _na(value: object) -> object:
+    return None if pd.isna(value) else value
+
+
+def owner_at(timeline: Timeline, addr: int, t: float | None = None) -> OwnerAnswer:
+    """Who owned the page holding ``addr`` at time ``t`` (``None``: at the end)."""
+    iv = timeline.intervals
+    hit = np.flatnonzero(_covers(iv, addr) & _alive(iv, t))
+    if len(hit) == 0:
+        return OwnerAnswer(  # never touched: host owned all along
+            addr=addr,
+            t=t,
+            owner="host",
+            host_state="owned",
+            peer=None,
+            peer_state=None,
+            since=-np.inf,
+            cause=None,
+            line=None,
+            incomplete=bool(_lost_before(timeline, addr, t)),
+        )
+    row = iv.iloc[hit[0]]
+    cause = _na(row["cause"])
+    cause = None if cause is None else int(cause)
+    return OwnerAnswer(
+        addr=addr,
+        t=t,
+        owner=str(row["owner"]),
+        host_state=str(row["host_state"]),
+        peer=_na(row["peer"]),
+        peer_state=_na(row["peer_state"]),
+        since=float(row["t_start"]),
+        cause=cause,
+        line=_line_of(timeline, cause),
+        incomplete=bool(row["incomplete"])
+        and any(x >= float(row["t_start"]) for x in _lost_before(timeline, addr, t)),
+    )
+
+
+def history(timeline: Timeline, addr: int) -> pd.DataFrame:
+    """The intervals (INTERVALS rows) of the page holding ``addr``, in time order.
+
+    A page no transition touched gets one synthetic row: host owned from -inf to +inf.
+    """
+    iv = timeline.intervals
+    rows = iv[_covers(iv, addr)].sort_values("t_start", kind="stable")
+    if len(rows):
+        return rows.reset_index(drop=True)
+    page = addr - addr % timeline.page_size
+    return pd.DataFrame(
+        {
+            "addr_start": np.array([page], dtype=np.uint64),
+            "size": np.array([timeline.page_size], dtype=np.uint64),
+            "owner": pd.Categorical(["host"]),
+            "host_state": pd.Categorical(["owned"]),
+            "peer": pd.Categorical([None]),
+            "peer_state": pd.Categorical([None]),
+            "t_start": [-np.inf],
+            "t_end": [np.inf],
+            "cause": pd.array([None], dtype="Int64"),
+            "incomplete": pd.array([bool(_lost_before(timeline, addr, None))], dtype="boolean"),
+        }
+    ).astype(INTERVALS.dtypes())
+
+
+# ---------------------------------------------------------------------------------------------
+def _coalesce(start: np.ndarray, size: np.ndarray, *keys: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Merge address-sorted adjacent ranges whose keys are equal."""
+    if len(start) == 0:
+        return (start, size, *keys)
+    same = start[1:] == start[:-1] + size[:-1]
+    for k in keys:
+        same &= pd.Series(k[1:]).eq(pd.Series(k[:-1])).to_numpy() | (
+            pd.isna(k[1:]) & pd.isna(k[:-1])
+        )
+    heads = np.flatnonzero(np.r_[True, ~same])
+    return (start[heads], np.add.reduceat(size, heads), *(k[heads] for k in keys))
+
+
+def snapshot(timeline: Timeline, t: float | None = None) -> pd.DataFrame:
+    """The ownership map at ``t`` (``None``: the end), with the MAP columns.
+
+    As a host stage-2 dump shows it: pages the host can reach are ``kind`` page, owner host
+    (``oa`` = address: identity map), ``page_state`` = the host's state; pages the host lost
+    are ``kind`` invalid with their owner and ``nopage``.  Adjacent equal ranges are merged.
+    Pages never touched are left out, like the zero entries of a dump.  Walk-only columns
+    (level, table_pa, index, raw) are 0, the others <NA>.
+    """
+    iv = timeline.intervals
+    alive = iv[_alive(iv, t)].sort_values("addr_start", kind="stable")
+    host_state = alive["host_state"].astype("object").to_numpy()
+    lost = host_state == "nopage"
+    owner = np.where(lost, alive["owner"].astype("object").to_numpy(), "host")
+    kind = np.where(lost, "invalid", "page")
+    start, size, kind, owner, host_state = _coalesce(
+        alive["addr_start"].to_numpy(), alive["size"].to_numpy(), kind, owner, host_state
+    )
+    n = len(start)
+    oa = pd.array(start, dtype="UInt64")
+    oa[kind == "invalid"] = pd.NA
+    frame = pd.DataFrame(
+        {
+            "ipa_start": start.astype(np.uint64),
+            "size": size.astype(np.uint64),
+            "oa": oa,
+            "level": np.zeros(n, dtype=np.int8),
+            "kind": pd.Categorical(kind, categories=["block", "page", "invalid", "reserved"]),
+            "owner": pd.Categorical(owner),
+            "owner_id": pd.array([None] * n, dtype="UInt32"),
+            "page_state": pd.Categorical(host_state),
+            "s2ap": pd.Categorical([None] * n),
+            "memattr_name": pd.Categorical([None] * n),
+            "xn": pd.array([None] * n, dtype="UInt8"),
+            "contiguous": pd.array([None] * n, dtype="boolean"),
+            "table_pa": np.zeros(n, dtype=np.uint64),
+            "index": np.zeros(n, dtype=np.uint16),
+            "raw": np.zeros(n, dtype=np.uint64),
+            "locked": pd.array([None] * n, dtype="boolean"),
+            "inv_type": pd.Categorical([None] * n),
+            "vm_handle": pd.array([None] * n, dtype="UInt16"),
+            "gfn": pd.array([None] * n, dtype="UInt64"),
+        }
+    )
+    return frame[MAP.names]
+
+
+# ---------------------------------------------------------------------------------------------
+def _map_arrays(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, ...]:
+    missing = [c for c in ("ipa_start", "size", "owner", "page_state") if c not in frame]
+    if missing:
+        raise InputError(f"diff_maps: {name} map lacks columns {', '.join(missing)}")
+    f = frame[frame["size"].to_numpy() > 0].sort_values("ipa_start", kind="stable")
+    start = f["ipa_start"].to_numpy(dtype=np.uint64)
+    end = start + f["size"].to_numpy(dtype=np.uint64)
+    overlap = np.flatnonzero(start[1:] < end[:-1])
+    if len(overlap):
+        raise InputError(
+            f"diff_maps: {name} map has overlapping rows at {int(start[overlap[0] + 1]):#x}"
+        )
+    owner = f["owner"].astype("object").to_numpy()
+    state = f["page_state"].astype("object").to_numpy()
+    return start, end, owner, state
+
+
+def _side(
+    bounds: np.ndarray, start: np.ndarray, end: np.ndarray, owner: np.ndarray, state: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(covered, owner, state) of each elementary segment starting at ``bounds``."""
+    i = np.searchsorted(start, bounds, "right") - 1
+    j = np.maximum(i, 0)
+    covered = (i >= 0) & (bounds < end[j]) if len(start) else np.zeros(len(bounds), dtype=bool)
+    o = np.where(covered, owner[j] if len(start) else None, None)
+    s = np.where(covered, state[j] if len(start) else None, None)
+    return covered, o, s
+
+
+def diff_maps(expected: pd.DataFrame, actual: pd.DataFrame) -> pd.DataFrame:
+    """Ranges where two ownership maps (MAP columns) disagree on owner or page state.
+
+    An interval sweep: the union of both maps' boundaries cuts the address space into
+    elementary segments, each looked up in both maps with ``searchsorted``.  Rules:
+
+    * page_state ``unknown`` or <NA> on one side agrees with any state on the other (6.14+
+      dumps do not hold the host state in the PTE, facts §2.6);
+    * where one map has no row, that side reads owner ``host`` with no state (the host stage 2
+      is filled lazily: a missing entry is host-owned, facts §2.2), so only a non-host owner on
+      the other side is a disagreement;
+    * an owner <NA> (a row the profile could not attribute, e.g. a reserved entry) agrees with
+      any owner;
+    * ``kind``, attributes and levels are not compared.
+
+    Returns MAP_DIFF rows, adjacent disagreeing segments with equal values merged.
+    """
+    e = _map_arrays(expected, "expected")
+    a = _map_arrays(actual, "actual")
+    bounds = np.unique(np.concatenate([e[0], e[1], a[0], a[1]]))
+    if len(bounds) < 2:
+        return MAP_DIFF.empty()
+    seg_start, seg_end = bounds[:-1], bounds[1:]
+    ec, eo, es = _side(seg_start, *e)
+    ac, ao, as_ = _side(seg_start, *a)
+    used = ec | ac
+    e_owner = np.where(ec, eo, "host")
+    a_owner = np.where(ac, ao, "host")
+    vague = pd.isna(es) | pd.isna(as_) | (es == "unknown") | (as_ == "unknown")
+    state_differs = ~vague & (es != as_)
+    owner_differs = ~(pd.isna(e_owner) | pd.isna(a_owner)) & (e_owner != a_owner)
+    differs = used & (owner_differs | state_differs)
+    keep = np.flatnonzero(differs)
+    start, size, eo, es, ao, as_ = _coalesce(
+        seg_start[keep], (seg_end - seg_start)[keep], eo[keep], es[keep], ao[keep], as_[keep]
+    )
+    frame = pd.DataFrame(
+        {
+            "ipa_start": start.astype(np.uint64),
+            "size": size.astype(np.uint64),
+            "expected_owner": pd.Categorical(eo),
+            "expected_state": pd.Categorical(es),
+            "actual_owner": pd.Categorical(ao),
+            "actual_state": pd.Categorical(as_),
+        }
+    )
+    return frame[MAP_DIFF.names]
+
+
+# ---------------------------------------------------------------------------------------------
+def _fmt_t(t: float) -> str:
+    return "start" if np.isneginf(t) else f"{t:.6f}"
+
+
+def _state_words(row: pd.Series) -> str:
+    text = f"owner {row['owner']}, host {row['host_state']}"
+    if not pd.isna(row["peer"]):
+        text += f", {row['peer']} {row['peer_state']}"
+    return text
+
+
+def explain(timeline: Timeline, addr: int, t: float | None = None) -> str:
+    """A short narrative of how the page holding ``addr`` reached its state at ``t``.
+
+    Lists the state changes up to ``t`` (time, source line, transition, resulting state), the
+    other transitions on the page that changed nothing, the violations on the page before
+    ``t``, and where lost events may hide transitions.
+    """
+    ans = owner_at(timeline, addr, t)
+    when = "at the end" if t is None else f"at t={t:.6f}"
+    lines = [
+        f"page {addr - addr % timeline.page_size:#x} {when}: owner {ans.owner}, "
+        f"host {ans.host_state}"
+        + (f", {ans.peer} {ans.peer_state}" if ans.peer else "")
+        + f" (since {_fmt_t(ans.since)}"
+        + (f", event {ans.cause}" if ans.cause is not None else "")
+        + (f", line {ans.line}" if ans.line is not None else "")
+        + ")"
+    ]
+    hist = history(timeline, addr)
+    limit = np.inf if t is None else t
+    hist = hist[hist["t_start"] <= limit]
+    causes = {}
+    lines.append("state changes:")
+    for _, row in hist.iterrows():
+        cause = _na(row["cause"])
+        if cause is None:
+            lines.append(f"  {_fmt_t(row['t_start']):>14}  initial: {_state_words(row)}")
+            continue
+        causes[int(cause)] = row
+        lines.append(
+            f"  {_fmt_t(row['t_start']):>14}  {_describe_event(timeline, int(cause))}"
+            f" -> {_state_words(row)}"
+        )
+    tr = timeline.transitions
+    vio = timeline.violations
+    vmask = _covers_rows(vio, "addr", addr) & (vio["ts"].to_numpy() <= limit)
+    refused = set(vio.loc[vmask, "event_index"].astype(int))
+    if tr is not None:
+        tmask = _covers_rows(tr, "addr", addr) & (tr["ts"].to_numpy() <= limit)
+        tmask &= tr["op"].astype("object").to_numpy() != "lost"
+        quiet = [
+            r
+            for r in tr[tmask].itertuples(index=False)
+            if int(r.event_index) not in causes and int(r.event_index) not in refused
+        ]
+        if quiet:
+            lines.append("transitions that changed nothing (markers, counted shares):")
+            for r in quiet:
+                lines.append(
+                    f"  {_fmt_t(r.ts):>14}  {_describe_event(timeline, int(r.event_index))}"
+                )
+    if vmask.any():
+        lines.append("violations:")
+        for r in vio[vmask].itertuples(index=False):
+            lines.append(f"  {_fmt_t(r.ts):>14}  line {r.line}: {r.check}: {r.detail}")
+    lost = _lost_before(timeline, addr, t)
+    if lost:
+        lines.append(
+            "(may be incomplete: lost events at " + ", ".join(f"{x:.6f}" for x in lost) + ")"
+        )
+    return "\n".join(lines)
+
+
+def _covers_rows(frame: pd.DataFrame, col: str, addr: int) -> np.ndarray:
+    start = frame[col].to_numpy(dtype=np.uint64)
+    size = frame["size"].to_numpy(dtype=np.uint64)
+    a = np.uint64(addr)
+    return (start <= a) & (a < start + np.maximum(size, np.uint64(1)))
+
+
+def _describe_event(timeline: Timeline, event_index: int) -> str:
+    tr = timeline.transitions
+    if tr is None:
+        return f"event {event_index}"
+    hit = tr[tr["event_index"].to_numpy() == event_index]
+    if not len(hit):
+        return f"event {event_index}"
+    r = hit.iloc[0]
+    parties = ""
+    if not pd.isna(r["initiator"]):
+        parties = (
+            f" {r['initiator']} → {r['completer']}"
+            if not pd.isna(r["completer"])
+            else (f" {r['initiator']}")
+        )
+    counted = " (counted)" if bool(_na(r["counted"]) or False) else ""
+    return f"line {int(r['line'])} {r['op']}{parties}{counted}"

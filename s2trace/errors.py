@@ -17,8 +17,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["InputError", "Problem", "ProblemLog", "StrictError"]
 
@@ -86,6 +88,8 @@ class ProblemLog:
 
     def frame(self) -> pd.DataFrame:
         """The problems as a DataFrame (columns ``kind, where, level, detail, source``)."""
+        import pandas as pd
+
         return pd.DataFrame(
             {
                 "kind": [p.kind for p in self.problems],

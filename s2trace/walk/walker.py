@@ -17,6 +17,8 @@ on (nothing is dropped silently):
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +35,14 @@ from s2trace.errors import Problem, ProblemLog
 from s2trace.pkvm.profiles import Profile, get_profile
 from s2trace.walk.tables import LevelChunk, Memory, TableWalk
 
-__all__ = ["Memory", "WalkResult", "walk"]
+__all__ = ["AUTO", "Memory", "WalkResult", "detect_profile", "walk"]
 
 _TABLE, _BLOCK, _PAGE, _INVALID, _RESERVED = range(len(KINDS))
+
+#: ``walk(..., profile=AUTO)``: choose the annotation profile from the dump (detect_profile).
+AUTO = "auto"
+#: Profiles :func:`detect_profile` chooses between (facts §2.1, §2.2).
+_AUTO_7X, _AUTO_6X = "linux-7.1", "linux-5.15"
 
 
 @dataclass
@@ -74,10 +81,23 @@ def walk(
     Returns the ownership map (``MAP`` schema; one row per leaf and per non-zero invalid
     entry, and per zero entry too with ``include_zero``), sorted by ``ipa_start``.
     ``identity`` reports valid leaves whose output address differs from the input address
-    (the pKVM host stage 2 is an identity map).  ``progress(done, levels)`` is called after
+    (the pKVM host stage 2 is an identity map).  ``profile="auto"`` chooses the profile from
+    the dump (:func:`detect_profile`: 7.1+ entries -> ``linux-7.1``, else ``linux-5.15``; the
+    reason is in ``meta["profile_reason"]``).  ``progress(done, levels)`` is called after
     each level.  ``coalesce`` merges equal neighbours into ranges while walking (the same
     result as :func:`s2trace.walk.ownership.coalesce` on the full map, without building it).
     """
+    if isinstance(profile, str) and profile == AUTO:
+        return _walk_auto(
+            memory,
+            config,
+            fwb=fwb,
+            include_zero=include_zero,
+            identity=identity,
+            strict=strict,
+            progress=progress,
+            coalesce=coalesce,
+        )
     prof = get_profile(profile) if profile is not None else get_profile()
     g = config.geometry
     log = ProblemLog(strict=strict)
@@ -131,6 +151,40 @@ def walk(
     return WalkResult(result_map, traversal.tables(), log, config, prof, fwb, meta, entry_counts)
 
 
+def detect_profile(map_df: pd.DataFrame) -> tuple[str, str]:
+    """The annotation profile a walked host map was written with, and why.
+
+    7.1 (facts §2.2) puts a type in bits 63:60 of every annotated invalid entry (1 locked,
+    2 donation, 3 poisoned); no 5.13-7.0 encoding sets those bits in an invalid entry (5.13
+    and 5.14 keep the owner in 63:56, but only ever write owner 1 = ``0x01...``, whose top
+    nibble is 0).  So one invalid entry with a non-zero type means 7.1+ and the map must be
+    read with ``linux-7.1``; otherwise the 6.x owner field (bits 9:2) applies.  The profile
+    only changes how entries are *named*, so the walk itself never depends on the guess.
+    """
+    raw = map_df["raw"].to_numpy(np.uint64)
+    inv = (map_df["kind"] == "invalid").to_numpy(bool)
+    typed = raw[inv] >> np.uint64(60)
+    hits = np.flatnonzero(typed != 0)
+    if hits.size:
+        first = map_df["ipa_start"].to_numpy(np.uint64)[inv][hits[0]]
+        return _AUTO_7X, (
+            f"auto: 7.1+ ({hits.size} invalid entr{'y' if hits.size == 1 else 'ies'} with a "
+            f"type in bits 63:60, first {int(raw[inv][hits[0]]):#x} at ipa {int(first):#x})"
+        )
+    return _AUTO_6X, "auto: no 7.1-style invalid entry (bits 63:60 all 0): 6.x encoding"
+
+
+def _walk_auto(memory: Memory, config: Stage2Config, **kw: Any) -> WalkResult:
+    """Walk with the 7.1 profile, then re-read with the 6.x one when the dump shows no
+    7.1 entry (:func:`detect_profile`); the choice is in ``meta['profile_reason']``."""
+    result = walk(memory, config, _AUTO_7X, **kw)
+    name, reason = detect_profile(result.map)
+    if name != _AUTO_7X:
+        result = walk(memory, config, name, **kw)
+    result.meta["profile_reason"] = reason
+    return result
+
+
 def _runs(chunk: LevelChunk, sel: Any, span: int, prof: Profile) -> tuple[np.ndarray, np.ndarray]:
     """Heads and sizes of the runs of kept entries that certainly coalesce.
 
@@ -162,6 +216,25 @@ def _runs(chunk: LevelChunk, sel: Any, span: int, prof: Profile) -> tuple[np.nda
     return (sel[heads] if isinstance(sel, np.ndarray) else heads), lengths * step
 
 
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``): the pieces of a huge map
+    live in the heap, their concatenation in fresh mappings, so without this the freed pieces
+    would stay resident and the peak would be twice the map."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        lib = ctypes.CDLL("libc.so.6")
+        lib.malloc_trim.argtypes = [ctypes.c_size_t]
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
 def _finish(pieces: list[dict[str, Any]]) -> pd.DataFrame:
     """Concatenate the pieces column by column (peak memory: one column more than the map),
     restore the declared dtypes, and sort by IPA only when levels interleave."""
@@ -178,6 +251,8 @@ def _finish(pieces: list[dict[str, Any]]) -> pd.DataFrame:
             cols[name] = type(parts[0])._concat_same_type(parts) if len(parts) > 1 else parts[0]
         for p in pieces:
             del p[name]
+        del parts
+        _release_freed_memory()
     out = pd.DataFrame(cols, copy=False)
     ipa = out["ipa_start"].to_numpy()
     if ipa.size > 1 and not bool(np.all(ipa[1:] > ipa[:-1])):

@@ -6,7 +6,9 @@ dtype and a one-line meaning.  ``docs/columns.md`` is generated from these decla
 declared columns, so this file is the contract.
 
 Stages: descriptors (decode) -> ownership map (walk) ; events (trace readers) ->
-transitions (recipes) -> intervals and violations (replay).
+transitions (recipes) -> intervals and violations (replay) -> map diffs (queries) ; the
+hypervisor's view of a dump: hyp map (hyp stage 1), vmemmap, page states, ownership map with
+vmemmap states, breaches (check) and labels (symbols).
 """
 
 from __future__ import annotations
@@ -16,13 +18,20 @@ from dataclasses import dataclass
 import pandas as pd
 
 __all__ = [
+    "BREACHES",
     "DESCRIPTOR",
     "EVENTS",
+    "HOST_STATE_MAP",
+    "HYP_MAP",
     "INTERVALS",
+    "LABELS",
     "MAP",
+    "MAP_DIFF",
+    "PAGE_STATES",
     "SCHEMAS",
     "TRANSITIONS",
     "VIOLATIONS",
+    "VMEMMAP",
     "Column",
     "Schema",
 ]
@@ -222,7 +231,154 @@ VIOLATIONS = Schema(
     ),
 )
 
-SCHEMAS: tuple[Schema, ...] = (DESCRIPTOR, MAP, EVENTS, TRANSITIONS, INTERVALS, VIOLATIONS)
+# -- queries on the ownership timeline (s2trace.trace.queries) --------------------------------
+MAP_DIFF = Schema(
+    "map diff",
+    "Ranges where two ownership maps disagree on owner or host page state (`diff_maps`). "
+    "`unknown` or <NA> page state on one side agrees with any state; a range one map does not "
+    "cover reads owner host with no state there.",
+    _cols(
+        ("ipa_start", "uint64", "first address of the range"),
+        ("size", "uint64", "bytes"),
+        ("expected_owner", CAT, "owner in the expected map (<NA>: not covered)"),
+        ("expected_state", CAT, "page state in the expected map"),
+        ("actual_owner", CAT, "owner in the actual map (<NA>: not covered)"),
+        ("actual_state", CAT, "page state in the actual map"),
+    ),
+)
+
+
+# -- the hypervisor's own view of a dump (s2trace.hyp) -----------------------------------------
+HYP_MAP = Schema(
+    "hyp map",
+    "One row per leaf of the hypervisor's EL2 stage 1 (`walk_hyp`, `s2trace hyp-map`), sorted by "
+    "hyp VA. Permissions are read in the table's format (E2H=0 or E2H=1).",
+    _cols(
+        ("va_start", "uint64", "first hyp virtual address of the entry"),
+        ("size", "uint64", "bytes of VA space covered"),
+        ("pa", "uint64", "output (physical) address"),
+        ("level", "int8", "lookup level of the entry"),
+        ("kind", CAT, "block or page"),
+        ("attrindx", "uint8", "AttrIndx, bits 4:2 (index into MAIR_EL2)"),
+        ("memattr", CAT, "memory type from MAIR_EL2 (<NA> without MAIR)"),
+        ("ap", CAT, "AP[2:1]: EL2 access, and EL0 access with E2H=1"),
+        ("sh", CAT, "SH, bits 9:8; <NA> when DS=1"),
+        ("af", "bool", "access flag, bit 10"),
+        ("pxn", "bool", "EL2 may not execute (bit 53 with E2H=1, XN bit 54 with E2H=0)"),
+        ("uxn", "boolean", "EL0 may not execute (bit 54 with E2H=1; <NA> with E2H=0)"),
+        ("sw", "uint8", "software bits 58:55 (raw)"),
+        ("hyp_state", CAT, "pKVM hyp page state from SW bits 56:55, or unknown"),
+        ("table_pa", "uint64", "physical address of the table page holding the entry"),
+        ("index", "uint16", "index of the entry in its table page"),
+        ("raw", "uint64", "the descriptor"),
+    ),
+)
+
+
+VMEMMAP = Schema(
+    "vmemmap",
+    "One row per page whose `struct hyp_page` was read (`read_vmemmap`), indexed by PFN. States "
+    "are <NA> where the layout keeps none.",
+    _cols(
+        ("pa", "uint64", "physical address of the page"),
+        ("refcount", "uint16", "hyp refcount"),
+        ("order", "uint16", "buddy order (the layout's HYP_NO_ORDER when none)"),
+        ("host_state", CAT, "host page state kept in the vmemmap (v6.14+)"),
+        ("hyp_state", CAT, "hyp page state kept in the vmemmap (v6.16+)"),
+        ("host_share_guest_count", "UInt32", "np-guests the page is shared with (v6.14+)"),
+        ("raw", "uint64", "the entry's bytes as a little-endian integer"),
+        ("entry_va", "uint64", "hyp VA of the entry"),
+    ),
+)
+
+
+PAGE_STATES = Schema(
+    "page states",
+    "One row per physical page (`page_states`): the host stage-2 entry covering it, the hyp "
+    "stage-1 leaf mapping it, its struct hyp_page, and each side's effective state.",
+    _cols(
+        ("pa", "uint64", "physical address of the page"),
+        ("host_raw", "UInt64", "host stage-2 descriptor covering the page (<NA>: none)"),
+        ("host_kind", CAT, "block, page, invalid or reserved; <NA> without entry"),
+        ("host_owner_id", "UInt32", "owner id of an annotated invalid host entry"),
+        ("host_s2ap", CAT, "host stage-2 access permission of a valid leaf"),
+        ("host_xn", "UInt8", "host stage-2 XN[1:0] of a valid leaf"),
+        ("host_pte_state", CAT, "host state from host stage-2 bits 56:55"),
+        ("hyp_va", "UInt64", "hyp VA of the (first) hyp stage-1 leaf mapping the page"),
+        ("hyp_raw", "UInt64", "that hyp stage-1 descriptor (<NA>: not mapped)"),
+        ("hyp_ap", CAT, "its AP (EL2 access)"),
+        ("hyp_pxn", "boolean", "its EL2 execute-never"),
+        ("hyp_aliases", "uint16", "hyp stage-1 leaves mapping the page"),
+        ("hyp_pte_state", CAT, "hyp state from hyp stage-1 bits 56:55"),
+        ("hyp_alias_conflict", "bool", "leaves mapping the page disagree on the state"),
+        ("vmemmap_raw", "UInt64", "the struct hyp_page bytes (<NA>: not read)"),
+        ("vm_host_state", CAT, "host state kept in the vmemmap"),
+        ("vm_hyp_state", CAT, "hyp state kept in the vmemmap"),
+        ("host_share_guest_count", "UInt32", "np-guests the page is shared with"),
+        ("host_state", CAT, "effective host state (from its source of truth)"),
+        ("hyp_state", CAT, "effective hyp state (from its source of truth)"),
+    ),
+)
+
+
+HOST_STATE_MAP = Schema(
+    "ownership map with vmemmap states",
+    "The ownership map (MAP columns) with page_state filled from hyp_vmemmap (6.14+) and two "
+    "more columns; blocks are split where the states inside them differ (`apply_states`).",
+    MAP.columns
+    + _cols(
+        ("hyp_state", CAT, "hyp page state (vmemmap or hyp stage-1 SW bits)"),
+        ("host_share_guest_count", "UInt32", "np-guests the page is shared with"),
+    ),
+)
+
+
+BREACHES = Schema(
+    "breaches",
+    "One row per page (or host entry, for host_identity) that breaks a pKVM bookkeeping "
+    "invariant (`check_states`, `s2trace check`), with every side's raw entry.",
+    _cols(
+        ("invariant", CAT, "name of the broken invariant (INVARIANTS)"),
+        ("pa", "uint64", "physical address of the page (IPA of the entry for identity)"),
+        ("size", "uint64", "bytes concerned"),
+        ("host_raw", "UInt64", "host stage-2 descriptor covering the page"),
+        ("hyp_va", "UInt64", "hyp VA of the hyp stage-1 leaf mapping the page"),
+        ("hyp_raw", "UInt64", "that hyp stage-1 descriptor"),
+        ("vmemmap_raw", "UInt64", "the page's struct hyp_page bytes"),
+        ("host_state", CAT, "effective host state"),
+        ("hyp_state", CAT, "effective hyp state"),
+        ("detail", "string", "what was expected and what was found"),
+    ),
+)
+
+
+LABELS = Schema(
+    "labels",
+    "Labelled physical ranges from the evidence of a capture (`s2trace.hyp.symbols`).",
+    _cols(
+        ("start", "uint64", "first physical address"),
+        ("end", "uint64", "first physical address after the range"),
+        ("label", "string", "what the range is"),
+        ("source", CAT, "kallsyms, percpu, iomem, dmesg or trace"),
+    ),
+)
+
+
+SCHEMAS: tuple[Schema, ...] = (
+    DESCRIPTOR,
+    MAP,
+    EVENTS,
+    TRANSITIONS,
+    INTERVALS,
+    VIOLATIONS,
+    MAP_DIFF,
+    HYP_MAP,
+    VMEMMAP,
+    PAGE_STATES,
+    HOST_STATE_MAP,
+    BREACHES,
+    LABELS,
+)
 
 
 def markdown() -> str:

@@ -8,6 +8,7 @@ the final snapshot.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -16,12 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import s2trace.trace.replay as replay_mod
 from s2trace.columns import INTERVALS, TRANSITIONS, VIOLATIONS
 from s2trace.errors import InputError, StrictError
 from s2trace.trace.queries import owner_at, snapshot
 from s2trace.trace.replay import replay
 from s2trace.trace.synth_helpers import make_transitions, transitions_frame
+
+# The package re-exports the function ``replay``, so reach the module itself by name.
+replay_mod = importlib.import_module("s2trace.trace.replay")
 
 P = 4096
 A = 0x4000_0000  # a page address; pages below are A + i * P

@@ -25,8 +25,10 @@ from s2trace.hyp.symbols import (
     read_kallsyms,
     trace_labels,
 )
+from s2trace.hyp.symbols import _hex_text as _hex_text
 from s2trace.io import open_memory
-from s2trace.trace.readers import read_trace
+from s2trace.trace.pipeline import analyze
+from s2trace.trace.synth_helpers import make_transitions
 
 KALLSYMS = """\
 ffffb0998ee00000 T _text
@@ -176,30 +178,96 @@ def test_label_map_matches_brute_force(labels, rows):
 
 def test_trace_labels_from_the_612_trace():
     """Ranges derived by hand from ftrace.txt (README: linear VA 0xffff000000000000 is PA
-    0x40000000): shares of the struct kvm and the vCPU, pkvm_create_hyp_vm's allocations."""
-    events = read_trace(real_dir("6.12") / "ftrace.txt", use_cache=False).events
-    got = trace_labels(events, LinearMap(0x40000000))
+    0x40000000): shares of the struct kvm and the vCPU, pkvm_create_hyp_vm's allocations
+    (VM = the struct kvm's PA).  kvm_s2_zalloc_pages_exact's page (0x48095000) is the host's
+    own guest stage-2 pgd, no ownership transition, so it has no label any more."""
+    transitions = analyze(real_dir("6.12"), use_cache=False).transitions
+    got = trace_labels(transitions)
     LABELS.check(got)
     rows = sorted(
         zip(got["start"].tolist(), got["end"].tolist(), got["label"].tolist(), strict=True)
     )
     assert rows == [
-        (0x438F6000, 0x438F8000, "donated to hyp by pkvm_create_hyp_vm (VM 1)"),
-        (0x438F8000, 0x438FA000, "donated to hyp by pkvm_create_hyp_vm (VM 1)"),
-        (0x4393D000, 0x4393E000, "struct kvm of VM 1 shared with hyp (kvm_share_hyp)"),
-        (0x44C38000, 0x44C3A000, "vCPU struct of VM 1 shared with hyp (kvm_share_hyp)"),
-        (0x48095000, 0x48096000, "allocated by kvm_s2_zalloc_pages_exact (VM 1)"),
-        (0x48115000, 0x48116000, "donated to hyp by pkvm_create_hyp_vm (VM 1)"),
+        (0x438F6000, 0x438F8000, "donated to hyp (hyp_vm_donation, VM 0x4393d000)"),
+        (0x438F8000, 0x438FA000, "donated to hyp (hyp_vm_donation, VM 0x4393d000)"),
+        (0x4393D000, 0x4393E000, "shared with hyp (kvm_share_hyp)"),
+        (0x44C38000, 0x44C3A000, "shared with hyp (kvm_share_hyp)"),
+        (0x48115000, 0x48116000, "donated to hyp (hyp_vm_donation, VM 0x4393d000)"),
     ]
+    assert set(got["source"].astype(str)) == {"trace"}
 
 
 def test_trace_labels_guest_page_73():
-    events = read_trace(real_dir("7.3") / "ftrace.txt", use_cache=False).events
-    got = trace_labels(events, LinearMap(0x40000000))
+    transitions = analyze(real_dir("7.3"), use_cache=False).transitions
+    got = trace_labels(transitions)
     guest = got[got["label"].str.startswith("guest")]
     assert guest[["start", "end"]].to_numpy().tolist() == [[0x42C99000, 0x42C9A000]]
-    vcpu = got[got["label"].str.contains("pkvm_create_hyp_vcpu")]
+    assert guest["label"].tolist() == ["guest memory (shared, guest_map, gfn 0x0)"]
+    vcpu = got[got["label"].str.contains("hyp_vcpu_donation")]
     assert vcpu[["start", "end"]].to_numpy().tolist() == [[0x4611C000, 0x4611F000]]
+    assert vcpu["label"].tolist() == ["donated to hyp (hyp_vcpu_donation)"]
+
+
+def test_trace_labels_by_hand():
+    """Every op's wording, VM and gfn in hex, lost markers skipped, rows kept in order."""
+    tr = make_transitions(
+        [
+            {"op": "share", "addr": 0x1000, "size": 0x2000, "recipe": "kvm_share_hyp"},
+            {"op": "lost"},
+            {"op": "donate", "addr": 0x8000, "vm": 0xABC, "recipe": "hyp_vm_donation"},
+            {"op": "share", "addr": 0x9000, "completer": "guest", "vm": 3, "gfn": 0x1F},
+            {"op": "donate", "addr": 0xA000, "completer": "guest", "recipe": "guest_map"},
+            {"op": "reclaim", "addr": 0xB000, "recipe": "hyp_memcache_free"},
+            {"op": "donate", "addr": 0xC000, "initiator": "hyp", "completer": "host"},
+            {"op": "unshare", "addr": 0xD000, "recipe": "kvm_unshare_hyp"},
+        ]
+    )
+    got = trace_labels(tr)
+    LABELS.check(got)
+    assert got["start"].tolist() == [0x1000, 0x8000, 0x9000, 0xA000, 0xB000, 0xC000, 0xD000]
+    assert got["end"].tolist() == [0x3000, 0x9000, 0xA000, 0xB000, 0xC000, 0xD000, 0xE000]
+    assert got["label"].tolist() == [
+        "shared with hyp (kvm_share_hyp)",
+        "donated to hyp (hyp_vm_donation, VM 0xabc)",
+        "guest memory (shared, synthetic, VM 0x3, gfn 0x1f)",
+        "guest memory (donated, guest_map)",
+        "reclaim hyp -> host (hyp_memcache_free)",
+        "donated to host by hyp (synthetic)",
+        "unshare host -> hyp (kvm_unshare_hyp)",
+    ]
+    assert trace_labels(make_transitions([{"op": "lost"}])).empty
+    with pytest.raises(InputError, match="transitions frame"):
+        trace_labels(tr.drop(columns=["recipe"]))
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=40))
+def test_hex_text_round_trips(values):
+    text = _hex_text(np.array(values, dtype=np.uint64))
+    assert list(text) == [f"{v:#x}" for v in values]
+    assert hex_values(list(text)).tolist() == values
+
+
+@pytest.mark.parametrize(
+    ("memstart", "page_offset", "pair"),
+    [
+        (0xFFF1000040000000, None, (0xFFFF000000000000, 0x40000000)),  # 52-bit kernel at 48
+        (0x40000000, None, (0xFFFF000000000000, 0x40000000)),
+        (0x40000000, 0xFFF0000000000000, (0xFFF0000000000000, 0x40000000)),  # LVA
+    ],
+)
+def test_linear_map_pair_agrees_with_pa(memstart, page_offset, pair):
+    lm = LinearMap(memstart, page_offset)
+    assert lm.pair() == pair
+    va = np.array([pair[0], pair[0] + 0x5134000], dtype=np.uint64)
+    assert (va - np.uint64(pair[0]) + np.uint64(pair[1])).tolist() == lm.pa(va).tolist()
+
+
+def test_collect_labels_with_transitions_only():
+    tr = make_transitions([{"op": "share", "addr": 0x4000, "recipe": "kvm_share_hyp"}])
+    got = collect_labels(transitions=tr)
+    LABELS.check(got)
+    assert got["label"].tolist() == ["shared with hyp (kvm_share_hyp)"]
+    assert collect_labels().empty
 
 
 @pytest.mark.parametrize("version", ["6.12", "7.3"])

@@ -81,7 +81,7 @@ def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> d
     """Dump specs, register values and evidence paths from the targets and the options."""
     from s2trace.capture import load_capture
 
-    out: dict[str, Any] = {"specs": list(targets), "kernel": kw.get("kernel")}
+    out: dict[str, Any] = {"specs": list(targets), "kernel": kw.get("kernel"), "linear_map": None}
     regs: dict[str, int] = {}
     files = {k: kw.get(k) for k in ("kallsyms", "iomem", "dmesg", "trace")}
     if len(targets) == 1 and Path(targets[0]).is_dir():
@@ -89,6 +89,7 @@ def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> d
         out["specs"] = list(cap.dump)
         regs.update(cap.registers)
         out["kernel"] = out["kernel"] or cap.kernel
+        out["linear_map"] = cap.linear_map
         for k in files:
             files[k] = files[k] or getattr(cap, k)
     names = {
@@ -115,10 +116,12 @@ def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> d
     return out
 
 
-def _labels(memory: Any, files: dict[str, Any], image: Any, hyp_map: Any) -> pd.DataFrame:
+def _labels(memory: Any, r: dict[str, Any], image: Any, hyp_map: Any) -> pd.DataFrame:
+    """Labels from the evidence files; the trace's through its ownership transitions."""
     from s2trace.hyp.check import image_from_hyp_idmap
-    from s2trace.hyp.symbols import collect_labels, read_iomem, read_kallsyms
+    from s2trace.hyp.symbols import LinearMap, collect_labels, read_iomem, read_kallsyms
 
+    files = r["files"]
     ks = read_kallsyms(files["kallsyms"]) if files.get("kallsyms") else None
     io = read_iomem(files["iomem"]) if files.get("iomem") else None
     if image is None and ks is not None:
@@ -126,12 +129,17 @@ def _labels(memory: Any, files: dict[str, Any], image: Any, hyp_map: Any) -> pd.
             image = image_from_hyp_idmap(ks, hyp_map)
         except InputError:
             image = None
-    events = None
+    transitions = None
     if files.get("trace"):
-        from s2trace.trace.readers import read_trace
+        from s2trace.trace.pipeline import analyze
 
-        events = read_trace(files["trace"]).events
-    return collect_labels(memory, ks, image, io, files.get("dmesg"), events)
+        linear = r.get("linear_map")
+        if ks is not None and image is not None:
+            linear = LinearMap.from_dump(memory, ks, image).pair()  # memstart_addr of the dump
+        analysis = analyze(files["trace"], kernel=r.get("kernel"), linear_map=linear)
+        _warn_problems(analysis.problems)
+        transitions = analysis.transitions
+    return collect_labels(memory, ks, image, io, files.get("dmesg"), transitions)
 
 
 def _emit(frame: pd.DataFrame, kw: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
@@ -179,7 +187,7 @@ def run_check(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
             iomem=read_iomem(files["iomem"]) if files["iomem"] else None,
             strict=bool(kw.get("strict")),
         )
-        labels = _labels(memory, files, result.view.image, result.view.hyp.map)
+        labels = _labels(memory, r, result.view.image, result.view.hyp.map)
     finally:
         memory.close()
     _warn_problems(result.problems)
@@ -225,7 +233,7 @@ def run_hyp_map(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
             image = KernelImage.from_evidence(
                 read_kallsyms(files["kallsyms"]), read_iomem(files["iomem"])
             )
-        labels = _labels(memory, files, image, result.map)
+        labels = _labels(memory, r, image, result.map)
     finally:
         memory.close()
     _warn_problems(result.problems)

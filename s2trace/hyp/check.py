@@ -33,7 +33,7 @@ import pandas as pd
 
 from s2trace.arch.registers import config_from_registers
 from s2trace.arch.stage1 import config_from_el2
-from s2trace.columns import Column, Schema
+from s2trace.columns import BREACHES
 from s2trace.errors import InputError, ProblemLog
 from s2trace.hyp.host_state import apply_states, page_states
 from s2trace.hyp.stage1_walk import HypWalkResult, walk_hyp
@@ -65,24 +65,6 @@ INVARIANTS: dict[str, str] = {
     "vmemmap_vs_pte": "vmemmap states equal the PTE states where both exist",
     "hyp_alias_conflict": "hyp stage-1 leaves mapping the same page agree on its state",
 }
-
-BREACHES = Schema(
-    "breaches",
-    "One row per page (or host entry, for host_identity) that breaks a pKVM bookkeeping "
-    "invariant (`check_states`, `s2trace check`), with every side's raw entry.",
-    (
-        Column("invariant", "category", "name of the broken invariant (INVARIANTS)"),
-        Column("pa", "uint64", "physical address of the page (IPA of the entry for identity)"),
-        Column("size", "uint64", "bytes concerned"),
-        Column("host_raw", "UInt64", "host stage-2 descriptor covering the page"),
-        Column("hyp_va", "UInt64", "hyp VA of the hyp stage-1 leaf mapping the page"),
-        Column("hyp_raw", "UInt64", "that hyp stage-1 descriptor"),
-        Column("vmemmap_raw", "UInt64", "the page's struct hyp_page bytes"),
-        Column("host_state", "category", "effective host state"),
-        Column("hyp_state", "category", "effective hyp state"),
-        Column("detail", "string", "what was expected and what was found"),
-    ),
-)
 
 _DETAIL = {
     "A1": "hyp owns the page but the host entry is not annotated with the hyp owner",
@@ -449,6 +431,49 @@ def _wx_note(hyp_map: pd.DataFrame) -> list[str]:
     ]
 
 
+def _layout(
+    kernel: str | KernelLayout | None,
+    host_map: pd.DataFrame,
+    memory: Memory,
+    ttbr0: int,
+    tcr: int,
+    hcr: int | None,
+    e2h: bool | None,
+    vmemmap_va: int | None,
+    kallsyms: pd.DataFrame | None,
+    iomem: pd.DataFrame | None,
+    *,
+    strict: bool = False,
+) -> tuple[KernelLayout, str]:
+    """The kernel layout to use and why: ``kernel`` when given, else guessed from the dump
+    (:func:`guess_kernel`) after a probe of the hyp stage 1 (walked, no vmemmap read) that
+    translates the vmemmap VA (``vmemmap_va``, else ``__hyp_vmemmap`` read through kallsyms,
+    the image placed by iomem or by the hyp idmap)."""
+    if isinstance(kernel, KernelLayout):
+        return kernel, "given"
+    if kernel is not None:
+        return kernel_layout(kernel), "given"
+    probe = load_hyp_view(
+        memory,
+        ttbr0,
+        tcr,
+        kernel_layout((6, 13)),
+        hcr=hcr,
+        e2h=e2h,
+        strict=strict,
+        pfns=np.empty(0, np.uint64),
+    )
+    va = vmemmap_va
+    if va is None and kallsyms is not None:
+        image = (
+            KernelImage.from_evidence(kallsyms, iomem)
+            if iomem is not None
+            else image_from_hyp_idmap(kallsyms, probe.hyp.map)
+        )
+        va = int(read_symbol_u64(memory, kallsyms, image, "__kvm_nvhe___hyp_vmemmap"))
+    return guess_kernel(host_map, memory, probe.hyp.translate, va)
+
+
 def check_dump(
     memory: Memory,
     vttbr: int,
@@ -477,30 +502,9 @@ def check_dump(
     host_cfg = config_from_registers(vttbr, vtcr)
     fwb = hcr is not None and bool(hcr >> 46 & 1)
     host = walk(memory, host_cfg, "linux-5.15", fwb=fwb, strict=strict)
-    if isinstance(kernel, KernelLayout):
-        layout, reason = kernel, "given"
-    elif kernel is not None:
-        layout, reason = kernel_layout(kernel), "given"
-    else:
-        probe = load_hyp_view(
-            memory,
-            ttbr0,
-            tcr,
-            kernel_layout((6, 13)),
-            hcr=hcr,
-            e2h=e2h,
-            strict=strict,
-            pfns=np.empty(0, np.uint64),
-        )
-        va = vmemmap_va
-        if va is None and ks is not None:
-            image = (
-                KernelImage.from_evidence(ks, io)
-                if io is not None
-                else image_from_hyp_idmap(ks, probe.hyp.map)
-            )
-            va = int(read_symbol_u64(memory, ks, image, "__kvm_nvhe___hyp_vmemmap"))
-        layout, reason = guess_kernel(host.map, memory, probe.hyp.translate, va)
+    layout, reason = _layout(
+        kernel, host.map, memory, ttbr0, tcr, hcr, e2h, vmemmap_va, ks, io, strict=strict
+    )
     if layout.host_profile != host.profile.name:
         host = walk(memory, host_cfg, layout.host_profile, fwb=fwb, strict=strict)
     view = load_hyp_view(
@@ -547,29 +551,7 @@ def enrich_with_vmemmap(
     ``page_state`` stays ``unknown``.  ``kernel`` None guesses the layout from the dump."""
     ks = read_kallsyms(kallsyms) if isinstance(kallsyms, str | Path) else kallsyms
     io = read_iomem(iomem) if isinstance(iomem, str | Path) else iomem
-    if isinstance(kernel, KernelLayout):
-        layout = kernel
-    elif kernel is not None:
-        layout = kernel_layout(kernel)
-    else:
-        probe = load_hyp_view(
-            memory,
-            ttbr0,
-            tcr,
-            kernel_layout((6, 13)),
-            hcr=hcr,
-            e2h=e2h,
-            kallsyms=ks,
-            iomem=io,
-            vmemmap_va=vmemmap_va,
-            pfns=np.empty(0, np.uint64),
-        )
-        va = (
-            vmemmap_va
-            if vmemmap_va is not None
-            else (probe.vmemmap.vmemmap_va if probe.vmemmap is not None else None)
-        )
-        layout, _ = guess_kernel(walk_result.map, memory, probe.hyp.translate, va)
+    layout, _ = _layout(kernel, walk_result.map, memory, ttbr0, tcr, hcr, e2h, vmemmap_va, ks, io)
     page = walk_result.config.geometry.granule.value
     m = walk_result.map
     start = m["ipa_start"].to_numpy(np.uint64) // np.uint64(page)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.arch.attributes import KINDS
-from s2trace.columns import MAP, Column, Schema
+from s2trace.columns import HOST_STATE_MAP, MAP, PAGE_STATES
 from s2trace.hyp.stage1_walk import HYP_STATES
 from s2trace.hyp.vmemmap import STATES, KernelLayout
 
@@ -27,45 +27,6 @@ __all__ = ["HOST_STATE_MAP", "PAGE_STATES", "apply_states", "page_states"]
 
 _NA = -1
 _OWNED, _SHARED_OWNED, _SHARED_BORROWED, _NOPAGE, _RESERVED = range(len(STATES))
-
-PAGE_STATES = Schema(
-    "page states",
-    "One row per physical page (`page_states`): the host stage-2 entry covering it, the hyp "
-    "stage-1 leaf mapping it, its struct hyp_page, and each side's effective state.",
-    (
-        Column("pa", "uint64", "physical address of the page"),
-        Column("host_raw", "UInt64", "host stage-2 descriptor covering the page (<NA>: none)"),
-        Column("host_kind", "category", "block, page, invalid or reserved; <NA> without entry"),
-        Column("host_owner_id", "UInt32", "owner id of an annotated invalid host entry"),
-        Column("host_s2ap", "category", "host stage-2 access permission of a valid leaf"),
-        Column("host_xn", "UInt8", "host stage-2 XN[1:0] of a valid leaf"),
-        Column("host_pte_state", "category", "host state from host stage-2 bits 56:55"),
-        Column("hyp_va", "UInt64", "hyp VA of the (first) hyp stage-1 leaf mapping the page"),
-        Column("hyp_raw", "UInt64", "that hyp stage-1 descriptor (<NA>: not mapped)"),
-        Column("hyp_ap", "category", "its AP (EL2 access)"),
-        Column("hyp_pxn", "boolean", "its EL2 execute-never"),
-        Column("hyp_aliases", "uint16", "hyp stage-1 leaves mapping the page"),
-        Column("hyp_pte_state", "category", "hyp state from hyp stage-1 bits 56:55"),
-        Column("hyp_alias_conflict", "bool", "leaves mapping the page disagree on the state"),
-        Column("vmemmap_raw", "UInt64", "the struct hyp_page bytes (<NA>: not read)"),
-        Column("vm_host_state", "category", "host state kept in the vmemmap"),
-        Column("vm_hyp_state", "category", "hyp state kept in the vmemmap"),
-        Column("host_share_guest_count", "UInt32", "np-guests the page is shared with"),
-        Column("host_state", "category", "effective host state (from its source of truth)"),
-        Column("hyp_state", "category", "effective hyp state (from its source of truth)"),
-    ),
-)
-
-HOST_STATE_MAP = Schema(
-    "ownership map with vmemmap states",
-    "The ownership map (MAP columns) with page_state filled from hyp_vmemmap (6.14+) and two "
-    "more columns; blocks are split where the states inside them differ (`apply_states`).",
-    (
-        *MAP.columns,
-        Column("hyp_state", "category", "hyp page state (vmemmap or hyp stage-1 SW bits)"),
-        Column("host_share_guest_count", "UInt32", "np-guests the page is shared with"),
-    ),
-)
 
 
 def _codes(cat: pd.Series | pd.Categorical, names: tuple[str, ...] = STATES) -> np.ndarray:

@@ -33,7 +33,7 @@ from s2trace.arch.stage1 import (
     stage1_res0,
     table_attributes,
 )
-from s2trace.columns import Column, Schema
+from s2trace.columns import HYP_MAP
 from s2trace.errors import Problem, ProblemLog
 from s2trace.walk.tables import LevelChunk, Memory, TableWalk
 
@@ -43,31 +43,6 @@ _TABLE, _BLOCK, _PAGE, _INVALID, _RESERVED = range(len(KINDS))
 
 #: pKVM page states of the hyp stage-1 SW bits 56:55, indexed by their value (facts §2.4).
 HYP_STATES: tuple[str, ...] = ("owned", "shared_owned", "shared_borrowed", "reserved")
-
-HYP_MAP = Schema(
-    "hyp map",
-    "One row per leaf of the hypervisor's EL2 stage 1 (`walk_hyp`, `s2trace hyp-map`), "
-    "sorted by hyp VA. Permissions are read in the table's format (E2H=0 or E2H=1).",
-    (
-        Column("va_start", "uint64", "first hyp virtual address of the entry"),
-        Column("size", "uint64", "bytes of VA space covered"),
-        Column("pa", "uint64", "output (physical) address"),
-        Column("level", "int8", "lookup level of the entry"),
-        Column("kind", "category", "block or page"),
-        Column("attrindx", "uint8", "AttrIndx, bits 4:2 (index into MAIR_EL2)"),
-        Column("memattr", "category", "memory type from MAIR_EL2 (<NA> without MAIR)"),
-        Column("ap", "category", "AP[2:1]: EL2 access, and EL0 access with E2H=1"),
-        Column("sh", "category", "SH, bits 9:8; <NA> when DS=1"),
-        Column("af", "bool", "access flag, bit 10"),
-        Column("pxn", "bool", "EL2 may not execute (bit 53 with E2H=1, XN bit 54 with E2H=0)"),
-        Column("uxn", "boolean", "EL0 may not execute (bit 54 with E2H=1; <NA> with E2H=0)"),
-        Column("sw", "uint8", "software bits 58:55 (raw)"),
-        Column("hyp_state", "category", "pKVM hyp page state from SW bits 56:55, or unknown"),
-        Column("table_pa", "uint64", "physical address of the table page holding the entry"),
-        Column("index", "uint16", "index of the entry in its table page"),
-        Column("raw", "uint64", "the descriptor"),
-    ),
-)
 
 
 @dataclass

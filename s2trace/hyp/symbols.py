@@ -14,12 +14,12 @@ and a size column (an ownership map, the hyp map, breaches), so a row reads as w
   to pages (facts §2.11).
 * ``/proc/iomem``: "System RAM", "Kernel code", "reserved" ... as they are.
 * dmesg: ``kvm [0]: Reserved N MiB at 0x...`` (the hyp carve-out) and ``cma: Reserved ...``.
-* trace-derived allocations (host ftrace kprobes of the capture scripts, facts §3.2a):
-  ``kvm_share_hyp`` ranges named by the caller (``struct kvm`` from ``kvm_arch_init_vm``, a vCPU
-  from ``kvm_arch_vcpu_create``), pages ``alloc_pages_exact`` returned under
-  ``pkvm_create_hyp_vm``/``pkvm_create_hyp_vcpu`` (donated to the hypervisor), and guest pages
-  of ``pkvm_pgtable_stage2_map``.  Kernel linear addresses become PAs with
-  :class:`LinearMap` (PA = (VA & ~PAGE_OFFSET) + PHYS_OFFSET, the kernel's ``__lm_to_phys``).
+* traces: the ownership transitions the recipes derive from them (TRANSITIONS, see
+  :mod:`s2trace.trace`; e.g. ``kvm_share_hyp`` shares, the allocations ``pkvm_create_hyp_vm``
+  and ``pkvm_create_hyp_vcpu`` donate to the hypervisor, guest pages of
+  ``pkvm_pgtable_stage2_map``), one label each (:func:`trace_labels`).  The recipes convert
+  kernel linear addresses with a ``(VA, PA)`` pair; :meth:`LinearMap.pair` gives the one a dump
+  implies (PA = (VA & ~PAGE_OFFSET) + PHYS_OFFSET, the kernel's ``__lm_to_phys``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s2trace.columns import Column, Schema
+from s2trace.columns import LABELS, TRANSITIONS
 from s2trace.errors import InputError
 from s2trace.walk.tables import Memory
 
@@ -51,17 +51,6 @@ __all__ = [
     "symbol_labels",
     "trace_labels",
 ]
-
-LABELS = Schema(
-    "labels",
-    "Labelled physical ranges from the evidence of a capture (`s2trace.hyp.symbols`).",
-    (
-        Column("start", "uint64", "first physical address"),
-        Column("end", "uint64", "first physical address after the range"),
-        Column("label", "string", "what the range is"),
-        Column("source", "category", "kallsyms, percpu, iomem, dmesg or trace"),
-    ),
-)
 
 PAGE = 4096
 
@@ -264,6 +253,14 @@ class LinearMap:
         with np.errstate(over="ignore"):
             return v - po + np.uint64(self.phys_offset)
 
+    def pair(self) -> tuple[int, int]:
+        """``(VA, PA)`` of PAGE_OFFSET: the form :func:`s2trace.trace.to_transitions` takes
+        (PA = VA - va + pa, for VA >= va).  PAGE_OFFSET is ``page_offset`` when given, else
+        0xffff000000000000, the start of the linear map of a kernel running with 48-bit VAs
+        (as both captures do; a 52-bit LVA kernel needs ``page_offset`` -(1 << 52))."""
+        va = self.page_offset if self.page_offset is not None else 0xFFFF000000000000
+        return va, int(self.pa(va))
+
     @classmethod
     def from_dump(
         cls,
@@ -329,131 +326,69 @@ def percpu_labels(
 
 
 # -- traces -------------------------------------------------------------------------------------
-_HEX = r"(0x[0-9a-fA-F]+)"
+#: Verb of the ops that hand a page to the completer.
+_GIVES = {"share": "shared", "donate": "donated"}
+_TO = {"share": "with", "donate": "to"}
 
 
-def _hex(series: pd.Series) -> np.ndarray:
-    return hex_values(series)
+def _hex_text(values: np.ndarray) -> np.ndarray:
+    """uint64 values as ``0x...`` lowercase hex text (the inverse of :func:`hex_values`),
+    vectorised: one nibble lookup per digit column, leading zeros stripped by pandas."""
+    v = np.asarray(values, dtype=np.uint64).reshape(-1)
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    digits = np.frombuffer(b"0123456789abcdef", np.uint8)[(v[:, None] >> shifts) & np.uint64(15)]
+    raw = np.ascontiguousarray(digits).view("S16").reshape(-1)
+    text = pd.Series(raw, dtype=object).str.decode("ascii").str.lstrip("0").replace("", "0")
+    return ("0x" + text).to_numpy(object)
 
 
-def trace_labels(events: pd.DataFrame, linear: LinearMap) -> pd.DataFrame:
-    """Allocations named by the capture's host kprobes (EVENTS schema input; see module doc).
+def _combo_text(op: str, initiator: str, completer: str, recipe: str) -> tuple[str, str]:
+    """(head, first detail) of the label of one (op, initiator, completer, recipe)."""
+    by = f" by {initiator}" if initiator not in ("host", "") else ""
+    if op in _GIVES and completer == "guest":
+        return "guest memory", ", ".join(x for x in (_GIVES[op] + by, recipe) if x)
+    if op in _GIVES:
+        return f"{_GIVES[op]} {_TO[op]} {completer}{by}", recipe
+    return f"{op} {initiator or '?'} -> {completer or '?'}", recipe
 
-    VM numbers count ``s2_kvm_arch_init_vm`` events in trace order (VM 1 is the first).
-    Vectorised over events: one regex extraction per event kind, pairing of kretprobes with
-    the entry probe before them on the same CPU by a grouped shift.
+
+def trace_labels(transitions: pd.DataFrame) -> pd.DataFrame:
+    """The ranges a trace's ownership transitions name (TRANSITIONS input, as
+    :func:`s2trace.trace.to_transitions` or :func:`s2trace.trace.analyze` make them).
+
+    One label per transition, from its op, parties, recipe, VM and gfn: e.g.
+    ``shared with hyp (kvm_share_hyp)``, ``donated to hyp (hyp_vm_donation, VM 0x4393d000)``,
+    ``guest memory (shared, guest_map, gfn 0x0)``, ``reclaim hyp -> host (...)``.  The recipes
+    already paired the probes, checked return values and converted linear addresses, so
+    allocations that are no ownership transition (e.g. ``kvm_s2_zalloc_pages_exact``) get no
+    label.  Lost-events markers are skipped.  Vectorised: the text of each distinct
+    (op, initiator, completer, recipe) is built once, VM and gfn as whole columns.
     """
-    ev = events.reset_index(drop=True)
-    name = ev["event"].astype(str)
-    fields = ev["fields"].astype("string").fillna("")
-    vm = (name == "s2_kvm_arch_init_vm").cumsum().to_numpy()
-    out: list[pd.DataFrame] = []
-
-    # kvm_share_hyp(from, to): caller from the matching return probe.
-    share = np.flatnonzero((name == "s2_kvm_share_hyp").to_numpy())
-    ret = np.flatnonzero((name == "s2_kvm_share_hyp_ret").to_numpy())
-    if share.size:
-        rng = fields.iloc[share].str.extract(rf"from={_HEX}\s+to={_HEX}")
-        ok = rng.notna().all(axis=1).to_numpy()
-        lo = linear.pa(_hex(rng[0][ok]))
-        hi = linear.pa(_hex(rng[1][ok]))
-        caller = _callers(ev, fields, share[ok], ret)
-        what = np.where(
-            caller == "kvm_arch_init_vm",
-            "struct kvm",
-            np.where(caller == "kvm_arch_vcpu_create", "vCPU struct", "object"),
-        )
-        labels = [
-            f"{w} of VM {v} shared with hyp (kvm_share_hyp)"
-            for w, v in zip(what, vm[share[ok]], strict=True)
-        ]
-        out.append(_frame(lo & ~np.uint64(PAGE - 1), _page_up(hi), labels, "trace"))
-
-    # alloc_pages_exact(size) ... ret: donated when the caller creates the hyp VM or vCPU.
-    alloc = np.flatnonzero((name == "s2_alloc_pages_exact").to_numpy())
-    aret = np.flatnonzero((name == "s2_alloc_pages_exact_ret").to_numpy())
-    if aret.size and alloc.size:
-        entry = _previous(ev, alloc, aret)
-        okr = entry >= 0
-        size = fields.iloc[entry[okr]].str.extract(rf"size={_HEX}")[0]
-        got = fields.iloc[aret[okr]].str.extract(rf"\((\w+)\+.*ret={_HEX}")
-        keep = (size.notna().to_numpy()) & got.notna().all(axis=1).to_numpy()
-        rows = aret[okr][keep]
-        base = linear.pa(_hex(got[1][keep]))
-        nbytes = _hex(size[keep])
-        who = got[0][keep].to_numpy(str)
-        donated = np.isin(who, ["pkvm_create_hyp_vm", "pkvm_create_hyp_vcpu"])
-        verb = np.where(donated, "donated to hyp by ", "allocated by ")
-        labels = _text_join(verb, who, " (VM ", vm[rows], ")")
-        out.append(_frame(base, base + nbytes, labels, "trace"))
-
-    # pkvm_pgtable_stage2_map(addr, size, phys): a guest page.
-    gmap = np.flatnonzero((name == "s2_pkvm_pgtable_stage2_map").to_numpy())
-    if gmap.size:
-        g = fields.iloc[gmap].str.extract(rf"addr={_HEX}\s+size={_HEX}\s+phys={_HEX}")
-        ok = g.notna().all(axis=1).to_numpy()
-        phys, size, ipa = _hex(g[2][ok]), _hex(g[1][ok]), _hex(g[0][ok])
-        labels = [
-            f"guest memory of VM {v} (IPA {i:#x})"
-            for v, i in zip(vm[gmap[ok]], ipa.tolist(), strict=True)
-        ]
-        out.append(_frame(phys, phys + size, labels, "trace"))
-    if not out:
+    try:
+        TRANSITIONS.check(transitions)
+    except ValueError as exc:
+        raise InputError(f"trace labels: transitions frame: {exc}") from None
+    tr = transitions[transitions["op"].astype("string").fillna("") != "lost"]
+    if tr.empty:
         return LABELS.empty()
-    return pd.concat(out, ignore_index=True)
-
-
-def _text_join(*parts: object) -> np.ndarray:
-    """Element-wise string concatenation of scalars and arrays (vectorised by pandas)."""
-    n = max((len(p) for p in parts if not isinstance(p, str)), default=1)
-    out = pd.Series([""] * n, dtype="string")
-    for p in parts:
-        out = out + (p if isinstance(p, str) else pd.Series(np.asarray(p)).astype("string").values)
-    return out.to_numpy(object)
-
-
-def _page_up(x: np.ndarray) -> np.ndarray:
-    return (x + np.uint64(PAGE - 1)) & ~np.uint64(PAGE - 1)
-
-
-def _previous(ev: pd.DataFrame, entries: np.ndarray, rets: np.ndarray) -> np.ndarray:
-    """For each return probe, the row of the latest entry probe before it on the same CPU
-    (-1 when none): a merge_asof by CPU over row numbers."""
-    cpu = ev["cpu"].astype("Int64").fillna(-1).to_numpy(np.int64)
-    left = pd.DataFrame({"row": rets, "cpu": cpu[rets]}).sort_values("row")
-    right = pd.DataFrame({"row": entries, "entry": entries, "cpu": cpu[entries]})
-    merged = pd.merge_asof(
-        left,
-        right.sort_values("row"),
-        on="row",
-        by="cpu",
-        direction="backward",
-        allow_exact_matches=False,
+    keys = pd.DataFrame(
+        {c: tr[c].astype("string").fillna("") for c in ("op", "initiator", "completer", "recipe")}
     )
-    return merged.set_index("row").loc[rets, "entry"].fillna(-1).to_numpy(np.int64)
-
-
-def _callers(
-    ev: pd.DataFrame, fields: pd.Series, entries: np.ndarray, rets: np.ndarray
-) -> np.ndarray:
-    """Caller function named by the first return probe after each entry on the same CPU."""
-    if not rets.size:
-        return np.full(entries.size, "", dtype=object)
-    cpu = ev["cpu"].astype("Int64").fillna(-1).to_numpy(np.int64)
-    left = pd.DataFrame({"row": entries, "cpu": cpu[entries]}).sort_values("row")
-    right = pd.DataFrame({"row": rets, "ret": rets, "cpu": cpu[rets]}).sort_values("row")
-    merged = (
-        pd.merge_asof(
-            left, right, on="row", by="cpu", direction="forward", allow_exact_matches=False
-        )
-        .set_index("row")
-        .loc[entries]
-    )
-    has = merged["ret"].notna().to_numpy()
-    out = np.full(entries.size, "", dtype=object)
-    names = fields.iloc[merged["ret"][has].astype(np.int64)].str.extract(r"\((\w+)\+")[0]
-    out[has] = names.fillna("").to_numpy(object)
-    return out
+    codes, uniques = pd.MultiIndex.from_frame(keys).factorize()
+    texts = [_combo_text(*u) for u in uniques]
+    head = np.array([h for h, _ in texts], dtype=object)[codes]
+    first = np.array([d for _, d in texts], dtype=object)[codes]
+    vm = tr["vm"].astype("Int64")
+    has_vm = vm.notna().to_numpy()
+    gfn = tr["gfn"].astype("UInt64")
+    has_gfn = gfn.notna().to_numpy()
+    vm_text = np.where(has_vm, ", VM " + _hex_text(vm.fillna(0).to_numpy(np.int64)), "")
+    gfn_text = np.where(has_gfn, ", gfn " + _hex_text(gfn.fillna(0).to_numpy(np.uint64)), "")
+    detail = (pd.Series(first, dtype="string") + vm_text + gfn_text).str.removeprefix(", ")
+    label = pd.Series(head, dtype="string") + (" (" + detail + ")").where(detail != "", "")
+    start = tr["addr"].to_numpy(np.uint64)
+    end = start + tr["size"].to_numpy(np.uint64)
+    return _frame(start, end, label.to_numpy(object), "trace")
 
 
 # -- the interval join ---------------------------------------------------------------------------
@@ -552,11 +487,12 @@ def collect_labels(
     image: KernelImage | None = None,
     iomem: pd.DataFrame | None = None,
     dmesg: str | Path | None = None,
-    events: pd.DataFrame | None = None,
+    transitions: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Every label the given evidence yields (LABELS schema).  Per-CPU areas and trace
-    addresses need the dump (``memory``) to read ``kvm_arm_hyp_percpu_base[]`` and
-    ``memstart_addr``; sources that cannot be used are skipped."""
+    """Every label the given evidence yields (LABELS schema).  Per-CPU areas need the dump
+    (``memory``) to read ``kvm_arm_hyp_percpu_base[]`` and ``memstart_addr``; ``transitions``
+    (TRANSITIONS, from the trace: :func:`s2trace.trace.analyze`) are labelled by
+    :func:`trace_labels`; sources that cannot be used are skipped."""
     parts = []
     if iomem is not None:
         parts.append(iomem_labels(iomem))
@@ -569,9 +505,8 @@ def collect_labels(
             parts.append(
                 percpu_labels(memory, kallsyms, image, LinearMap.from_dump(memory, kallsyms, image))
             )
-            if events is not None:
-                linear = LinearMap.from_dump(memory, kallsyms, image)
-                parts.append(trace_labels(events, linear))
+    if transitions is not None:
+        parts.append(trace_labels(transitions))
     parts = [p for p in parts if len(p)]
     if not parts:
         return LABELS.empty()

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from s2trace.columns import Column, Schema
+from s2trace.columns import VMEMMAP
 from s2trace.errors import InputError, Problem, ProblemLog
 from s2trace.walk.tables import Memory
 
@@ -147,23 +147,6 @@ def kernel_layout(kernel: str | tuple[int, int]) -> KernelLayout:
         host_profile=profile,
         hyp_text_ro_in_host=v >= (6, 17),
     )
-
-
-VMEMMAP = Schema(
-    "vmemmap",
-    "One row per page whose `struct hyp_page` was read (`read_vmemmap`), indexed by PFN. "
-    "States are <NA> where the layout keeps none.",
-    (
-        Column("pa", "uint64", "physical address of the page"),
-        Column("refcount", "uint16", "hyp refcount"),
-        Column("order", "uint16", "buddy order (the layout's HYP_NO_ORDER when none)"),
-        Column("host_state", "category", "host page state kept in the vmemmap (v6.14+)"),
-        Column("hyp_state", "category", "hyp page state kept in the vmemmap (v6.16+)"),
-        Column("host_share_guest_count", "UInt32", "np-guests the page is shared with (v6.14+)"),
-        Column("raw", "uint64", "the entry's bytes as a little-endian integer"),
-        Column("entry_va", "uint64", "hyp VA of the entry"),
-    ),
-)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from s2trace.columns import INTERVALS, MAP, Column, Schema
+from s2trace.columns import INTERVALS, MAP, MAP_DIFF
 from s2trace.errors import InputError
 from s2trace.trace.replay import Timeline
 
@@ -26,21 +26,6 @@ __all__ = [
     "owner_at",
     "snapshot",
 ]
-
-MAP_DIFF = Schema(
-    "map diff",
-    "Ranges where two ownership maps disagree on owner or host page state (`diff_maps`). "
-    "`unknown` or <NA> page state on one side agrees with any state; a range one map does not "
-    "cover reads owner host with no state there.",
-    (
-        Column("ipa_start", "uint64", "first address of the range"),
-        Column("size", "uint64", "bytes"),
-        Column("expected_owner", "category", "owner in the expected map (<NA>: not covered)"),
-        Column("expected_state", "category", "page state in the expected map"),
-        Column("actual_owner", "category", "owner in the actual map (<NA>: not covered)"),
-        Column("actual_state", "category", "page state in the actual map"),
-    ),
-)
 
 
 @dataclass(frozen=True, slots=True)

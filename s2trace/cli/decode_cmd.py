@@ -57,7 +57,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
-_WALK_KEYS = ("vttbr", "vtcr", "root", "start_level", "ipa_bits", "base", "kallsyms", "iomem")
+_WALK_KEYS = (
+    "vttbr",
+    "vtcr",
+    "root",
+    "start_level",
+    "ipa_bits",
+    "base",
+    "kallsyms",
+    "iomem",
+    "ttbr0_el2",
+    "tcr_el2",
+    "vmemmap_va",
+)
 
 
 def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
@@ -180,6 +192,18 @@ def register(cli: click.Group) -> None:
         "--vttbr/--vtcr are absent (default: scan RAM).",
     )
     @click.option("--iomem", help="/proc/iomem of the dumped boot (with --kallsyms).")
+    @click.option(
+        "--ttbr0-el2",
+        help="TTBR0_EL2 (hyp stage 1): with --tcr-el2, read page states from hyp_vmemmap.",
+    )
+    @click.option("--tcr-el2", help="TCR_EL2 (with --ttbr0-el2).")
+    @click.option("--hcr-el2", help="HCR_EL2 (E2H picks the hyp stage-1 format; FWB).")
+    @click.option(
+        "--vmemmap",
+        "vmemmap_va",
+        help="Hyp VA of hyp_vmemmap (default: __hyp_vmemmap read through --kallsyms).",
+    )
+    @click.option("--kernel", help="Kernel version (6.12, 7.3 ...): profile and vmemmap layout.")
     @click.option(
         "--all",
         "include_zero",

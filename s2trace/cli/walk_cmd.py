@@ -35,7 +35,6 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
     """Open the dump, build the configuration and walk; return the WalkResult."""
     from s2trace.arch.registers import config_explicit, config_from_registers
     from s2trace.io import open_memory
-    from s2trace.pkvm.profiles import DEFAULT_PROFILE, get_profile
     from s2trace.walk.walker import walk
 
     base = parse_int(kw["base"], "--base") if kw.get("base") else 0
@@ -58,9 +57,11 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
         )
     else:
         config = None  # recovered from the dump's memory below
-    profile = get_profile(kw.get("profile") or DEFAULT_PROFILE, kw.get("profiles_file"))
+    profile = _choose_profile(kw)
     memory = open_memory(list(targets), base=base)
-    fwb = bool(kw.get("fwb"))
+    fwb = bool(kw.get("fwb")) or _hcr_fwb(kw)
+    hyp_regs = _hyp_registers(kw)
+    best_effort = hyp_regs is None  # registers recovered from memory: states if possible
     try:
         if config is None:
             from s2trace.pkvm.init_params import registers_from_memory
@@ -71,6 +72,8 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
             click.echo(f"s2trace: no --vttbr/--vtcr given; {note}", err=True)
             config = regs.config()
             fwb = fwb or regs.fwb
+            if hyp_regs is None and _wants_vmemmap(kw):
+                hyp_regs = (regs.ttbr0_el2, regs.tcr_el2, regs.hcr_el2)
         result = walk(
             memory,
             config,
@@ -81,11 +84,105 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
             strict=bool(kw.get("strict")),
             progress=_progress(),
         )
+        _warn_profile_mismatch(result)
+        if hyp_regs is not None and _wants_vmemmap(kw):
+            try:
+                _enrich(result, memory, hyp_regs, kw)
+            except InputError as exc:
+                if not best_effort:
+                    raise
+                click.echo(f"s2trace: note: page states not read from the vmemmap: {exc}", err=True)
     finally:
         memory.close()
     for p in getattr(memory, "problems", []):
         result.problems.add(p)
     return result
+
+
+def _warn_profile_mismatch(result: Any) -> None:
+    """A profile without the 7.1 type field, chosen by hand, on a dump with 7.1 entries."""
+    from s2trace.walk.walker import detect_profile
+
+    if result.profile.type_bits is None and "profile_reason" not in result.meta:
+        name, reason = detect_profile(result.map)
+        if name == "linux-7.1":
+            click.echo(
+                f"s2trace: warning: profile {result.profile.name} reads 6.x owner fields, but "
+                f"the dump holds 7.1+ entries ({reason.removeprefix('auto: ')}); "
+                "try --profile linux-7.1",
+                err=True,
+            )
+
+
+def _choose_profile(kw: dict[str, Any]) -> Any:
+    """--profile, else the kernel version's profile (--kernel or the capture's), else
+    ``"auto"`` (detected from the dump: :func:`s2trace.walk.walker.detect_profile`)."""
+    from s2trace.capture import profile_for_kernel
+    from s2trace.pkvm.profiles import get_profile
+    from s2trace.walk.walker import AUTO
+
+    spec = kw.get("profile")
+    if not spec and kw.get("kernel"):
+        spec = profile_for_kernel(str(kw["kernel"]))
+    if not spec or spec == AUTO:
+        return AUTO
+    return get_profile(spec, kw.get("profiles_file"))
+
+
+def _hcr_fwb(kw: dict[str, Any]) -> bool:
+    """HCR_EL2.FWB (bit 46) from --hcr-el2."""
+    hcr = kw.get("hcr_el2")
+    return hcr is not None and bool(parse_u64(str(hcr), "--hcr-el2") >> 46 & 1)
+
+
+def _hyp_registers(kw: dict[str, Any]) -> tuple[int, int, int | None] | None:
+    """(TTBR0_EL2, TCR_EL2, HCR_EL2 or None) when both hyp stage-1 registers are given."""
+    ttbr0, tcr = kw.get("ttbr0_el2"), kw.get("tcr_el2")
+    if ttbr0 is None and tcr is None:
+        return None
+    if ttbr0 is None or tcr is None:
+        raise InputError("--ttbr0-el2 and --tcr-el2 go together")
+    hcr = kw.get("hcr_el2")
+    return (
+        parse_u64(str(ttbr0), "--ttbr0-el2"),
+        parse_u64(str(tcr), "--tcr-el2"),
+        parse_u64(str(hcr), "--hcr-el2") if hcr is not None else None,
+    )
+
+
+def _wants_vmemmap(kw: dict[str, Any]) -> bool:
+    """The vmemmap can be found: its VA is given, or kallsyms names ``__hyp_vmemmap``."""
+    return kw.get("vmemmap_va") is not None or kw.get("kallsyms") is not None
+
+
+def _enrich(
+    result: Any, memory: Any, hyp_regs: tuple[int, int, int | None], kw: dict[str, Any]
+) -> None:
+    """Replace the map by the map with vmemmap page states (HOST_STATE_MAP columns).
+
+    ``enrich_with_vmemmap`` reads ``struct hyp_page`` of every page the map covers through
+    the hyp stage 1 and splits blocks where states differ; the kernel layout comes from
+    --kernel (or the capture), else it is guessed from the dump.  Provenance goes to
+    ``result.meta``.
+    """
+    from s2trace.hyp.check import enrich_with_vmemmap
+
+    ttbr0, tcr, hcr = hyp_regs
+    va = parse_u64(str(kw["vmemmap_va"]), "--vmemmap") if kw.get("vmemmap_va") else None
+    result.map = enrich_with_vmemmap(
+        result,
+        memory,
+        ttbr0,
+        tcr,
+        vmemmap_va=va,
+        kallsyms=kw.get("kallsyms"),
+        kernel=kw.get("kernel"),
+        iomem=kw.get("iomem"),
+        hcr=hcr,
+    )
+    result.meta["page_states"] = "hyp_vmemmap" + (f" at {va:#x}" if va is not None else "")
+    if kw.get("kernel"):
+        result.meta["kernel"] = str(kw["kernel"])
 
 
 def _report_problems(result: Any) -> None:
@@ -119,6 +216,14 @@ def expand_capture(
         kw["profile"] = cap.profile
     if not kw.get("fwb"):
         kw["fwb"] = cap.fwb
+    if not kw.get("kernel") and cap.kernel:
+        kw["kernel"] = cap.kernel
+    if kw.get("ttbr0_el2") is None and kw.get("tcr_el2") is None:
+        for key in ("ttbr0_el2", "tcr_el2"):
+            if cap.reg(key) is not None:
+                kw[key] = hex(cap.reg(key))
+    if kw.get("hcr_el2") is None and cap.reg("hcr_el2") is not None:
+        kw["hcr_el2"] = hex(cap.reg("hcr_el2"))
     for key in ("kallsyms", "iomem"):
         if kw.get(key) is None and getattr(cap, key) is not None:
             kw[key] = str(getattr(cap, key))
@@ -138,7 +243,10 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     result = open_walk(targets, kw)
     _report_problems(result)
     if kw.get("summary"):
-        text = summarize(result).text()
+        summary = summarize(result)
+        if "page_states" in result.meta:
+            summary.notes = _state_notes(result.map)
+        text = summary.text()
         _emit(text, kw.get("output"))
         return
     frame = result.map
@@ -150,6 +258,19 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         meta = ", ".join(f"{k}={v}" for k, v in result.meta.items())
         click.echo(f"s2trace: {meta}", err=True)
     write_frame(frame, fmt, out=sys.stdout, path=kw.get("output"), meta=result.meta)
+
+
+def _state_notes(frame: Any) -> list[str]:
+    """Summary notes of a map with vmemmap states: what is still unknown and why."""
+    unknown = frame["page_state"].astype("string").eq("unknown").fillna(False).to_numpy()
+    notes = ["page states read from the hypervisor's hyp_vmemmap (struct hyp_page per page)"]
+    if unknown.any():
+        n = int(frame["size"].to_numpy()[unknown].sum())
+        notes.append(
+            f"{n:#x} bytes still read 'unknown': pages outside the vmemmap (MMIO, memory the "
+            "hypervisor does not track) or whose struct hyp_page is not in the dump"
+        )
+    return notes
 
 
 def _emit(text: str, path: str | None) -> None:

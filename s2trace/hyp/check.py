@@ -261,6 +261,18 @@ def memory_pfns(memory: Memory, page_size: int = 4096) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty(0, np.uint64)
 
 
+def ram_pfns(iomem: pd.DataFrame, page_size: int = 4096) -> np.ndarray:
+    """PFNs of the top-level ``System RAM`` ranges of /proc/iomem (end inclusive there,
+    exclusive here): the pages the hyp_vmemmap describes, whether or not the dump holds
+    them (a trimmed dump keeps the vmemmap but not the RAM)."""
+    ram = iomem[(iomem["name"] == "System RAM") & (iomem["depth"] == 0)]
+    parts = [
+        np.arange(-(-int(lo) // page_size), int(hi) // page_size, dtype=np.uint64)
+        for lo, hi in zip(ram["start"], ram["end"], strict=True)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, np.uint64)
+
+
 def image_from_hyp_idmap(kallsyms: pd.DataFrame, hyp_map: pd.DataFrame) -> KernelImage:
     """Place the kernel image without /proc/iomem, from the hyp stage 1.
 
@@ -556,7 +568,7 @@ def enrich_with_vmemmap(
     m = walk_result.map
     start = m["ipa_start"].to_numpy(np.uint64) // np.uint64(page)
     npages = m["size"].to_numpy(np.uint64) // np.uint64(page)
-    dump = memory_pfns(memory, page)
+    dump = ram_pfns(io, page) if io is not None else memory_pfns(memory, page)
     inside = np.zeros(dump.size, bool)
     if len(m):
         lo, hi = np.searchsorted(dump, start), np.searchsorted(dump, start + npages)

@@ -29,7 +29,6 @@ Blank lines and ``#`` comments are skipped; any other line that no layout matche
 ``malformed_line`` :class:`~s2trace.errors.Problem` with its 1-based line number.
 
 Speed (a requirement: traces have millions of lines).  The file is read -- decompressed as a
-Speed (a requirement: traces have millions of lines).  The file is read -- decompressed as a
 stream when it is compressed -- in 4 MiB pieces cut at line ends, into one reused buffer
 (:mod:`s2trace.trace.sources`).  In each piece a few sample lines teach where the fixed-width
 columns are; every line is split at those offsets with vectorised byte tests (SWAR,
@@ -37,13 +36,14 @@ columns are; every line is split at those offsets with vectorised byte tests (SW
 go to a pass with Arrow's RE2 (:mod:`s2trace.trace.textscan`); what that rejects is
 malformed.  No Python object is made per line (only per malformed line, for its Problem).
 ``benchmarks/bench_trace_parse.py`` measures the rate (about 3 M lines/s on one core).
+
 A parsed trace is cached (:mod:`s2trace.trace.cache`), keyed by the file's sha256.
 
 This module is the entry point; the work is done by: :mod:`~s2trace.trace.formats` (line
 layouts, :func:`detect_format`), :mod:`~s2trace.trace.sources` (reading in chunks),
 :mod:`~s2trace.trace.chunk`, :mod:`~s2trace.trace.templates` and
 :mod:`~s2trace.trace.textscan` (splitting lines into columns), :mod:`~s2trace.trace.eventcols`
-(the EVENTS frame) and :mod:`~s2trace.trace.fields` (reading named fields, :func:`fields`).
+(the EVENTS frame) and :mod:`~s2trace.trace.field_access` (reading named fields, :func:`fields`).
 Their public names are re-exported here.
 """
 
@@ -61,7 +61,7 @@ from tqdm import tqdm
 from s2trace.errors import InputError, Problem, ProblemLog
 from s2trace.trace import cache
 from s2trace.trace.eventcols import EventCols, events_frame
-from s2trace.trace.fields import PSEUDO_FIELDS, as_arrow, extract_fields, fields, parse_uint
+from s2trace.trace.field_access import PSEUDO_FIELDS, as_arrow, extract_fields, fields, parse_uint
 from s2trace.trace.formats import (
     HOST_RE,
     HYP_EARLY_RE,

@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "s2trace.cli.memory_cmd",
     "s2trace.cli.hyp_cmd",
     "s2trace.cli.show_cmd",
+    "s2trace.cli.diff_cmd",
+    "s2trace.cli.guests_cmd",
+    "s2trace.cli.synth_cmd",
 )
 
 

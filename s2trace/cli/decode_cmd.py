@@ -212,6 +212,17 @@ def register(cli: click.Group) -> None:
     )
     @click.option("--coalesce", is_flag=True, help="Merge adjacent equal rows into ranges.")
     @click.option("--summary", is_flag=True, help="Print the walk summary instead of rows.")
+    @click.option(
+        "--labels/--no-labels",
+        default=None,
+        help="Add a label column naming each range from kallsyms, iomem, dmesg and "
+        "the trace (default: on for capture folders).",
+    )
+    @click.option(
+        "--dmesg",
+        type=click.Path(dir_okay=False),
+        help="dmesg of the dumped boot (hyp carve-out line), for --labels.",
+    )
     @click.option("--strict", is_flag=True, help="Any problem found in the dump is fatal.")
     def decode_cmd(targets: tuple[str, ...], **kw: Any) -> None:
         """Decode descriptor VALUEs, a FILE of raw descriptors (--level N), or walk a DUMP.

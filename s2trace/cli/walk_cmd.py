@@ -251,6 +251,10 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         return
     frame = result.map
     fmt = kw.get("fmt", "table")
+    if kw.get("labels") or (
+        kw.get("labels") is None and kw.get("capture") is not None and fmt != "ptdump"
+    ):
+        frame = _labelled(frame, kw)
     if fmt == "ptdump":
         _emit("\n".join(ptdump_lines(frame)) + "\n", kw.get("output"))
         return
@@ -258,6 +262,39 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         meta = ", ".join(f"{k}={v}" for k, v in result.meta.items())
         click.echo(f"s2trace: {meta}", err=True)
     write_frame(frame, fmt, out=sys.stdout, path=kw.get("output"), meta=result.meta)
+
+
+def _labelled(frame: Any, kw: dict[str, Any]) -> Any:
+    """The map with a ``label`` column: what each range is, from the evidence files
+    (kallsyms, iomem, dmesg) and the trace's ownership transitions (issue: symbolised map)."""
+    from s2trace.hyp.symbols import (
+        KernelImage,
+        collect_labels,
+        label_map,
+        read_iomem,
+        read_kallsyms,
+    )
+
+    cap = kw.get("capture")
+    paths = {
+        k: kw.get(k) or (getattr(cap, k, None) if cap else None)
+        for k in ("kallsyms", "iomem", "dmesg", "trace")
+    }
+    ks = read_kallsyms(paths["kallsyms"]) if paths["kallsyms"] else None
+    io = read_iomem(paths["iomem"]) if paths["iomem"] else None
+    image = KernelImage.from_evidence(ks, io) if ks is not None and io is not None else None
+    transitions = None
+    if paths["trace"]:
+        from s2trace.trace.pipeline import analyze
+
+        analysis = analyze(
+            paths["trace"],
+            kernel=kw.get("kernel") or getattr(cap, "kernel", None),
+            linear_map=getattr(cap, "linear_map", None),
+        )
+        transitions = analysis.transitions
+    labels = collect_labels(None, ks, image, io, paths["dmesg"], transitions)
+    return label_map(frame, labels)
 
 
 def _state_notes(frame: Any) -> list[str]:

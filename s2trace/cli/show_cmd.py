@@ -1,0 +1,155 @@
+"""Showing a timeline elsewhere: ``s2trace plot`` (PNG/SVG/PDF via :mod:`s2trace.plots`) and
+``s2trace export --perfetto`` (Chrome JSON trace via :mod:`s2trace.export.perfetto`).
+
+Both analyse the trace like ``s2trace timeline`` (same options, :func:`_analyze`) and only
+parse arguments and call the public API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from s2trace.cli.trace_cmd import _analyze, trace_options
+from s2trace.errors import InputError
+
+__all__ = ["PLOT_KINDS", "PLOT_SUFFIXES", "register"]
+
+PLOT_KINDS = ("churn", "owners", "map")
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _time(text: str | None, what: str) -> float | None:
+    from s2trace.trace.pipeline import parse_time
+
+    try:
+        return parse_time(text)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
+
+
+def _event_span(result: Any) -> tuple[float | None, float | None]:
+    """First and last finite event time of the trace (the natural export window)."""
+    import numpy as np
+
+    ts = result.events["ts"].to_numpy(dtype=np.float64)
+    ts = ts[np.isfinite(ts)]
+    return (float(ts.min()), float(ts.max())) if len(ts) else (None, None)
+
+
+def register(cli: click.Group) -> None:
+    @cli.command("plot")
+    @click.argument("trace")
+    @click.option(
+        "--kind",
+        type=click.Choice(PLOT_KINDS),
+        required=True,
+        help="churn: transitions per time bin; owners: bytes per owner/state over time; "
+        "map: address × time raster.",
+    )
+    @click.option("--at", "at", help="Mark this time (trace seconds, or with s/ms/us/ns).")
+    @click.option("--from", "t_from", help="Start of the plotted window (trace seconds).")
+    @click.option("--to", "t_to", help="End of the plotted window (trace seconds).")
+    @click.option("--bin", "bin_width", help="churn: bin width (e.g. 1ms; default ~40 bins).")
+    @click.option(
+        "--unit",
+        type=click.Choice(["bytes", "pages"]),
+        default="bytes",
+        show_default=True,
+        help="churn: y axis unit.",
+    )
+    @click.option("--dpi", type=int, default=150, show_default=True, help="PNG resolution.")
+    @click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Image file: .png, .svg or .pdf.",
+    )
+    @trace_options
+    def plot_cmd(
+        trace: str,
+        kind: str,
+        at: str | None,
+        t_from: str | None,
+        t_to: str | None,
+        bin_width: str | None,
+        unit: str,
+        dpi: int,
+        output: str,
+        **kw: Any,
+    ) -> None:
+        """Plot a trace's ownership timeline: churn, owners over time or the ownership map."""
+        out = Path(output)
+        if out.suffix.lower() not in PLOT_SUFFIXES:
+            raise InputError(f"{output}: unknown image type (expected {', '.join(PLOT_SUFFIXES)})")
+        window = {
+            "at": _time(at, "--at"),
+            "t_from": _time(t_from, "--from"),
+            "t_to": _time(t_to, "--to"),
+        }
+        width = _time(bin_width, "--bin")
+        r = _analyze(trace, kw)
+        from s2trace import plots
+
+        page_size = kw.get("page_size") or 4096
+        try:
+            if kind == "churn":
+                fig = plots.plot_churn(
+                    r.transitions,
+                    r.violations,
+                    bin_width=width,
+                    unit=unit,
+                    page_size=page_size,
+                    **window,
+                )
+            elif kind == "owners":
+                fig = plots.plot_owners(
+                    r.intervals, r.violations, transitions=r.transitions, **window
+                )
+            else:
+                fig = plots.plot_map(
+                    r.intervals,
+                    r.violations,
+                    transitions=r.transitions,
+                    page_size=page_size,
+                    **window,
+                )
+        except ValueError as exc:
+            raise InputError(f"{trace}: cannot plot {kind}: {exc}") from None
+        fig.savefig(out, dpi=dpi)
+        click.echo(f"s2trace: wrote {out}", err=True)
+
+    @cli.command("export")
+    @click.argument("trace")
+    @click.option(
+        "--perfetto",
+        "perfetto",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Write the timeline as a Chrome JSON trace that ui.perfetto.dev opens.",
+    )
+    @click.option("--from", "t_from", help="Start of the exported window (default: first event).")
+    @click.option("--to", "t_to", help="End of the exported window (default: last event).")
+    @trace_options
+    def export_cmd(
+        trace: str, perfetto: str, t_from: str | None, t_to: str | None, **kw: Any
+    ) -> None:
+        """Export the ownership timeline: counters of bytes per owner, one slice per page-range
+        ownership interval, instant events for violations, access faults and lost events."""
+        lo, hi = _time(t_from, "--from"), _time(t_to, "--to")
+        r = _analyze(trace, kw)
+        from s2trace.export.perfetto import perfetto_trace, write_perfetto
+
+        first, last = _event_span(r)
+        lo = first if lo is None else lo
+        hi = last if hi is None else hi
+        if lo is not None and hi is not None and hi < lo:
+            raise InputError(f"--from {lo} is after --to {hi}")
+        doc = perfetto_trace(
+            r.intervals, r.violations, r.transitions, t_from=lo, t_to=hi, meta=r.meta
+        )
+        write_perfetto(perfetto, doc)
+        click.echo(f"s2trace: wrote {perfetto} ({len(doc['traceEvents'])} events)", err=True)

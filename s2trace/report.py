@@ -75,28 +75,11 @@ class Report:
 
 # ---------------------------------------------------------------------------------------------
 def _walk(cap: Capture, notes: list[str], strict: bool) -> Any:
-    from s2trace.arch.registers import config_from_registers
-    from s2trace.io import open_memory
-    from s2trace.walk.walker import walk
+    from s2trace.walk.dump import request_from_capture, walk_dump
 
-    memory = open_memory(list(cap.dump))
-    try:
-        vttbr, vtcr = cap.reg("vttbr_el2"), cap.reg("vtcr_el2")
-        fwb = cap.fwb
-        if vttbr is not None and vtcr is not None:
-            config = config_from_registers(vttbr, vtcr)
-        else:
-            from s2trace.pkvm.init_params import registers_from_memory
-
-            regs, note = registers_from_memory(memory, cap.kallsyms, cap.iomem, str(cap.folder))
-            notes.append(f"no VTTBR_EL2/VTCR_EL2 in capture.toml; {note}")
-            config, fwb = regs.config(), fwb or regs.fwb
-        result = walk(memory, config, cap.profile, fwb=fwb, coalesce=True, strict=strict)
-        for p in getattr(memory, "problems", []):
-            result.problems.add(p)
-        return result
-    finally:
-        memory.close()
+    result = walk_dump(request_from_capture(cap.folder, coalesce=True, strict=strict))
+    notes.extend(result.notes)
+    return result
 
 
 def _check(cap: Capture, notes: list[str]) -> Any | None:

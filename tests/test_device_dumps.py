@@ -163,7 +163,9 @@ def test_cli_on_split_dump(device, capsys):
 
     assert main(["decode", *device.at_pa, "--summary"]) == 0
     recovered, err = capsys.readouterr()
-    assert err.startswith("s2trace: no --vttbr/--vtcr given; registers recovered from memory")
+    assert err.startswith(
+        "s2trace: note: no VTTBR_EL2/VTCR_EL2 given; registers recovered from memory"
+    )
     assert len(err.strip().splitlines()) == 1
     fwb = ["--fwb"] if "HCR_EL2.FWB=1" in err else []
     assert bool(fwb) == (device.version == "7.3")  # facts §2.10: 7.3 sets HCR_EL2.FWB

@@ -483,7 +483,8 @@ def test_cli_walk_falls_back_to_memory(machine, capsys):
     code, recovered, err = run(capsys, "decode", machine.dump, "--summary")
     assert code == 0
     assert err.splitlines() == [
-        "s2trace: no --vttbr/--vtcr given; registers recovered from memory by a scan of RAM: "
+        "s2trace: note: no VTTBR_EL2/VTCR_EL2 given; registers recovered from memory by a "
+        "scan of RAM: "
         f"struct kvm_nvhe_init_params of 2 CPU(s) agree (copy@{machine.params_pa[0]:#x} at PA "
         f"{machine.params_pa[0]:#x}): VTTBR_EL2={machine.vttbr:#x} VTCR_EL2={machine.vtcr:#x}"
     ]

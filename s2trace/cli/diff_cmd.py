@@ -92,15 +92,14 @@ def clip_map(frame: pd.DataFrame, cover: pd.DataFrame) -> pd.DataFrame:
 
 def _walk_side(target: str, kw: dict[str, Any], suffix: str = "") -> Any:
     """Walk one dump (file or capture folder) with vmemmap states when possible."""
-    from s2trace.cli.walk_cmd import expand_capture, open_walk
+    from s2trace.cli.walk_cmd import open_walk
 
     side = dict(kw)
     if suffix:
         for key in ("vttbr", "vtcr"):
             side[key] = kw.get(key + suffix) or kw.get(key)
     side["coalesce"] = True
-    targets, side = expand_capture((target,), side)
-    result = open_walk(targets, side)
+    result = open_walk((target,), side)
     counts = result.problems.counts()
     if counts:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))

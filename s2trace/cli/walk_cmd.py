@@ -10,7 +10,7 @@ import click
 from s2trace.cli.options import parse_int, parse_u64, profile_options
 from s2trace.errors import InputError
 
-__all__ = ["open_walk", "register", "run_walk", "walk_options"]
+__all__ = ["open_walk", "register", "request_from_kw", "run_walk", "walk_options"]
 
 
 def _progress() -> Any:
@@ -31,20 +31,18 @@ def _progress() -> Any:
     return update
 
 
-def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
-    """Open the dump, build the configuration and walk; return the WalkResult."""
-    from s2trace.arch.registers import config_explicit, config_from_registers
-    from s2trace.io import open_memory
-    from s2trace.walk.walker import walk
+def request_from_kw(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
+    """The :class:`~s2trace.walk.dump.DumpRequest` the command line asks for (a capture
+    folder as the only target supplies what the options leave out)."""
+    from s2trace.arch.registers import config_explicit
+    from s2trace.capture import is_capture
+    from s2trace.walk.dump import DumpRequest, request_from_capture
 
-    base = parse_int(kw["base"], "--base") if kw.get("base") else 0
-    if kw.get("vttbr") is not None or kw.get("vtcr") is not None:
-        if kw.get("vttbr") is None or kw.get("vtcr") is None:
-            raise InputError("--vttbr and --vtcr go together")
-        config = config_from_registers(
-            parse_u64(kw["vttbr"], "--vttbr"), parse_u64(kw["vtcr"], "--vtcr")
-        )
-    elif kw.get("root") is not None:
+    def num(key: str, flag: str) -> int | None:
+        return parse_u64(str(kw[key]), flag) if kw.get(key) is not None else None
+
+    config = None
+    if kw.get("root") is not None:
         if kw.get("start_level") is None or kw.get("ipa_bits") is None:
             raise InputError("--root needs --start-level and --ipa-bits")
         config = config_explicit(
@@ -55,134 +53,43 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
             bool(kw.get("ds")),
             bool(kw.get("lpa")),
         )
-    else:
-        config = None  # recovered from the dump's memory below
-    profile = _choose_profile(kw)
-    memory = open_memory(list(targets), base=base)
-    fwb = bool(kw.get("fwb")) or _hcr_fwb(kw)
-    hyp_regs = _hyp_registers(kw)
-    best_effort = hyp_regs is None  # registers recovered from memory: states if possible
-    try:
-        if config is None:
-            from s2trace.pkvm.init_params import registers_from_memory
-
-            regs, note = registers_from_memory(
-                memory, kw.get("kallsyms"), kw.get("iomem"), label=targets[0]
-            )
-            click.echo(f"s2trace: no --vttbr/--vtcr given; {note}", err=True)
-            config = regs.config()
-            fwb = fwb or regs.fwb
-            if hyp_regs is None and _wants_vmemmap(kw):
-                hyp_regs = (regs.ttbr0_el2, regs.tcr_el2, regs.hcr_el2)
-        result = walk(
-            memory,
-            config,
-            profile,
-            fwb=fwb,
-            include_zero=bool(kw.get("include_zero")),
-            coalesce=bool(kw.get("coalesce") or kw.get("summary")),
-            strict=bool(kw.get("strict")),
-            progress=_progress(),
-        )
-        _warn_profile_mismatch(result)
-        if hyp_regs is not None and _wants_vmemmap(kw):
-            try:
-                _enrich(result, memory, hyp_regs, kw)
-            except InputError as exc:
-                if not best_effort:
-                    raise
-                click.echo(f"s2trace: note: page states not read from the vmemmap: {exc}", err=True)
-    finally:
-        memory.close()
-    for p in getattr(memory, "problems", []):
-        result.problems.add(p)
-    return result
-
-
-def _warn_profile_mismatch(result: Any) -> None:
-    """A profile without the 7.1 type field, chosen by hand, on a dump with 7.1 entries."""
-    from s2trace.walk.walker import detect_profile
-
-    if result.profile.type_bits is None and "profile_reason" not in result.meta:
-        name, reason = detect_profile(result.map)
-        if name == "linux-7.1":
-            click.echo(
-                f"s2trace: warning: profile {result.profile.name} reads 6.x owner fields, but "
-                f"the dump holds 7.1+ entries ({reason.removeprefix('auto: ')}); "
-                "try --profile linux-7.1",
-                err=True,
-            )
-
-
-def _choose_profile(kw: dict[str, Any]) -> Any:
-    """--profile, else the kernel version's profile (--kernel or the capture's), else
-    ``"auto"`` (detected from the dump: :func:`s2trace.walk.walker.detect_profile`)."""
-    from s2trace.capture import profile_for_kernel
-    from s2trace.pkvm.profiles import get_profile
-    from s2trace.walk.walker import AUTO
-
-    spec = kw.get("profile")
-    if not spec and kw.get("kernel"):
-        spec = profile_for_kernel(str(kw["kernel"]))
-    if not spec or spec == AUTO:
-        return AUTO
-    return get_profile(spec, kw.get("profiles_file"))
-
-
-def _hcr_fwb(kw: dict[str, Any]) -> bool:
-    """HCR_EL2.FWB (bit 46) from --hcr-el2."""
-    hcr = kw.get("hcr_el2")
-    return hcr is not None and bool(parse_u64(str(hcr), "--hcr-el2") >> 46 & 1)
-
-
-def _hyp_registers(kw: dict[str, Any]) -> tuple[int, int, int | None] | None:
-    """(TTBR0_EL2, TCR_EL2, HCR_EL2 or None) when both hyp stage-1 registers are given."""
-    ttbr0, tcr = kw.get("ttbr0_el2"), kw.get("tcr_el2")
-    if ttbr0 is None and tcr is None:
-        return None
-    if ttbr0 is None or tcr is None:
-        raise InputError("--ttbr0-el2 and --tcr-el2 go together")
-    hcr = kw.get("hcr_el2")
-    return (
-        parse_u64(str(ttbr0), "--ttbr0-el2"),
-        parse_u64(str(tcr), "--tcr-el2"),
-        parse_u64(str(hcr), "--hcr-el2") if hcr is not None else None,
-    )
-
-
-def _wants_vmemmap(kw: dict[str, Any]) -> bool:
-    """The vmemmap can be found: its VA is given, or kallsyms names ``__hyp_vmemmap``."""
-    return kw.get("vmemmap_va") is not None or kw.get("kallsyms") is not None
-
-
-def _enrich(
-    result: Any, memory: Any, hyp_regs: tuple[int, int, int | None], kw: dict[str, Any]
-) -> None:
-    """Replace the map by the map with vmemmap page states (HOST_STATE_MAP columns).
-
-    ``enrich_with_vmemmap`` reads ``struct hyp_page`` of every page the map covers through
-    the hyp stage 1 and splits blocks where states differ; the kernel layout comes from
-    --kernel (or the capture), else it is guessed from the dump.  Provenance goes to
-    ``result.meta``.
-    """
-    from s2trace.hyp.check import enrich_with_vmemmap
-
-    ttbr0, tcr, hcr = hyp_regs
-    va = parse_u64(str(kw["vmemmap_va"]), "--vmemmap") if kw.get("vmemmap_va") else None
-    result.map = enrich_with_vmemmap(
-        result,
-        memory,
-        ttbr0,
-        tcr,
-        vmemmap_va=va,
-        kallsyms=kw.get("kallsyms"),
+    given = dict(
+        base=parse_int(kw["base"], "--base") if kw.get("base") else None,
+        vttbr=num("vttbr", "--vttbr"),
+        vtcr=num("vtcr", "--vtcr"),
+        config=config,
+        profile=kw.get("profile"),
+        profiles_file=kw.get("profiles_file"),
         kernel=kw.get("kernel"),
+        fwb=True if kw.get("fwb") else None,
+        ttbr0_el2=num("ttbr0_el2", "--ttbr0-el2"),
+        tcr_el2=num("tcr_el2", "--tcr-el2"),
+        hcr_el2=num("hcr_el2", "--hcr-el2"),
+        vmemmap_va=num("vmemmap_va", "--vmemmap"),
+        kallsyms=kw.get("kallsyms"),
         iomem=kw.get("iomem"),
-        hcr=hcr,
+        include_zero=bool(kw.get("include_zero")),
+        coalesce=bool(kw.get("coalesce") or kw.get("summary")),
+        strict=bool(kw.get("strict")),
     )
-    result.meta["page_states"] = "hyp_vmemmap" + (f" at {va:#x}" if va is not None else "")
-    if kw.get("kernel"):
-        result.meta["kernel"] = str(kw["kernel"])
+    if (given["vttbr"] is None) != (given["vtcr"] is None):
+        raise InputError("--vttbr and --vtcr go together")
+    if (given["ttbr0_el2"] is None) != (given["tcr_el2"] is None):
+        raise InputError("--ttbr0-el2 and --tcr-el2 go together")
+    if len(targets) == 1 and is_capture(targets[0]):
+        return request_from_capture(targets[0], **given)
+    return DumpRequest(specs=tuple(targets), **{k: v for k, v in given.items() if v is not None})
+
+
+def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
+    """Walk what the command line names; print the walk's notes on stderr."""
+    from s2trace.walk.dump import walk_dump
+
+    result = walk_dump(request_from_kw(targets, kw), _progress())
+    for note in result.notes:
+        prefix = "" if note.startswith("warning:") else "note: "
+        click.echo(f"s2trace: {prefix}{note}", err=True)
+    return result
 
 
 def _report_problems(result: Any) -> None:
@@ -198,42 +105,12 @@ def _report_problems(result: Any) -> None:
     )
 
 
-def expand_capture(
-    targets: tuple[str, ...] | list[str], kw: dict[str, Any]
-) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """A capture folder as the only target: its dump files, and its registers, profile
-    (from the kernel version) and FWB (from HCR_EL2) where the command line gives none."""
-    from s2trace.capture import is_capture, load_capture
-
-    if len(targets) != 1 or not is_capture(targets[0]):
-        return tuple(targets), kw
-    cap = load_capture(targets[0])
-    kw = dict(kw)
-    for key, reg in (("vttbr", "vttbr_el2"), ("vtcr", "vtcr_el2")):
-        if kw.get(key) is None and kw.get("root") is None and cap.reg(reg) is not None:
-            kw[key] = hex(cap.reg(reg))
-    if not kw.get("profile") and cap.profile:
-        kw["profile"] = cap.profile
-    if not kw.get("fwb"):
-        kw["fwb"] = cap.fwb
-    if not kw.get("kernel") and cap.kernel:
-        kw["kernel"] = cap.kernel
-    if kw.get("ttbr0_el2") is None and kw.get("tcr_el2") is None:
-        for key in ("ttbr0_el2", "tcr_el2"):
-            if cap.reg(key) is not None:
-                kw[key] = hex(cap.reg(key))
-    if kw.get("hcr_el2") is None and cap.reg("hcr_el2") is not None:
-        kw["hcr_el2"] = hex(cap.reg("hcr_el2"))
-    for key in ("kallsyms", "iomem"):
-        if kw.get(key) is None and getattr(cap, key) is not None:
-            kw[key] = str(getattr(cap, key))
-    kw["capture"] = cap
-    return cap.dump, kw
-
-
 def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     """``s2trace decode DUMP --vttbr X --vtcr Y [...]`` (or a capture folder)."""
-    targets, kw = expand_capture(targets, kw)
+    from s2trace.capture import is_capture, load_capture
+
+    if len(targets) == 1 and is_capture(targets[0]):
+        kw = {**kw, "capture": load_capture(targets[0])}
     from s2trace.render import write_frame
     from s2trace.walk.ownership import summarize
     from s2trace.walk.ptdump import ptdump_lines
@@ -358,12 +235,11 @@ def register(cli: click.Group) -> None:
         from s2trace.io import open_memory
         from s2trace.walk.trim import trim
 
-        dump, kw = expand_capture(dump, kw)
-        if kw.get("vttbr") is None or kw.get("vtcr") is None:
+        req = request_from_kw(dump, kw)
+        if req.vttbr is None:
             raise InputError("trim needs --vttbr and --vtcr (or a capture folder)")
-        config = config_from_registers(
-            parse_u64(kw["vttbr"], "--vttbr"), parse_u64(kw["vtcr"], "--vtcr")
-        )
+        config = config_from_registers(req.vttbr, req.vtcr)
+        dump = req.specs
         spans = []
         for r in ranges:
             pa, sep, size = r.partition(":")

@@ -58,6 +58,8 @@ class WalkResult:
     meta: dict[str, Any] = field(default_factory=dict)
     #: Entries read, by kind (``invalid`` counts annotated ones; ``zero`` the empty ones).
     entry_counts: dict[str, int] = field(default_factory=dict)
+    #: What was decided on the caller's behalf (registers recovered, profile warnings ...).
+    notes: list[str] = field(default_factory=list)
 
 
 def _problem(log: ProblemLog, kind: str, where: int, detail: str, level: int) -> None:

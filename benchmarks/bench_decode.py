@@ -44,7 +44,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", default="linux-5.15")
     ap.add_argument("--level", type=int, default=3)
+    ap.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="do not call s2trace.allocator.keep_freed_memory() (the CLI does)",
+    )
     args = ap.parse_args()
+    if not args.default_allocator:
+        from s2trace.allocator import keep_freed_memory
+
+        print(f"allocator: freed memory kept for reuse ({keep_freed_memory()}), as in the CLI")
+    else:
+        print("allocator: glibc defaults")
 
     rng = np.random.default_rng(2026)
     raw = rng.integers(0, 2**64, args.n, dtype=np.uint64)

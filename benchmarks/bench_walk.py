@@ -49,7 +49,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gib", type=int, default=64)
     ap.add_argument("--real", type=Path, help="a capture folder with host-s2.elf(.zst)")
+    ap.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="do not call s2trace.allocator.keep_freed_memory() (the CLI does)",
+    )
     args = ap.parse_args()
+    if not args.default_allocator:
+        from s2trace.allocator import keep_freed_memory
+
+        keep_freed_memory()
+    print(
+        "allocator:",
+        "glibc defaults"
+        if args.default_allocator
+        else "freed memory kept for reuse, as in the CLI",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "identity.elf"
         t = time.perf_counter()

@@ -51,6 +51,9 @@ _register_all()
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 for unusable input)."""
+    from s2trace.allocator import keep_freed_memory
+
+    keep_freed_memory()
     try:
         rc = cli.main(args=argv, prog_name="s2trace", standalone_mode=False)
     except InputError as exc:

@@ -142,15 +142,13 @@ class OwnershipCodes:
 
     ``kind``: int8 codes into :data:`KINDS`; ``addr``: output address of leaves and
     next-table address of tables (0 elsewhere); ``owner``: int16 codes into ``owner_names``
-    (-1 = none); ``owner_id``: raw owner id (valid where ``owner_id_valid``); ``state``: int8
-    codes into ``state_names`` (-1 = none).
+    (-1 = none); ``state``: int8 codes into ``state_names`` (-1 = none).  Raw owner ids and
+    every other field come from :func:`decode_array`.
     """
 
     kind: np.ndarray
     addr: np.ndarray
     owner: np.ndarray
-    owner_id: np.ndarray
-    owner_id_valid: np.ndarray
     state: np.ndarray
     owner_names: tuple[str, ...]
     state_names: tuple[str, ...]
@@ -228,7 +226,7 @@ class _Key:
         return int(np.prod([n for _, n in self.digits]))
 
     def compute(self, w: _Words, kind: np.ndarray, profile: Profile) -> np.ndarray:
-        """The key of every descriptor, as ``intp`` so the lookups need no conversion."""
+        """The key of every descriptor (uint16 when the key space allows)."""
         parts = {"kind": kind}
         if self.owner_w:
             parts["owner"] = w.field(*profile.owner_bits)
@@ -240,13 +238,16 @@ class _Key:
             parts["prot"] = w.bit(profile.prot_none_bit)
         if self.state_w:
             parts["state"] = w.field(*profile.state_bits)
+        # The key space is small for every shipped profile: 16-bit arithmetic on narrow
+        # arrays is several times cheaper than 64-bit (wide spaces fall back to intp).
+        dtype = np.uint16 if self.size <= 1 << 16 else np.intp
         key: np.ndarray | None = None
         scale = 1
         for name, n in self.digits:
             if name in parts:
-                digit = parts[name].astype(np.intp)
+                digit = parts[name].astype(dtype)
                 if scale != 1:
-                    digit *= scale
+                    digit *= dtype(scale)
                 key = digit if key is None else np.add(key, digit, out=key)
             scale *= n
         assert key is not None  # the kind digit is always present
@@ -339,7 +340,7 @@ def _annotations(
     key, tables, names, snames = _compile(profile)
     if profile.owner_bits and key.owner_w == 0:
         return _wide_annotations(w, kind, profile, key, tables, names, snames)
-    k = key.compute(w, kind, profile)
+    k = key.compute(w, kind, profile).astype(np.intp)  # one conversion for four lookups
     return (
         np.take(tables["owner"], k),
         np.take(tables["owner_id"], k),
@@ -408,10 +409,15 @@ def decode_ownership(
     w = _Words(arr)
     kind = np.take(t.kind_by_low2, w.lo & np.uint16(3))
     addr = _addresses(w, kind, t, geometry)
-    owner, ids, has_id, state, owner_names, state_names = _annotations(w, kind, prof)
-    return OwnershipCodes(
-        kind, addr, owner, ids, has_id, state, tuple(owner_names), tuple(state_names)
-    )
+    key, tables, owner_names, state_names = _compile(prof)
+    if prof.owner_bits and key.owner_w == 0:
+        owner, _, _, state, owner_names, state_names = _wide_annotations(
+            w, kind, prof, key, tables, owner_names, state_names
+        )
+    else:
+        k = key.compute(w, kind, prof)
+        owner, state = np.take(tables["owner"], k), np.take(tables["state"], k)
+    return OwnershipCodes(kind, addr, owner, state, tuple(owner_names), tuple(state_names))
 
 
 # -- the full DataFrame ------------------------------------------------------------------------
@@ -439,9 +445,11 @@ def _lut_cat(values: np.ndarray, table: tuple[str, ...], absent: np.ndarray) -> 
 
 
 def _absent(kind: np.ndarray, kinds: tuple[int, ...]) -> np.ndarray:
-    """int8 per row: 0 where the row's kind is one of ``kinds``, -1 elsewhere."""
-    lut = np.array([0 if k in kinds else -1 for k in range(len(KINDS))], dtype=np.int8)
-    return np.take(lut, kind)
+    """int8 per row: 0 where the row's kind is one of ``kinds``, -1 elsewhere (a bit test on
+    the narrow kind codes: cheaper than a lookup)."""
+    bits = np.uint8(sum(1 << k for k in kinds))
+    present = (np.left_shift(np.uint8(1), kind.astype(np.uint8)) & bits) != 0
+    return present.view(np.int8) - np.int8(1)
 
 
 def _nullable(values: np.ndarray, absent: np.ndarray, dtype: str) -> object:

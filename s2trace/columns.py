@@ -29,6 +29,7 @@ __all__ = [
     "MAP_DIFF",
     "PAGE_STATES",
     "SCHEMAS",
+    "TOPUPS",
     "TRANSITIONS",
     "VIOLATIONS",
     "VMEMMAP",
@@ -364,6 +365,17 @@ LABELS = Schema(
 )
 
 
+TOPUPS = Schema(
+    "memcache top-ups",
+    "Hyp memcache top-ups in a trace whose pages no transition names (`unnamed_topups`).",
+    (
+        Column("ts", "float64", "time of the top-up"),
+        Column("line", "int64", "source line"),
+        Column("pages", "Int64", "min_pages asked for (<NA> when the event does not say)"),
+    ),
+)
+
+
 SCHEMAS: tuple[Schema, ...] = (
     DESCRIPTOR,
     MAP,
@@ -378,6 +390,7 @@ SCHEMAS: tuple[Schema, ...] = (
     HOST_STATE_MAP,
     BREACHES,
     LABELS,
+    TOPUPS,
 )
 
 

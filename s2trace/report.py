@@ -50,6 +50,8 @@ class Report:
     check: Any | None = None  # s2trace.hyp.check.CheckResult
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    topups: pd.DataFrame | None = None  # memcache top-ups the trace cannot name
+    memcache: pd.DataFrame | None = None  # untraced ranges, with the dump's name for them
 
     @property
     def violations(self) -> pd.DataFrame | None:
@@ -80,6 +82,35 @@ def _walk(cap: Capture, notes: list[str], strict: bool) -> Any:
     result = walk_dump(request_from_capture(cap.folder, coalesce=True, strict=strict))
     notes.extend(result.notes)
     return result
+
+
+def _memcache(cap: Capture, report: Report, notes: list[str]) -> tuple[Any, Any]:
+    """Memcache top-ups the trace cannot name, and the untraced ranges the dump's guest
+    stage 2s name (:mod:`s2trace.memcache`)."""
+    from s2trace.memcache import name_untraced, unnamed_topups
+
+    a = report.analysis
+    topups = unnamed_topups(a.events, a.transitions)
+    if not len(topups) or cap.reg("ttbr0_el2") is None or cap.kallsyms is None:
+        return topups, None
+    from s2trace.hyp.guests import find_guests
+    from s2trace.io import open_memory
+
+    try:
+        with open_memory(list(cap.dump)) as memory:
+            guests = find_guests(
+                memory,
+                cap.reg("ttbr0_el2"),
+                cap.reg("tcr_el2"),
+                kallsyms=cap.kallsyms,
+                iomem=cap.iomem,
+                host_map=report.walk.map,
+                hcr=cap.reg("hcr_el2"),
+            )
+    except InputError as exc:
+        notes.append(f"memcache pages not named from the dump: {exc}")
+        return topups, None
+    return topups, name_untraced(report.untraced, guests)
 
 
 def _check(cap: Capture, notes: list[str]) -> Any | None:
@@ -140,6 +171,7 @@ def build_report(
 
         report.analysis = analyze(cap.folder, strict=strict, progress=False, use_cache=use_cache)
         report.diff = _diff(report.analysis, walked.map)
+        report.topups, report.memcache = _memcache(cap, report, notes)
     else:
         notes.append("no trace in the capture: nothing to replay")
     if check:
@@ -245,6 +277,33 @@ def _ranges(frame: pd.DataFrame, limit: int) -> list[str]:
     return out
 
 
+def _named_by_dump(report: Report) -> pd.DataFrame:
+    m = report.memcache
+    if m is None or not len(m):
+        return pd.DataFrame({"size": pd.Series([], dtype="uint64")})
+    return m[m["named_by_dump"].notna()]
+
+
+def _memcache_lines(report: Report, named: pd.DataFrame) -> list[str]:
+    t = report.topups
+    if t is None or not len(t):
+        return []
+    asked = int(t["pages"].fillna(0).sum())
+    when = ", ".join(f"t={r.ts:.6f} (line {r.line})" for r in t.head(3).itertuples())
+    out = [
+        f"memcache {len(t)} top-up(s) of {asked} page(s) at {when}: the trace does not name "
+        "the pages (unknown until a dump names them)"
+    ]
+    if len(named):
+        names = sorted(set(named["named_by_dump"].astype(str)))
+        pages = int(named["size"].sum()) // 4096
+        out.append(
+            f"         the dump names {pages} of them: {', '.join(names)} "
+            f"({', '.join(f'{int(a):#x}' for a in named['ipa_start'].head(4))})"
+        )
+    return out
+
+
 def render_text(report: Report, *, limit: int = 5) -> str:
     """One screen: what was read, what was found, where the outputs are, and a verdict."""
     cap, w = report.capture, report.walk
@@ -287,11 +346,14 @@ def render_text(report: Report, *, limit: int = 5) -> str:
             + (f" ({_human(float(dis['size'].sum()))})" if len(dis) else "")
         )
         lines += _ranges(dis, limit)
+        named = _named_by_dump(report)
         if len(pre):
             lines.append(
-                f"         {len(pre)} range(s), {_human(float(pre['size'].sum()))}, not host-owned "
+                f"         {len(pre) - len(named)} range(s), "
+                f"{_human(float(pre['size'].sum() - named['size'].sum()))}, not host-owned "
                 "in the dump and never in the trace (set before tracing began, e.g. at boot)"
             )
+        lines += _memcache_lines(report, named)
         if len(a.violations):
             verdict.append(f"{len(a.violations)} ownership violation(s) in the trace")
         if len(dis):

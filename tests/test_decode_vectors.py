@@ -193,10 +193,20 @@ VECTORS = [
         "16K+DS: 64 GiB block at L1",
     ),
     (0x7F708003, G16, 1, dict(kind="table", next_table=0x7F708000), "16K table, NLTA[47:14]"),
-    (0x4, G16, 3, dict(kind="invalid", owner="hyp", oa=None, size=16384),
-     "bit 0 clear = invalid at any granule; owner in bits 9:2 (facts 2.2)"),
-    (0x7F70A003, G16DS, 0, dict(kind="table", next_table=0x7F708000, res0=0x2000),
-     "16K+DS level 0 table: NLTA[47:14]; bit 13 of 0x..a003 sits in RES0 bits 13:12"),
+    (
+        0x4,
+        G16,
+        3,
+        dict(kind="invalid", owner="hyp", oa=None, size=16384),
+        "bit 0 clear = invalid at any granule; owner in bits 9:2 (facts 2.2)",
+    ),
+    (
+        0x7F70A003,
+        G16DS,
+        0,
+        dict(kind="table", next_table=0x7F708000, res0=0x2000),
+        "16K+DS level 0 table: NLTA[47:14]; bit 13 of 0x..a003 sits in RES0 bits 13:12",
+    ),
     # --- 64K --------------------------------------------------------------------------------------
     (
         0x40010000 | 0x7FF,

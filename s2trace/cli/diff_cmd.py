@@ -21,15 +21,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from s2trace.errors import InputError
 
-__all__ = ["clip_map", "register", "run_diff"]
+__all__ = ["register", "run_diff"]
 
 
 def _kind(target: str) -> str:
@@ -45,49 +46,6 @@ def _kind(target: str) -> str:
     if not Path(target).exists():
         raise InputError(f"{target}: no such file or capture folder")
     return "trace"
-
-
-def clip_map(frame: pd.DataFrame, cover: pd.DataFrame) -> pd.DataFrame:
-    """The rows of ``frame`` cut to the address ranges of ``cover`` (both with ipa_start and
-    size; ``cover``'s rows may touch but not overlap).  Returns ipa_start, size, owner and
-    page_state -- what :func:`~s2trace.trace.queries.diff_maps` compares.  One interval sweep
-    over the union of both frames' boundaries (no loop per row)."""
-    f = frame.sort_values("ipa_start", kind="stable")
-    c = cover.sort_values("ipa_start", kind="stable")
-    fs = f["ipa_start"].to_numpy(np.uint64)
-    fe = fs + f["size"].to_numpy(np.uint64)
-    cs = c["ipa_start"].to_numpy(np.uint64)
-    ce = cs + c["size"].to_numpy(np.uint64)
-    bounds = np.unique(np.concatenate([fs, fe, cs, ce]))
-    if bounds.size < 2 or fs.size == 0:
-        return pd.DataFrame(
-            {
-                "ipa_start": np.empty(0, np.uint64),
-                "size": np.empty(0, np.uint64),
-                "owner": pd.Categorical([]),
-                "page_state": pd.Categorical([]),
-            }
-        )
-    seg_s, seg_e = bounds[:-1], bounds[1:]
-
-    def inside(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        i = np.searchsorted(starts, seg_s, side="right") - 1
-        j = np.maximum(i, 0)
-        ok = (i >= 0) & (seg_s < ends[j]) if starts.size else np.zeros(seg_s.size, bool)
-        return ok, j
-
-    in_f, row = inside(fs, fe)
-    in_c, _ = inside(cs, ce)
-    keep = np.flatnonzero(in_f & in_c)
-    take = row[keep]
-    return pd.DataFrame(
-        {
-            "ipa_start": seg_s[keep],
-            "size": (seg_e - seg_s)[keep],
-            "owner": f["owner"].array.take(take),
-            "page_state": f["page_state"].array.take(take),
-        }
-    )
 
 
 def _walk_side(target: str, kw: dict[str, Any], suffix: str = "") -> Any:
@@ -126,8 +84,11 @@ def _trace_side(target: str, kw: dict[str, Any]) -> tuple[pd.DataFrame, dict[str
 
 def run_diff(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
     """Compare; print the disagreements; return 1 when there are any."""
+    import numpy as np
+
     from s2trace.render import write_frame
     from s2trace.trace.queries import diff_maps
+    from s2trace.walk.ranges import clip_map
 
     kinds = [_kind(t) for t in targets]
     meta: dict[str, Any] = {}
@@ -215,3 +176,13 @@ def register(cli: click.Group) -> None:
         status = run_diff(targets, kw)
         if status:
             raise click.exceptions.Exit(status)
+
+
+def __getattr__(name: str) -> Any:
+    """``clip_map`` moved to :mod:`s2trace.walk.ranges`; still importable from here, lazily
+    (importing the CLI must not import pandas)."""
+    if name == "clip_map":
+        from s2trace.walk.ranges import clip_map
+
+        return clip_map
+    raise AttributeError(name)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s2trace.synth.folder import write_capture
 from s2trace.synth.plan import Plan
 from s2trace.synth.scenarios import KERNEL, SCENARIOS, Scenario, plan
 
@@ -37,6 +36,8 @@ def generate(
     compress: bool = False,
 ) -> Path:
     """Write scenario ``scenario`` as a capture folder in ``out_dir``; returns the folder."""
+    from s2trace.synth.folder import write_capture  # the dump builder: imported when used
+
     p = plan(scenario, size=size, seed=seed, duration=duration)
     sc = SCENARIOS[scenario]
     return write_capture(

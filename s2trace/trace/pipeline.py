@@ -93,6 +93,7 @@ def analyze(
     linear-map addresses (default: the capture's); ``initial`` is an ownership map to start
     from (default: the host owns everything).
     """
+    from s2trace.allocator import release_memory
     from s2trace.capture import is_capture, load_capture
     from s2trace.trace.readers import read_trace
     from s2trace.trace.recipes import load_recipes, to_transitions
@@ -112,6 +113,7 @@ def analyze(
         raise InputError(f"{source}: no such trace file or capture folder")
     kernel = kernel or "6.12"
     trace = read_trace(source, strict=strict, progress=progress, use_cache=use_cache)
+    release_memory()  # each stage's freed temporaries: not held into the next stage's peak
     problems = ProblemLog(strict=strict)
     problems.extend(trace.problems)
     recipe_set = load_recipes(list(recipes), kernel=kernel)
@@ -124,9 +126,11 @@ def analyze(
         strict=strict,
     )
     problems.extend(recipe_problems)
+    release_memory()
     timeline = replay(
         transitions, initial=initial, page_size=page_size, kernel=kernel, strict=strict
     )
+    release_memory()
     meta.update(
         kernel=kernel,
         trace=str(source),

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from s2trace.columns import EVENTS
-from s2trace.trace.field_access import extract_fields
+from s2trace.trace.field_access import extract_rows
 from s2trace.trace.recipe_model import Context, Pair, Ref
 
 __all__ = ["EventTable", "context_rows", "field_values", "latest_before_keyed", "pair_rows"]
@@ -62,7 +62,7 @@ class EventTable:
     def values(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, pa.Array]:
         if not names or not len(rows):
             return {n: pa.nulls(len(rows), pa.string()) for n in names}
-        return extract_fields(self.text.take(pa.array(rows)), names)
+        return extract_rows(self.text, rows, names)
 
 
 def _chunked(values: pd.Series) -> pa.ChunkedArray:

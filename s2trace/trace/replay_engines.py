@@ -17,6 +17,8 @@ import numpy as np
 from s2trace.trace.replay_rows import _SHARED_GUEST, _SHARED_HYP, _Entries, _Rows
 from s2trace.trace.rules import RuleTable
 
+_SLICE = 1 << 20  # entries per step of the prefix composition (bounds its temporaries)
+
 
 def _segments_of(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local segment id, index of each entry's segment start, and segment starts."""
@@ -94,7 +96,11 @@ def _scan_engine(
         d = 1
         while d <= int(pos.max()):
             idx = np.flatnonzero(pos >= d)
-            maps[idx] = np.take_along_axis(maps[idx], maps[idx - d], axis=1)
+            # in slices (bounded temporaries), last slice first: every slice reads rows below
+            # it, which later slices of this step have not yet overwritten
+            for lo in range(((len(idx) - 1) // _SLICE) * _SLICE, -1, -_SLICE):
+                part = idx[lo : lo + _SLICE]
+                maps[part] = np.take_along_axis(maps[part], maps[part - d], axis=1)
             d *= 2
         after[ai] = maps[np.arange(len(ai)), init[ai]]
     before = _carry(active, seg, after, init)
@@ -221,7 +227,15 @@ def _run(
     before, after = np.empty(n, dtype=np.int16), np.empty(n, dtype=np.int16)
     guest_count = np.empty(n, dtype=np.int64)
     fast = ~slow
-    if fast.any():
+    if n and fast.all():  # the usual case: no boolean-index copies of the entry arrays
+        cap = max(1, int(bound.max()))
+        del bound
+        before[:], after[:], guest_count[:], overflow = _scan_engine(
+            rid, active, seg, base0, table, cap
+        )
+        if overflow.any():  # cannot happen with cap >= bound; never trust it silently
+            slow |= np.isin(seg, seg[overflow])
+    elif fast.any():
         cap = max(1, int(bound[fast].max()))
         b, a, g, overflow = _scan_engine(
             rid[fast], active[fast], seg[fast], base0[fast], table, cap

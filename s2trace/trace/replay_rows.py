@@ -160,7 +160,10 @@ def _explode(rows: _Rows) -> _Entries:
     k = np.arange(total, dtype=np.int64) - np.repeat(starts, rows.npages)
     page = rows.first[seq] + k
     order = np.argsort(page, kind="stable")  # (page, seq) order: seq was already ascending
-    page, seq, k = page[order], seq[order], k[order]
+    page = page[order]  # one at a time: each old array is freed before the next copy
+    seq = seq[order]
+    k = k[order]
+    del order
     new = np.r_[True, page[1:] != page[:-1]] if total else np.zeros(0, dtype=bool)
     seg = np.cumsum(new) - 1
     first_idx = np.flatnonzero(new)

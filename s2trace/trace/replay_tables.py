@@ -164,9 +164,11 @@ def _intervals(
             "t_end": t_end,
             "cause": pd.arrays.IntegerArray(cause, ~has_start),
             "incomplete": pd.arrays.BooleanArray(p.inc, np.zeros(len(p.inc), dtype=bool)),
-        }
+        },
+        copy=False,
     )
-    return frame[INTERVALS.names]
+    # built in the declared order: selecting the columns again would copy the table
+    return frame if list(frame.columns) == INTERVALS.names else frame[INTERVALS.names]
 
 
 def _state_columns(state: np.ndarray, table: RuleTable) -> dict[str, pd.Categorical]:

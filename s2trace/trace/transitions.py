@@ -104,12 +104,60 @@ def _problem(log: ProblemLog, ev: EventTable, rows: np.ndarray, kind: str, detai
         log.add(Problem(kind, line, detail))
 
 
+#: Rows evaluated at once: field text is held only for one batch (bounded memory).
+_EVAL_BATCH = 1 << 20
+
+
 def _apply(
     r: Recipe, ev: EventTable, linear_map: tuple[int, int] | None, page: int, log: ProblemLog
 ) -> _Rows:
-    """The transition rows of one recipe."""
+    """The transition rows of one recipe.
+
+    Field values are read and evaluated in batches of :data:`_EVAL_BATCH` rows (every step is
+    row-wise); problems are reported after all batches, in the same order as one pass.
+    """
     anchor = _prefilter(r, ev, ev.rows(r.event))
     anchor, partner, ctx = _related(r, ev, anchor, log)
+    n = len(anchor)
+    parts = [
+        _evaluate(r, ev, anchor[i : i + _EVAL_BATCH], partner[i : i + _EVAL_BATCH],
+                  ctx[i : i + _EVAL_BATCH], linear_map, page)
+        for i in range(0, max(n, 1), _EVAL_BATCH)
+    ]  # fmt: skip
+    ev_rows, keep, bad, wrong = (
+        _Rows(
+            *(np.concatenate([getattr(p[0], f) for p in parts]) for f in _Rows.__dataclass_fields__)
+        )
+        if len(parts) > 1
+        else parts[0][0],
+        *(np.concatenate([p[k] for p in parts]) for k in (1, 2)),
+        {key: np.concatenate([p[3][key] for p in parts]) for key in parts[0][3]},
+    )
+    del parts
+    if bad.any():
+        _report_bad(log, ev, anchor[bad], r, linear_map)
+    for key, vocab in (("op", RECIPE_OPS), ("initiator", COMPONENTS), ("completer", COMPONENTS)):
+        if wrong[key].any():
+            _problem(
+                log,
+                ev,
+                anchor[wrong[key]],
+                "bad_field",
+                f"recipe {r.name}: {key} is not one of {', '.join(vocab)}",
+            )
+    return ev_rows if keep.all() else ev_rows.take(np.flatnonzero(keep))
+
+
+def _evaluate(
+    r: Recipe,
+    ev: EventTable,
+    anchor: np.ndarray,
+    partner: np.ndarray,
+    ctx: np.ndarray,
+    linear_map: tuple[int, int] | None,
+    page: int,
+) -> tuple[_Rows, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """One batch of a recipe's rows: (rows, keep, damaged range, {label: not in vocabulary})."""
     n = len(anchor)
     values = field_values(ev, r.refs(), anchor, partner, ctx)
     keep = np.ones(n, bool)
@@ -125,24 +173,16 @@ def _apply(
     start = addr & ~np.uint64(page - 1)
     stop, ok_s = range_stop(r, values, addr, start, linear_map, page)
     bad = keep & ~(ok_a & ok_s)
-    if bad.any():
-        _report_bad(log, ev, anchor[bad], r, linear_map)
     keep &= ok_a & ok_s & (stop > start)
     # operation, components and the host-side count, with the overrides
     codes, counted = labels(r, values, n)
-    for key, vocab in (("op", RECIPE_OPS), ("initiator", COMPONENTS), ("completer", COMPONENTS)):
-        wrong = keep & ((codes[key] == BAD) | ((codes[key] == NONE) & (key == "op")))
-        if wrong.any():
-            _problem(
-                log,
-                ev,
-                anchor[wrong],
-                "bad_field",
-                f"recipe {r.name}: {key} is not one of {', '.join(vocab)}",
-            )
-            keep &= ~wrong
+    wrong = {}
+    for key in ("op", "initiator", "completer"):
+        wrong[key] = keep & ((codes[key] == BAD) | ((codes[key] == NONE) & (key == "op")))
+        keep &= ~wrong[key]
     vm, vm_ok = vm_ids(r, values, linear_map, n)
     gfn, gfn_ok = gfns(r, values, page, n)
+    del values
     guest = COMPONENTS.index("guest")
     gfn_ok &= (codes["initiator"] == guest) | (codes["completer"] == guest)
     done = np.where(partner > anchor, partner, anchor)
@@ -162,7 +202,7 @@ def _apply(
         gfn_ok,
         counted,
     )
-    return rows.take(np.flatnonzero(keep))
+    return rows, keep, bad, wrong
 
 
 def _prefilter(r: Recipe, ev: EventTable, anchor: np.ndarray) -> np.ndarray:
@@ -287,7 +327,8 @@ def _assemble(ev: EventTable, rs: RecipeSet, done: Mapping[str, _Rows]) -> pd.Da
         }
     )
     order = np.lexsort((recipe, row))
-    df = df.iloc[order].reset_index(drop=True)
+    if not np.array_equal(order, np.arange(len(order))):  # usually in order already: no copy
+        df = df.iloc[order].reset_index(drop=True)
     TRANSITIONS.check(df)
     return df
 

@@ -17,8 +17,6 @@ on (nothing is dropped silently):
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import union_categoricals
 
+from s2trace.allocator import release_memory
 from s2trace.arch.attributes import KINDS
 from s2trace.arch.registers import Stage2Config
 from s2trace.columns import MAP
@@ -218,25 +217,6 @@ def _runs(chunk: LevelChunk, sel: Any, span: int, prof: Profile) -> tuple[np.nda
     return (sel[heads] if isinstance(sel, np.ndarray) else heads), lengths * step
 
 
-def _release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc ``malloc_trim``): the pieces of a huge map
-    live in the heap, their concatenation in fresh mappings, so without this the freed pieces
-    would stay resident and the peak would be twice the map."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-@functools.cache
-def _libc() -> Any:
-    try:
-        lib = ctypes.CDLL("libc.so.6")
-        lib.malloc_trim.argtypes = [ctypes.c_size_t]
-        return lib
-    except (OSError, AttributeError):
-        return None
-
-
 def _finish(pieces: list[dict[str, Any]]) -> pd.DataFrame:
     """Concatenate the pieces column by column (peak memory: one column more than the map),
     restore the declared dtypes, and sort by IPA only when levels interleave."""
@@ -254,7 +234,7 @@ def _finish(pieces: list[dict[str, Any]]) -> pd.DataFrame:
         for p in pieces:
             del p[name]
         del parts
-        _release_freed_memory()
+        release_memory()  # freed pieces would stay resident and double the peak
     out = pd.DataFrame(cols, copy=False)
     ipa = out["ipa_start"].to_numpy()
     if ipa.size > 1 and not bool(np.all(ipa[1:] > ipa[:-1])):

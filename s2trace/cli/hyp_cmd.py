@@ -120,7 +120,7 @@ def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> d
 
 def _labels(memory: Any, r: dict[str, Any], image: Any, hyp_map: Any) -> pd.DataFrame:
     """Labels from the evidence files; the trace's through its ownership transitions."""
-    from s2trace.hyp.check import image_from_hyp_idmap
+    from s2trace.hyp.hyp_view import image_from_hyp_idmap
     from s2trace.hyp.symbols import LinearMap, collect_labels, read_iomem, read_kallsyms
 
     files = r["files"]

@@ -31,7 +31,7 @@ import pandas as pd
 
 from s2trace.arch.registers import Stage2Config, config_explicit, config_from_registers
 from s2trace.arch.stage1 import config_from_el2
-from s2trace.columns import Column, Schema
+from s2trace.columns import GUEST_PAGES, VMS
 from s2trace.errors import InputError, Problem, ProblemLog
 from s2trace.hyp.hyp_view import image_from_hyp_idmap
 from s2trace.hyp.stage1_walk import HypWalkResult, walk_hyp
@@ -89,46 +89,6 @@ class HypVmLayout:
 HYP_VM_LAYOUTS: dict[tuple[int, int], HypVmLayout] = {
     (7, 3): HypVmLayout(pgt=0x1030, mmu=0x9B0, label="7.3"),
 }
-
-VMS = Schema(
-    "guest VMs",
-    "One row per VM in the hypervisor's vm_table (`find_guests`, `s2trace guests`).",
-    (
-        Column("handle", "uint32", "pKVM VM handle (vm_table slot + 0x1000)"),
-        Column("hyp_va", "uint64", "hyp VA of the struct pkvm_hyp_vm"),
-        Column("hyp_pa", "UInt64", "its physical address"),
-        Column("host_kvm", "UInt64", "hyp VA of the host's struct kvm (kern_hyp_va)"),
-        Column("pgd_va", "UInt64", "hyp VA of the guest stage-2 pgd"),
-        Column("pgd_pa", "UInt64", "physical address of the guest stage-2 pgd"),
-        Column("ia_bits", "UInt8", "guest IPA size in bits (kvm_pgtable.ia_bits)"),
-        Column("start_level", "Int8", "first lookup level (kvm_pgtable.start_level)"),
-        Column("vtcr", "UInt64", "VTCR_EL2 of the guest (kvm_s2_mmu.vtcr)"),
-        Column("vmid", "UInt64", "kvm_s2_mmu.vmid"),
-        Column("table_pages", "uint32", "stage-2 table pages walked"),
-        Column("tables_hyp_owned", "UInt32", "of which the host stage 2 says hyp owns"),
-        Column("pages_mapped", "uint64", "granule pages mapped in the guest stage 2"),
-        Column("pages_shared", "uint64", "of which shared_borrowed (np-guest shares)"),
-        Column("pages_donated", "uint64", "pages the host stage 2 annotates as this VM's"),
-        Column("layout", "category", "struct layout used: a kernel version or 'scanned'"),
-        Column("status", "category", "ok, or why the VM could not be read"),
-    ),
-)
-
-GUEST_PAGES = Schema(
-    "guest pages",
-    "One row per guest stage-2 leaf (or non-zero invalid entry) and per host entry that "
-    "names a guest: the reverse map gfn -> physical page (`find_guests`).",
-    (
-        Column("handle", "uint32", "VM handle"),
-        Column("gfn", "uint64", "guest frame number (ipa >> 12 with 4K)"),
-        Column("ipa", "uint64", "guest physical address"),
-        Column("pa", "UInt64", "physical address (<NA>: not mapped)"),
-        Column("size", "uint64", "bytes"),
-        Column("state", "category", "guest page state, or the invalid type (poisoned ...)"),
-        Column("source", "category", "guest-s2 or host-annotation"),
-        Column("raw", "uint64", "the descriptor"),
-    ),
-)
 
 
 def guest_profile(kernel: tuple[int, int] | None) -> Profile:

@@ -101,15 +101,8 @@ def walk_hyp(
         raise ValueError(f"hyp_states must be 'pte' or 'vmemmap', not {hyp_states!r}")
     g = config.geometry
     log = ProblemLog(strict=strict)
-    traversal = TableWalk(
-        memory,
-        g,
-        start_level=config.start_level,
-        start_entries=config.start_entries,
-        root=config.root,
-        decode=lambda raw, level: decode_stage1(raw, g, level),
-        log=log,
-        progress=progress,
+    traversal = TableWalk.of(
+        memory, config, lambda raw, level: decode_stage1(raw, g, level), log, progress=progress
     )
     pieces: list[pd.DataFrame] = []
     for chunk in traversal:

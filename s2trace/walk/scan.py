@@ -109,14 +109,11 @@ def _score(memory: Any, config: Any, profile: str | None, max_tables: int) -> di
     log = ProblemLog()
     stats = dict(leaves=0, identity=0, annotated=0, mapped_bytes=0)
     geometry = config.geometry
-    traversal = TableWalk(
+    traversal = TableWalk.of(
         memory,
-        geometry,
-        start_level=config.start_level,
-        start_entries=config.start_entries,
-        root=config.root,
-        decode=lambda raw, level: decode_ownership(raw, geometry, level, profile),
-        log=log,
+        config,
+        lambda raw, level: decode_ownership(raw, geometry, level, profile),
+        log,
         max_tables=max_tables,
     )
     for chunk in traversal:

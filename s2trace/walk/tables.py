@@ -181,6 +181,28 @@ class TableWalk:
         sel = np.flatnonzero(decoded.kind == _TABLE)
         return chunk, (decoded.addr[sel], chunk_ipa[sel], ids[sel // n_read])
 
+    @classmethod
+    def of(
+        cls,
+        memory: Memory,
+        config: Any,
+        decode: Callable[[np.ndarray, int], Any],
+        log: ProblemLog,
+        **kw: Any,
+    ) -> TableWalk:
+        """The walk of a configuration (anything with ``geometry``, ``start_level``,
+        ``start_entries`` and ``root``: a stage-2 or a stage-1 configuration)."""
+        return cls(
+            memory,
+            config.geometry,
+            start_level=config.start_level,
+            start_entries=config.start_entries,
+            root=config.root,
+            decode=decode,
+            log=log,
+            **kw,
+        )
+
     def tables(self) -> pd.DataFrame:
         """Table pages visited: ``pa, level, ipa_start, parent`` (row of the parent table)."""
 

@@ -27,15 +27,7 @@ def table_pages(memory: Any, config: Stage2Config, log: ProblemLog | None = None
     """Physical addresses of every table page a stage-2 walk visits (sorted, unique)."""
     g = config.geometry
     log = log if log is not None else ProblemLog()
-    walker = TableWalk(
-        memory,
-        g,
-        start_level=config.start_level,
-        start_entries=config.start_entries,
-        root=config.root,
-        decode=lambda raw, level: decode_ownership(raw, g, level),
-        log=log,
-    )
+    walker = TableWalk.of(memory, config, lambda raw, level: decode_ownership(raw, g, level), log)
     for _ in walker:
         pass
     pas = walker.tables()["pa"].to_numpy(dtype=np.uint64)

@@ -102,14 +102,11 @@ def walk(
     prof = get_profile(profile) if profile is not None else get_profile()
     g = config.geometry
     log = ProblemLog(strict=strict)
-    traversal = TableWalk(
+    traversal = TableWalk.of(
         memory,
-        g,
-        start_level=config.start_level,
-        start_entries=config.start_entries,
-        root=config.root,
-        decode=lambda raw, level: decode_ownership(raw, g, level, prof),
-        log=log,
+        config,
+        lambda raw, level: decode_ownership(raw, g, level, prof),
+        log,
         progress=progress,
     )
     pieces: list[dict[str, Any]] = []

@@ -22,7 +22,7 @@ from s2trace.columns import TOPUPS
 __all__ = ["TOPUPS", "name_untraced", "unnamed_topups"]
 
 _TOPUP_EVENTS = ("s2_topup_hyp_memcache", "topup_hyp_memcache")
-_NAMING_RECIPES = ("hyp_memcache_alloc",)
+_NAMING_RECIPES = ("hyp_memcache_alloc", "hyp_memcache_topup_page")
 
 
 def unnamed_topups(events: pd.DataFrame, transitions: pd.DataFrame) -> pd.DataFrame:

@@ -50,3 +50,11 @@ def test_report_names_the_guest_tables():
 def test_name_untraced_without_guests():
     rows = pd.DataFrame({"ipa_start": [0x1000], "size": [0x1000]})
     assert name_untraced(rows, None)["named_by_dump"].isna().all()
+
+
+def test_topups_named_by_the_trace_are_not_unknown():
+    """The lifecycle capture probes get_free_pages under topup_hyp_memcache: named."""
+    lifecycle = S73.parent / "qemu-pkvm-7.3-lifecycle"
+    a = analyze(lifecycle)
+    assert (a.transitions["recipe"].astype(str) == "hyp_memcache_topup_page").sum() == 9
+    assert len(unnamed_topups(a.events, a.transitions)) == 0

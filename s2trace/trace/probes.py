@@ -11,7 +11,7 @@ samples were captured with: the lines for 6.12 and 7.3 produce exactly the field
 Which functions exist depends on the kernel and on inlining, so write the lines one at a time
 and skip those whose symbol is not in ``/proc/kallsyms`` (:func:`probe_script` does that).
 Void functions get no return probe (a BTF kernel refuses ``$retval`` there).
-``alloc_pages_exact`` and ``free_pages`` are hot: filter them to the VMM's task
+``alloc_pages_exact``, ``get_free_pages`` and ``free_pages`` are hot: filter them to the VMM's task
 (``echo 'comm == "qemu-system-aar"' > events/kprobes/s2_alloc_pages_exact/filter``).
 """
 
@@ -44,6 +44,8 @@ class Probe:
         keeps the name ``s2_alloc_pages_exact``, as in init.sh and the recipes."""
         if self.function.startswith("alloc_pages_exact"):
             return "s2_alloc_pages_exact"
+        if self.function.lstrip("_").startswith("get_free_pages"):
+            return "s2_get_free_pages"
         return "s2_" + self.function.lstrip("_")
 
     def applies_to(self, version: Version) -> bool:
@@ -70,6 +72,12 @@ PROBES: tuple[Probe, ...] = (
     Probe("hyp_mc_free_fn", "addr=%x0", False, (6, 2), why="memcache page back (may be inlined)"),
     Probe("alloc_pages_exact", "size=%x0 gfp=%x1", True, (5, 17), (6, 10), "donated pages"),
     Probe("alloc_pages_exact_noprof", "size=%x0 gfp=%x1", True, (6, 10), why="donated pages"),
+    # hyp_mc_alloc_fn is inlined into topup_hyp_memcache on 7.3 (verified on the lifecycle
+    # capture, sample-traces/qemu-pkvm-7.3-lifecycle): the memcache pages are only visible as
+    # get_free_pages returns whose caller is topup_hyp_memcache.  The name before the _noprof
+    # rename (6.10) is __get_free_pages (not checked on a capture).
+    Probe("__get_free_pages", "gfp=%x0 order=%x1", True, (6, 2), (6, 10), "memcache pages"),
+    Probe("get_free_pages_noprof", "gfp=%x0 order=%x1", True, (6, 10), why="memcache pages"),
     Probe(
         "free_pages",
         "addr=%x0 order=%x1 caller=%x30:symbol",
@@ -122,7 +130,13 @@ def probe_script(kernel: str, comm: str | None = None, tracefs: str = "/sys/kern
             f"echo '{line}' >> $T/kprobe_events || echo 'skipped: {line}' >&2"
         )
     if comm is not None:
-        for event in ("s2_alloc_pages_exact", "s2_alloc_pages_exact_ret", "s2_free_pages"):
+        for event in (
+            "s2_alloc_pages_exact",
+            "s2_alloc_pages_exact_ret",
+            "s2_free_pages",
+            "s2_get_free_pages",
+            "s2_get_free_pages_ret",
+        ):
             out.append(
                 f"[ -d $T/events/kprobes/{event} ] && "
                 f"echo 'comm == \"{comm}\"' > $T/events/kprobes/{event}/filter"

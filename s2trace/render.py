@@ -16,7 +16,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FORMATS", "HEX_COLUMNS", "json_records", "write_frame"]
+__all__ = ["FORMATS", "HEX_COLUMNS", "json_records", "plain_value", "write_frame"]
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -45,7 +45,7 @@ HEX_COLUMNS = frozenset(
 )
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """A JSON-ready Python value: ints stay ints, NA becomes None."""
     if value is None or value is pd.NA or value is pd.NaT:
         return None
@@ -61,7 +61,7 @@ def json_records(df: pd.DataFrame) -> Iterator[dict[str, Any]]:
     columns = list(df.columns)
     arrays = [df[c].astype(object).to_numpy() for c in columns]
     for row in zip(*arrays, strict=True):
-        yield {c: _plain(v) for c, v in zip(columns, row, strict=True)}
+        yield {c: plain_value(v) for c, v in zip(columns, row, strict=True)}
 
 
 def _hex_frame(df: pd.DataFrame, hex_columns: Iterable[str]) -> pd.DataFrame:

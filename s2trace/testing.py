@@ -347,7 +347,7 @@ class Stage2Builder:
         """The ownership map a correct walk must produce (MAP schema, sorted by IPA)."""
         rows = []
         for (ipa, level), e in sorted(self._leaves.items()):
-            table, index = self._slot_existing(ipa, level)
+            table, index = self._slot(ipa, level)
             rows.append(
                 dict(
                     ipa_start=ipa,
@@ -367,9 +367,6 @@ class Stage2Builder:
                 else frame[col].astype(object).astype("category")
             )
         return frame
-
-    def _slot_existing(self, ipa: int, level: int) -> tuple[int, int]:
-        return self._slot(ipa, level)
 
 
 def identity_page_tables(

@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
 from s2trace.decode import decode, decode_array
+from s2trace.render import plain_value
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -41,12 +41,7 @@ REAL = {
 }
 
 
-def _plain(v: Any) -> Any:
-    if v is None or v is pd.NA:
-        return None
-    if isinstance(v, float) and v != v:
-        return None
-    return v.item() if hasattr(v, "item") else v
+_plain = plain_value  # the JSON renderer's rule: NA -> None, numpy scalars -> Python
 
 
 def _numpy_one(raw: int, *args: Any, **kw: Any) -> dict[str, Any]:

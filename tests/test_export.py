@@ -80,8 +80,6 @@ def names(doc: dict) -> dict[tuple[int, int], str]:
 
 @pytest.fixture(scope="module")
 def sample():
-    if not (SAMPLE / "capture.toml").exists():
-        pytest.skip("bundled sample traces absent")
     return analyze(SAMPLE, use_cache=False)
 
 
@@ -238,8 +236,6 @@ def test_every_range_has_one_state_at_all_times(rows):
 def test_write_and_cli(tmp_path, capsys, small):
     out = write_perfetto(tmp_path / "a.json", perfetto_trace(small.intervals, small.violations))
     validate(json.loads(out.read_text()))
-    if not SAMPLE.exists():
-        pytest.skip("bundled sample traces absent")
     path = tmp_path / "out.json"
     code = main(["export", str(SAMPLE), "--perfetto", str(path), "--no-cache"])
     assert code == 0 and "wrote" in capsys.readouterr().err

@@ -64,8 +64,6 @@ def million():
 
 @pytest.fixture(scope="module", params=sorted(SAMPLES))
 def sample(request):
-    if not (SAMPLES[request.param] / "capture.toml").exists():
-        pytest.skip("bundled sample traces absent")
     return analyze(SAMPLES[request.param], use_cache=False)
 
 
@@ -363,8 +361,6 @@ def test_million_page_owners_and_churn(million):
 )
 def test_cli_plot(tmp_path, capsys, kind, suffix):
     sample = SAMPLES["7.3"]
-    if not sample.exists():
-        pytest.skip("bundled sample traces absent")
     out = tmp_path / f"plot{suffix}"
     code = main(
         ["plot", str(sample), "--kind", kind, "-o", str(out), "--no-cache", "--at", "72.55"]

@@ -125,11 +125,6 @@ class Geometry:
         """Bytes of input address space one entry at ``level`` covers."""
         return 1 << self.shift(level)
 
-    def resolved_bits(self, level: int) -> tuple[int, int]:
-        """``(hi, lo)`` input-address bits a full table at ``level`` resolves."""
-        lo = self.shift(level)
-        return lo + self.granule.index_bits - 1, lo
-
     @property
     def entries(self) -> int:
         """Descriptors in one table page."""
@@ -142,26 +137,8 @@ class Geometry:
         hi = 49 if self.ds else 47
         return field_mask(hi, lo)
 
-    @property
-    def high_oa_mask(self) -> int:
-        """Descriptor bits that carry OA[51:48] or OA[51:50] out of place (0 when none)."""
-        if self.lpa:
-            return field_mask(15, 12)
-        if self.ds:
-            return field_mask(9, 8)
-        return 0
-
-    def assemble_address(self, raw: int, level: int, leaf: bool) -> int:
-        """Output (or next-table) address from a descriptor, high pieces included."""
-        addr = raw & self.address_mask(level, leaf)
-        if self.lpa:
-            addr |= bits(raw, 15, 12) << 48
-        elif self.ds:
-            addr |= bits(raw, 9, 8) << 50
-        return addr
-
     def split_address(self, addr: int, level: int, leaf: bool) -> int:
-        """Inverse of :meth:`assemble_address`: the descriptor bits for ``addr``.
+        """The descriptor bits that hold ``addr`` (its in-place and out-of-place pieces).
 
         Raises :class:`InputError` when ``addr`` is not aligned for the entry or does not
         fit the output-address size of the format.

@@ -133,23 +133,8 @@ def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         ]
         if "index" in frame.columns:
             cols.insert(0, "index")
-        click.echo(_table_with_text(frame, cols), nl=False)
-        return
+        frame = frame[cols]
     write_frame(frame, fmt, out=sys.stdout, path=kw["output"])
-
-
-def _table_with_text(frame: Any, cols: list[str]) -> str:
-    from s2trace.render import write_frame
-
-    class _Buf:
-        text = ""
-
-        def write(self, s: str) -> None:
-            self.text += s
-
-    buf = _Buf()
-    write_frame(frame[cols], "table", out=buf)  # type: ignore[arg-type]
-    return buf.text
 
 
 def register(cli: click.Group) -> None:
@@ -273,7 +258,6 @@ def register(cli: click.Group) -> None:
         """Encode a descriptor from named fields (the inverse of decode)."""
         from s2trace.decode import decode
         from s2trace.decode.build import build_descriptor
-        from s2trace.render import json_records  # noqa: F401  (keeps JSON rules in one place)
 
         geometry = _geometry(kw["granule"], kw["ds"], kw["lpa"])
         level = (

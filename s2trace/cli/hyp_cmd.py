@@ -120,28 +120,23 @@ def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> d
 
 def _labels(memory: Any, r: dict[str, Any], image: Any, hyp_map: Any) -> pd.DataFrame:
     """Labels from the evidence files; the trace's through its ownership transitions."""
-    from s2trace.hyp.hyp_view import image_from_hyp_idmap
-    from s2trace.hyp.symbols import LinearMap, collect_labels, read_iomem, read_kallsyms
+    from s2trace.hyp.symbols import evidence_labels
 
     files = r["files"]
-    ks = read_kallsyms(files["kallsyms"]) if files.get("kallsyms") else None
-    io = read_iomem(files["iomem"]) if files.get("iomem") else None
-    if image is None and ks is not None:
-        try:
-            image = image_from_hyp_idmap(ks, hyp_map)
-        except InputError:
-            image = None
-    transitions = None
-    if files.get("trace"):
-        from s2trace.trace.pipeline import analyze
-
-        linear = r.get("linear_map")
-        if ks is not None and image is not None:
-            linear = LinearMap.from_dump(memory, ks, image).pair()  # memstart_addr of the dump
-        analysis = analyze(files["trace"], kernel=r.get("kernel"), linear_map=linear)
-        _warn_problems(analysis.problems)
-        transitions = analysis.transitions
-    return collect_labels(memory, ks, image, io, files.get("dmesg"), transitions)
+    labels, problems = evidence_labels(
+        kallsyms=files.get("kallsyms"),
+        iomem=files.get("iomem"),
+        dmesg=files.get("dmesg"),
+        trace=files.get("trace"),
+        kernel=r.get("kernel"),
+        linear_map=r.get("linear_map"),
+        memory=memory,
+        image=image,
+        hyp_map=hyp_map,
+    )
+    if problems is not None:
+        _warn_problems(problems)
+    return labels
 
 
 def _emit(frame: pd.DataFrame, kw: dict[str, Any], meta: dict[str, Any] | None = None) -> None:

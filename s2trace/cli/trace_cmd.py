@@ -181,9 +181,9 @@ def _answer_dict(ans: Any) -> dict[str, Any]:
     cause (source line of the event that set the state) and more."""
     import dataclasses
 
-    from s2trace.render import _plain
+    from s2trace.render import plain_value
 
-    raw = {k: _plain(v) for k, v in dataclasses.asdict(ans).items()}
+    raw = {k: plain_value(v) for k, v in dataclasses.asdict(ans).items()}
     raw["event_index"] = raw.get("cause")
     raw["cause"] = raw.pop("line", None)
     if isinstance(raw.get("since"), float) and raw["since"] == float("-inf"):

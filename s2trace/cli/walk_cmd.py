@@ -144,33 +144,18 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
 def _labelled(frame: Any, kw: dict[str, Any]) -> Any:
     """The map with a ``label`` column: what each range is, from the evidence files
     (kallsyms, iomem, dmesg) and the trace's ownership transitions (issue: symbolised map)."""
-    from s2trace.hyp.symbols import (
-        KernelImage,
-        collect_labels,
-        label_map,
-        read_iomem,
-        read_kallsyms,
-    )
+    from s2trace.hyp.symbols import evidence_labels, label_map
 
     cap = kw.get("capture")
     paths = {
         k: kw.get(k) or (getattr(cap, k, None) if cap else None)
         for k in ("kallsyms", "iomem", "dmesg", "trace")
     }
-    ks = read_kallsyms(paths["kallsyms"]) if paths["kallsyms"] else None
-    io = read_iomem(paths["iomem"]) if paths["iomem"] else None
-    image = KernelImage.from_evidence(ks, io) if ks is not None and io is not None else None
-    transitions = None
-    if paths["trace"]:
-        from s2trace.trace.pipeline import analyze
-
-        analysis = analyze(
-            paths["trace"],
-            kernel=kw.get("kernel") or getattr(cap, "kernel", None),
-            linear_map=getattr(cap, "linear_map", None),
-        )
-        transitions = analysis.transitions
-    labels = collect_labels(None, ks, image, io, paths["dmesg"], transitions)
+    labels, _ = evidence_labels(
+        **paths,
+        kernel=kw.get("kernel") or getattr(cap, "kernel", None),
+        linear_map=getattr(cap, "linear_map", None),
+    )
     return label_map(frame, labels)
 
 

@@ -19,8 +19,6 @@ from s2trace.pkvm.profiles import Profile, get_profile
 
 __all__ = ["build_descriptor"]
 
-_LAYOUT_DEFAULTS: dict[str, Any] = {}
-
 
 def _blank(schema: Any) -> dict[str, Any]:
     """Every field of a layout set to zero."""

@@ -252,8 +252,8 @@ def apply_states(map_df: pd.DataFrame, states: pd.DataFrame, page_size: int = 40
     row_all = np.concatenate([np.arange(len(m)), run_row])
     nxt_lo = np.concatenate(
         [
-            _next_start(run_row, run_lo, len(m), p1, first=True),
-            _next_start(run_row, run_lo, len(m), p1, first=False),
+            _next_start(run_row, run_lo, p1, first=True),
+            _next_start(run_row, run_lo, p1, first=False),
         ]
     )
     gap = nxt_lo > lo_all
@@ -289,9 +289,7 @@ def apply_states(map_df: pd.DataFrame, states: pd.DataFrame, page_size: int = 40
     return out
 
 
-def _next_start(
-    run_row: np.ndarray, run_lo: np.ndarray, nrows: int, p1: np.ndarray, first: bool
-) -> np.ndarray:
+def _next_start(run_row: np.ndarray, run_lo: np.ndarray, p1: np.ndarray, first: bool) -> np.ndarray:
     """Where the gap after a position ends: with ``first``, for each row the start of its
     first run (or its end when it has none); otherwise, for each run the start of the next
     run of the same row (or the row's end)."""

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.columns import LABELS, TRANSITIONS
-from s2trace.errors import InputError
+from s2trace.errors import InputError, ProblemLog
 from s2trace.walk.tables import Memory
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "LinearMap",
     "collect_labels",
     "dmesg_labels",
+    "evidence_labels",
     "image_labels",
     "iomem_labels",
     "label_map",
@@ -119,24 +120,20 @@ def _frame(start: object, end: object, label: object, source: str) -> pd.DataFra
 
 # -- kallsyms ---------------------------------------------------------------------------------
 def read_kallsyms(source: str | Path) -> pd.DataFrame:
-    """``/proc/kallsyms`` lines as ``addr (uint64), type, name`` (first address per name wins
-    in lookups).  A line that is not ``HEXADDR TYPE NAME`` is an :class:`InputError`."""
+    """``/proc/kallsyms`` (a path or its text) as ``addr (uint64), type, name``, in file order
+    (first address per name wins in lookups).  Parsed by the one kallsyms reader,
+    :func:`s2trace.pkvm.kallsyms.parse_kallsyms` (lines that are not ``ADDR TYPE NAME`` are
+    an :class:`InputError` naming its line here: evidence must be the boot's own file)."""
+    from s2trace.pkvm.kallsyms import parse_kallsyms
+
     text, name = _text(source)
-    lines = pd.Series(text.splitlines(), dtype="string")
-    lines = lines[lines.str.strip() != ""]
-    parts = lines.str.strip().str.split(r"\s+", n=3, expand=True, regex=True)
-    if parts.shape[1] < 3:
-        parts = parts.reindex(columns=range(3))
-    bad = ~(parts[0].str.fullmatch(r"[0-9a-fA-F]{1,16}").fillna(False)) | parts[2].isna()
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        line_no = int(lines.index[i]) + 1
-        raise InputError(
-            f"{name}: line {line_no}: {lines.iloc[i]!r} is not 'HEXADDR TYPE NAME' (kallsyms)"
-        )
-    addr = hex_values(parts[0])
+    k = parse_kallsyms(text, name, strict=True)
     return pd.DataFrame(
-        {"addr": addr, "type": parts[1].to_numpy(str), "name": parts[2].to_numpy(str)}
+        {
+            "addr": k.addresses.astype(np.uint64),
+            "type": np.array(k.types, dtype=str),
+            "name": np.array(k.names, dtype=str),
+        }
     )
 
 
@@ -481,6 +478,45 @@ def symbol_labels(
 
 
 # -- all the labels of the evidence ----------------------------------------------------------
+def evidence_labels(
+    *,
+    kallsyms: str | Path | None = None,
+    iomem: str | Path | None = None,
+    dmesg: str | Path | None = None,
+    trace: str | Path | None = None,
+    kernel: str | None = None,
+    linear_map: tuple[int, int] | None = None,
+    memory: Memory | None = None,
+    image: KernelImage | None = None,
+    hyp_map: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, ProblemLog | None]:
+    """Labels from a dump's evidence files (LABELS schema) and the trace's problems (None
+    without a trace).  The kernel image is placed by ``image``, else through the hyp stage 1's
+    idmap (``hyp_map``), else by /proc/iomem; the trace's addresses use the dump's
+    ``memstart_addr`` when ``memory`` and the image are known, else ``linear_map``."""
+    ks = read_kallsyms(kallsyms) if kallsyms else None
+    io = read_iomem(iomem) if iomem else None
+    if image is None and ks is not None:
+        if hyp_map is not None:
+            from s2trace.hyp.hyp_view import image_from_hyp_idmap
+
+            try:
+                image = image_from_hyp_idmap(ks, hyp_map)
+            except InputError:
+                image = None
+        elif io is not None:
+            image = KernelImage.from_evidence(ks, io)
+    transitions = problems = None
+    if trace:
+        from s2trace.trace.pipeline import analyze
+
+        if memory is not None and ks is not None and image is not None:
+            linear_map = LinearMap.from_dump(memory, ks, image).pair()
+        analysis = analyze(trace, kernel=kernel, linear_map=linear_map)
+        transitions, problems = analysis.transitions, analysis.problems
+    return collect_labels(memory, ks, image, io, dmesg, transitions), problems
+
+
 def collect_labels(
     memory: Memory | None = None,
     kallsyms: pd.DataFrame | None = None,

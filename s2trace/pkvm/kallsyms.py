@@ -82,14 +82,21 @@ class Kallsyms:
         return bool(len(self.names)) and not bool(np.any(self.addresses))
 
 
-def parse_kallsyms(text: str, source: str = "kallsyms") -> Kallsyms:
-    """Parse kallsyms ``text``; InputError when no line has the kallsyms form."""
+def parse_kallsyms(text: str, source: str = "kallsyms", *, strict: bool = False) -> Kallsyms:
+    """Parse kallsyms ``text``; InputError when no line has the kallsyms form, or, with
+    ``strict``, naming the first non-blank line that does not."""
     found = _LINE.findall(text)
     if not found:
         raise InputError(
             f"{source}: no 'ADDRESS TYPE NAME' line; expected a copy of /proc/kallsyms"
         )
     lines = sum(1 for line in text.splitlines() if line.strip())
+    if strict and lines != len(found):  # locate the culprit (error path only)
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip() and not _LINE.match(line):
+                raise InputError(
+                    f"{source}: line {number}: {line!r} is not 'HEXADDR TYPE NAME' (kallsyms)"
+                )
     addresses = np.array([int(a, 16) for a, _, _, _ in found], dtype=np.uint64)
     return Kallsyms(
         source=source,

@@ -193,7 +193,7 @@ class Profile:
         """An invalid descriptor carrying this annotation under this profile."""
         raw = 0
         if prot_none:
-            raw |= self._need(self.prot_none_bit, "prot_none") and 1 << self.prot_none_bit
+            raw |= 1 << self._bit(self.prot_none_bit, "prot_none")
         if inv_type is not None or (self.owner_type is not None and owner is not None):
             raw |= self._put(self._type_id(inv_type), self.type_bits, "type")
         if owner is not None:
@@ -210,7 +210,7 @@ class Profile:
             else:
                 raise InputError(f"profile {self.name} has no lock marker")
         if note:
-            raw |= self._need(self.note_bit, "note") and 1 << self.note_bit
+            raw |= 1 << self._bit(self.note_bit, "note")
         return raw
 
     def _type_id(self, inv_type: str | int | None) -> int:
@@ -239,10 +239,11 @@ class Profile:
             f"page state {state!r}: profile {self.name} has {', '.join(self.states.values())}"
         )
 
-    def _need(self, value: int | None, what: str) -> bool:
-        if value is None:
+    def _bit(self, bit: int | None, what: str) -> int:
+        """The profile's ``what`` bit; InputError when the profile has none."""
+        if bit is None:
             raise InputError(f"profile {self.name} has no {what} bit")
-        return True
+        return bit
 
     def _put(self, value: int, where: BitRange | None, what: str) -> int:
         if where is None:

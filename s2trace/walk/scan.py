@@ -84,7 +84,6 @@ def _identity_next_level(memory: Any, geometry: Geometry, roots: np.ndarray) -> 
     codes = decode_ownership(words.reshape(-1), geometry, 0, "linux-5.15")
     kind = codes.kind.reshape(words.shape)
     addr = codes.addr.reshape(words.shape)
-    keep = np.zeros(roots.size, dtype=bool)
     # First table entry of each root, and the IPA it covers.
     first = np.argmax(kind == 0, axis=1)
     child = addr[np.arange(roots.size), first]

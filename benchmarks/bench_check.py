@@ -29,7 +29,7 @@ REGS = {  # the READMEs and gdb-regs.txt of the captures
 
 def run_once(version: str) -> tuple[float, bool]:
     from s2trace.hyp.check import check_dump
-    from s2trace.hyp.symbols import read_iomem, read_kallsyms
+    from s2trace.hyp.evidence import read_iomem, read_kallsyms
     from s2trace.io import decompressed, open_memory
 
     folder, vttbr, vtcr, ttbr0, tcr = REGS[version]

@@ -62,7 +62,7 @@ def write_trace(path: Path, lines: int, pages: int, seed: int = 1) -> None:
 
 CHILD = r"""
 import re, sys, time
-from s2trace.trace.pipeline import analyze
+from s2trace.jobs.analyze import analyze
 t = time.perf_counter()
 r = analyze(sys.argv[1], use_cache=False, progress=False)
 wall = time.perf_counter() - t

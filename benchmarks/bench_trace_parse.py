@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from s2trace.trace.readers import read_trace
+from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import to_transitions
 
 SAMPLE = (

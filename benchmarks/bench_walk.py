@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from s2trace.io import open_memory
-from s2trace.testing import write_identity_elf
+from s2trace.walk.build import write_identity_elf
 from s2trace.walk.ownership import coalesce
 from s2trace.walk.walker import walk
 

@@ -14,6 +14,7 @@ from conftest import REAL, real_core, real_dir
 
 from s2trace.arch.registers import config_from_registers
 from s2trace.cli.main import cli, main
+from s2trace.hyp.build import HypStage1Builder, VmemmapBuilder, write_machine
 from s2trace.hyp.check import (
     BREACHES,
     INVARIANTS,
@@ -24,8 +25,7 @@ from s2trace.hyp.check import (
 from s2trace.hyp.host_state import HOST_STATE_MAP, apply_states, page_states
 from s2trace.hyp.vmemmap import kernel_layout
 from s2trace.io import open_memory
-from s2trace.testing import Stage2Builder
-from s2trace.testing_hyp import HypStage1Builder, VmemmapBuilder, write_machine
+from s2trace.walk.build import Stage2Builder
 from s2trace.walk.walker import walk
 
 RAM, RAM_SIZE = 0x40000000, 0x800000  # 8 MiB of "RAM": every page of the dump is checked

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from s2trace.cli.main import main
-from s2trace.trace.pipeline import analyze, parse_linear_map, parse_time
+from s2trace.jobs.analyze import analyze, parse_linear_map, parse_time
 
 SAMPLE = str(Path(__file__).resolve().parents[1] / "sample-traces" / "qemu-pkvm-6.12")
 

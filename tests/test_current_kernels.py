@@ -25,7 +25,7 @@ import pytest
 from s2trace.arch.registers import config_from_registers
 from s2trace.cli.main import main
 from s2trace.io import open_memory
-from s2trace.testing import Stage2Builder
+from s2trace.walk.build import Stage2Builder
 from s2trace.walk.walker import detect_profile, walk
 
 REPO = Path(__file__).resolve().parents[1]

@@ -21,8 +21,8 @@ from conftest import REAL, real_core, real_dir
 
 from s2trace.arch.registers import Stage2Config, config_from_registers
 from s2trace.cli.main import main
+from s2trace.hyp.init_params import recover_registers, registers_from_memory
 from s2trace.io import open_memory
-from s2trace.pkvm.init_params import recover_registers, registers_from_memory
 from s2trace.walk.walker import walk
 
 #: The 1 GiB of RAM at 0x40000000 as four DDR files, leaving out 0x60000000..0x68000000

@@ -17,7 +17,7 @@ import pytest
 
 from s2trace.cli.diff_cmd import clip_map
 from s2trace.cli.main import main
-from s2trace.testing import Stage2Builder
+from s2trace.walk.build import Stage2Builder
 
 REPO = Path(__file__).resolve().parents[1]
 S73 = REPO / "sample-traces" / "qemu-pkvm-7.3"

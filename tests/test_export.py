@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from s2trace.cli.main import main
 from s2trace.export import PERFETTO_PID_BASE, perfetto_trace, write_perfetto
-from s2trace.trace import analyze, make_transitions, replay
+from s2trace.jobs import analyze
+from s2trace.trace import make_transitions, replay
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample-traces" / "qemu-pkvm-6.12"

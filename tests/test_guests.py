@@ -29,7 +29,7 @@ from s2trace.hyp.guests import (
     locate_layout,
 )
 from s2trace.io import open_memory
-from s2trace.testing import Stage2Builder
+from s2trace.walk.build import Stage2Builder
 from s2trace.walk.walker import walk
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s2trace.capture import load_capture
 from s2trace.cli.main import main
 from s2trace.io import open_memory
-from s2trace.trace import analyze
+from s2trace.jobs import analyze
+from s2trace.jobs.capture import load_capture
 from s2trace.walk.walker import walk
 
 FOLDER = Path(__file__).resolve().parents[1] / "sample-traces" / "qemu-pkvm-7.3-lifecycle"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -25,3 +27,58 @@ def test_ruff_clean(args):
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(path).exists():
+        pytest.fail(f"{name} is not installed (it is part of the test extra)")
+    return path
+
+
+def test_import_layers():
+    """The import-linter contracts in pyproject.toml (layers, results-only renderers) hold."""
+    proc = subprocess.run(
+        [_tool("lint-imports")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+
+
+def _function_level_imports(path: Path, root: Path = REPO) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.ImportFrom) and (inner.module or "").startswith("s2trace"):
+                    found.append(f"{path.relative_to(root)}:{inner.lineno} {inner.module}")
+                elif isinstance(inner, ast.Import):
+                    found += [
+                        f"{path.relative_to(root)}:{inner.lineno} {a.name}"
+                        for a in inner.names
+                        if a.name.startswith("s2trace")
+                    ]
+    return found
+
+
+def test_no_hidden_imports_below_cli():
+    """Below the CLI no module imports an s2trace module inside a function (such an import
+    hides a cycle or an upward arrow from the layer contract's reader)."""
+    hidden = []
+    for path in sorted((REPO / "s2trace").rglob("*.py")):
+        if "cli" in path.relative_to(REPO / "s2trace").parts[:1]:
+            continue
+        hidden += _function_level_imports(path)
+    assert hidden == []
+
+
+def test_function_import_detector_sees_one(tmp_path):
+    """The detector above is not vacuous: it reports an import inside a function."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from s2trace.errors import InputError\n    return InputError\n")
+    assert _function_level_imports(probe, tmp_path) == ["probe.py:2 s2trace.errors"]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from s2trace.memcache import name_untraced, unnamed_topups
-from s2trace.report import build_report
-from s2trace.trace import analyze, make_transitions
+from s2trace.hyp.memcache import name_untraced, unnamed_topups
+from s2trace.jobs import analyze
+from s2trace.jobs.report import build_report
+from s2trace.trace import make_transitions
 
 S73 = Path(__file__).resolve().parents[1] / "sample-traces" / "qemu-pkvm-7.3"
 

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from s2trace import plots
 from s2trace.cli.main import main
-from s2trace.trace import analyze, make_transitions, replay, transitions_frame
+from s2trace.jobs import analyze
+from s2trace.trace import make_transitions, replay, transitions_frame
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = {v: REPO / "sample-traces" / f"qemu-pkvm-{v}" for v in ("6.12", "7.3")}

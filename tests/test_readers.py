@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from s2trace.columns import EVENTS
 from s2trace.errors import InputError, StrictError
-from s2trace.trace import cache, readers
-from s2trace.trace.cache import read_events, write_events
-from s2trace.trace.readers import detect_format, fields, parse_uint, read_trace
+from s2trace.trace.parse import cache, readers
+from s2trace.trace.parse.cache import read_events, write_events
+from s2trace.trace.parse.readers import detect_format, fields, parse_uint, read_trace
 
 DATA = Path(__file__).parent / "data" / "traces"
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from s2trace.columns import TRANSITIONS
 from s2trace.errors import InputError, StrictError
-from s2trace.trace.hypercalls import hypercall_names, hypercall_table, parse_kvm_asm_h
-from s2trace.trace.probes import probe_lines, probe_script
-from s2trace.trace.readers import read_trace
+from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import load_recipes, to_transitions
+from s2trace.trace.recipes.hypercalls import hypercall_names, hypercall_table, parse_kvm_asm_h
+from s2trace.trace.recipes.probes import probe_lines, probe_script
 
 SAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "samples"
 DATA = Path(__file__).parent / "data" / "traces"

@@ -1,4 +1,4 @@
-"""EL2 registers recovered from memory (s2trace.pkvm.init_params, kallsyms, ``s2trace regs``).
+"""EL2 registers recovered from memory (s2trace.hyp.init_params, kallsyms, ``s2trace regs``).
 
 Fast tests build a small machine: a host stage 2 (Stage2Builder), a fake kernel image holding
 ``kimage_voffset``, ``memstart_addr`` and ``kvm_arm_hyp_percpu_base[]``, and per-CPU areas
@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 from s2trace.arch.geometry import Geometry, Granule
 from s2trace.cli.main import main
 from s2trace.errors import InputError
-from s2trace.io import open_memory, write_elf_core
-from s2trace.pkvm.init_params import (
+from s2trace.hyp.init_params import (
     INIT_PARAMS_FIELDS,
     RecoveredRegisters,
     consistent_registers,
@@ -35,8 +34,9 @@ from s2trace.pkvm.init_params import (
     registers_from_memory,
     scan_init_params,
 )
+from s2trace.io import open_memory, write_elf_core
 from s2trace.pkvm.kallsyms import parse_kallsyms, read_kallsyms
-from s2trace.testing import Stage2Builder
+from s2trace.walk.build import Stage2Builder
 
 M64 = (1 << 64) - 1
 TEXT_VA = 0xFFFFB0998EE00000  # the 6.12 sample's _text

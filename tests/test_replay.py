@@ -1,7 +1,7 @@
 """Replay of the pKVM ownership state machine: hand-written sequences and a reference model.
 
 The reference model at the bottom applies transitions one at a time with plain Python, written
-from facts §3.1, §3.2 and §3.2a directly (not from s2trace.trace.rules); hypothesis checks that
+from facts §3.1, §3.2 and §3.2a directly (not from s2trace.pkvm.rules); hypothesis checks that
 the vectorised replay agrees with it on violations, on the state after every transition and on
 the final snapshot.
 """

@@ -11,7 +11,7 @@ import pytest
 
 from s2trace.cli.main import main
 from s2trace.errors import InputError
-from s2trace.report import build_report, render_text
+from s2trace.jobs.report import build_report, render_text
 from s2trace.synth import generate, plan
 from s2trace.synth.dump import write_dump
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import REAL, real_core
 
-from s2trace.capture import load_capture, profile_for_kernel
 from s2trace.cli.main import main
 from s2trace.io import open_memory
+from s2trace.jobs.capture import load_capture
+from s2trace.pkvm.profiles import profile_for_kernel
 from s2trace.walk.walker import walk
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample-traces"
@@ -76,7 +77,7 @@ def test_profile_for_kernel(kernel, profile):
 @pytest.mark.parametrize("version", list(VERSIONS))
 def test_registers_recovered_from_the_reduced_sample(version):
     """The trimmed samples keep the per-CPU kvm_nvhe_init_params pages (facts §2.11)."""
-    from s2trace.pkvm.init_params import registers_from_memory
+    from s2trace.hyp.init_params import registers_from_memory
 
     cap = load_capture(SAMPLES / VERSIONS[version])
     with open_memory(list(cap.dump)) as memory:

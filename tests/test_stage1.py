@@ -18,9 +18,9 @@ from s2trace.arch.stage1 import (
     mair_names,
 )
 from s2trace.errors import InputError, StrictError
+from s2trace.hyp.build import HypStage1Builder, make_tcr_el2, write_machine
 from s2trace.hyp.stage1_walk import HYP_MAP, translate, walk_hyp
 from s2trace.io import open_memory
-from s2trace.testing_hyp import HypStage1Builder, make_tcr_el2, write_machine
 
 TCR_612 = 0x15001F5B5D53510  # 6.12 capture, gdb-regs.txt
 TCR_73 = 0x5500075B5903510  # 7.3 capture, gdb-regs.txt

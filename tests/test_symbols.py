@@ -9,25 +9,27 @@ from conftest import REAL, real_core, real_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2trace.capture import load_capture
 from s2trace.errors import InputError
-from s2trace.hyp.symbols import (
-    LABELS,
+from s2trace.hyp.evidence import (
     KernelImage,
     LinearMap,
-    collect_labels,
     dmesg_labels,
     hex_values,
+    read_iomem,
+    read_kallsyms,
+)
+from s2trace.hyp.symbols import (
+    LABELS,
+    collect_labels,
     image_labels,
     label_map,
     percpu_labels,
-    read_iomem,
-    read_kallsyms,
     trace_labels,
 )
 from s2trace.hyp.symbols import _hex_text as _hex_text
 from s2trace.io import open_memory
-from s2trace.trace.pipeline import analyze
+from s2trace.jobs.analyze import analyze
+from s2trace.jobs.capture import load_capture
 from s2trace.trace.synth_helpers import make_transitions
 
 KALLSYMS = """\

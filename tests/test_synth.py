@@ -12,18 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2trace.arch.registers import config_from_registers
-from s2trace.capture import load_capture
 from s2trace.cli.main import main
 from s2trace.errors import InputError
 from s2trace.io import open_memory
+from s2trace.jobs import analyze
+from s2trace.jobs.capture import load_capture
 from s2trace.synth import SCENARIOS, generate, plan
 from s2trace.synth.dump import ownership_runs
 from s2trace.synth.ftrace import HEADER_LINES, _digits, write_ftrace
 from s2trace.synth.layout import CARVEOUT, RAM
 from s2trace.synth.patterns import ESR_DABT_L3_WRITE
 from s2trace.synth.plan import ABORT, TRANSITION, Part, merge
-from s2trace.trace import analyze, diff_maps, snapshot
-from s2trace.trace.readers import read_trace
+from s2trace.trace import diff_maps, snapshot
+from s2trace.trace.parse.readers import read_trace
 from s2trace.walk.walker import walk
 
 REPO = Path(__file__).resolve().parents[1]

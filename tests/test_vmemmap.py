@@ -10,9 +10,10 @@ import pytest
 from conftest import REAL, real_core, real_dir
 
 from s2trace.errors import InputError
+from s2trace.hyp.build import HypStage1Builder, VmemmapBuilder, write_machine
 from s2trace.hyp.check import load_hyp_view
+from s2trace.hyp.evidence import KernelImage, read_iomem, read_kallsyms, read_symbol_u64
 from s2trace.hyp.stage1_walk import walk_hyp
-from s2trace.hyp.symbols import KernelImage, read_iomem, read_kallsyms, read_symbol_u64
 from s2trace.hyp.vmemmap import (
     HYP_PAGE_LAYOUTS,
     VMEMMAP,
@@ -21,7 +22,6 @@ from s2trace.hyp.vmemmap import (
     read_vmemmap,
 )
 from s2trace.io import open_memory
-from s2trace.testing_hyp import HypStage1Builder, VmemmapBuilder, write_machine
 
 L516, L614, L616 = (HYP_PAGE_LAYOUTS[k] for k in ("5.16", "6.14", "6.16"))
 

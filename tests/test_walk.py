@@ -1,4 +1,4 @@
-"""Walking dumps built by ``s2trace.testing`` (expected maps come from the builder)."""
+"""Walking dumps built by ``s2trace.walk.build`` (expected maps come from the builder)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from s2trace.columns import MAP
 from s2trace.decode.build import build_descriptor
 from s2trace.errors import StrictError
 from s2trace.io import open_memory
-from s2trace.testing import Stage2Builder
+from s2trace.walk.build import Stage2Builder
 from s2trace.walk.ownership import coalesce, summarize
 from s2trace.walk.ptdump import ptdump_lines, size_label
 from s2trace.walk.walker import walk

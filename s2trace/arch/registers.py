@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from s2trace.arch.geometry import Geometry, Granule, bits, field_mask
 from s2trace.errors import InputError
 
-__all__ = ["Stage2Config", "Vtcr", "Vttbr", "config_explicit", "config_from_registers"]
+__all__ = [
+    "Stage2Config",
+    "Vtcr",
+    "Vttbr",
+    "config_explicit",
+    "config_from_registers",
+    "encode_vtcr",
+]
 
 _TG0 = {0: Granule.K4, 1: Granule.K64, 2: Granule.K16}
 _PS_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
@@ -209,3 +216,27 @@ def config_explicit(
     geometry = Geometry(g, ds=ds, lpa=lpa)
     _check_start(geometry, start_level, ia_bits, f"start level {start_level}")
     return Stage2Config(geometry, start_level, ia_bits, root)
+
+
+_TG0_CODE = {Granule.K4: 0, Granule.K64: 1, Granule.K16: 2}
+_PS_CODE = {32: 0, 36: 1, 40: 2, 42: 3, 44: 4, 48: 5, 52: 6}
+
+
+def encode_vtcr(
+    geometry: Geometry, ia_bits: int, start_level: int, pa_bits: int = 48, vs: bool = True
+) -> int:
+    """A VTCR_EL2 value selecting this format (inverse of ``Vtcr.decode``; facts §1.8)."""
+    base = 2 if geometry.granule is Granule.K4 else 3
+    sl2 = 0
+    if start_level == -1:
+        sl0, sl2 = 0, 1
+    elif geometry.granule is Granule.K4 and start_level == 3:
+        sl0 = 3
+    else:
+        sl0 = base - start_level
+    if geometry.ds or geometry.lpa:
+        pa_bits = 52
+    value = (64 - ia_bits) | sl0 << 6 | 1 << 8 | 1 << 10 | 3 << 12
+    value |= _TG0_CODE[geometry.granule] << 14 | _PS_CODE[pa_bits] << 16 | int(vs) << 19 | 1 << 31
+    value |= int(geometry.ds) << 32 | sl2 << 33
+    return value

@@ -322,7 +322,7 @@ def register(cli: click.Group) -> None:
 
 def _looks_like_dump(targets: tuple[str, ...]) -> bool:
     """An ELF core (or a compressed file, or FILE@PA) is a dump to walk, never a table."""
-    from s2trace.capture import is_capture
+    from s2trace.jobs.capture import is_capture
 
     for t in targets:
         if is_capture(t):

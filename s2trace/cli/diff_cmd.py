@@ -36,8 +36,8 @@ __all__ = ["register", "run_diff"]
 def _kind(target: str) -> str:
     """``capture`` (a capture folder), ``dump`` (a dump file) or ``trace`` (anything else
     that exists: a trace file)."""
-    from s2trace.capture import is_capture
     from s2trace.cli.decode_cmd import _looks_like_dump
+    from s2trace.jobs.capture import is_capture
 
     if is_capture(target):
         return "capture"
@@ -66,7 +66,7 @@ def _walk_side(target: str, kw: dict[str, Any], suffix: str = "") -> Any:
 
 
 def _trace_side(target: str, kw: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from s2trace.trace.pipeline import analyze, parse_linear_map, parse_time
+    from s2trace.jobs.analyze import analyze, parse_linear_map, parse_time
     from s2trace.trace.queries import snapshot
 
     analysis = analyze(
@@ -93,7 +93,7 @@ def run_diff(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
     kinds = [_kind(t) for t in targets]
     meta: dict[str, Any] = {}
     if len(targets) == 1:
-        from s2trace.capture import load_capture
+        from s2trace.jobs.capture import load_capture
 
         if kinds[0] != "capture":
             raise InputError(f"{targets[0]}: diff with one input needs a capture folder")

@@ -35,7 +35,7 @@ def run_guests(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     try:
         host_map = None
         if "vttbr_el2" in regs and "vtcr_el2" in regs:
-            from s2trace.capture import profile_for_kernel
+            from s2trace.pkvm.profiles import profile_for_kernel
 
             profile = profile_for_kernel(r["kernel"]) if r["kernel"] else AUTO
             cfg = config_from_registers(regs["vttbr_el2"], regs["vtcr_el2"])

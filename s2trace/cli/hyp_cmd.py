@@ -81,7 +81,7 @@ def _evidence_options(f: Any) -> Any:
 
 def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> dict[str, Any]:
     """Dump specs, register values and evidence paths from the targets and the options."""
-    from s2trace.capture import load_capture
+    from s2trace.jobs.capture import load_capture
 
     out: dict[str, Any] = {"specs": list(targets), "kernel": kw.get("kernel"), "linear_map": None}
     regs: dict[str, int] = {}
@@ -120,7 +120,7 @@ def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> d
 
 def _labels(memory: Any, r: dict[str, Any], image: Any, hyp_map: Any) -> pd.DataFrame:
     """Labels from the evidence files; the trace's through its ownership transitions."""
-    from s2trace.hyp.symbols import evidence_labels
+    from s2trace.jobs.labels import evidence_labels
 
     files = r["files"]
     labels, problems = evidence_labels(
@@ -162,7 +162,8 @@ def _warn_problems(problems: Any) -> None:
 def run_check(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
     """``s2trace check``: print the verdict and the breaches; 1 when any invariant breaks."""
     from s2trace.hyp.check import check_dump
-    from s2trace.hyp.symbols import label_map, read_iomem, read_kallsyms
+    from s2trace.hyp.evidence import read_iomem, read_kallsyms
+    from s2trace.hyp.symbols import label_map
     from s2trace.io import open_memory
 
     r = _resolve(targets, kw, need_host=True)
@@ -207,8 +208,9 @@ def run_check(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
 def run_hyp_map(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     """``s2trace hyp-map``: the hyp stage-1 leaves, labelled by physical address."""
     from s2trace.arch.stage1 import config_from_el2
+    from s2trace.hyp.evidence import KernelImage, read_iomem, read_kallsyms
     from s2trace.hyp.stage1_walk import walk_hyp
-    from s2trace.hyp.symbols import KernelImage, label_map, read_iomem, read_kallsyms
+    from s2trace.hyp.symbols import label_map
     from s2trace.hyp.vmemmap import kernel_layout
     from s2trace.io import open_memory
 

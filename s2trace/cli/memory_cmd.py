@@ -3,7 +3,7 @@
 Prints, per CPU (or per copy found by the scan), VTTBR_EL2, VTCR_EL2, TTBR0_EL2, TCR_EL2,
 MAIR_EL2, HCR_EL2 and TPIDR_EL2 with where each value came from, then the walk command to
 run.  Exit status 2 (one line on stderr) when no usable copy is found or the CPUs disagree,
-after printing what was found.  See :mod:`s2trace.pkvm.init_params`.
+after printing what was found.  See :mod:`s2trace.hyp.init_params`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ __all__ = ["format_registers", "register"]
 
 
 def format_registers(found: Sequence[Any]) -> str:
-    """The text report of :func:`s2trace.pkvm.init_params.recover_registers` results."""
+    """The text report of :func:`s2trace.hyp.init_params.recover_registers` results."""
     lines: list[str] = []
     for r in found:
         method = "kallsyms" if r.method == "kallsyms" else "scan of RAM"
@@ -70,8 +70,8 @@ def register(cli: click.Group) -> None:
         s2trace regs host-s2.elf
         s2trace regs load.cmm --kallsyms kallsyms.txt --iomem iomem.txt
         """
+        from s2trace.hyp.init_params import consistent_registers, recover_registers
         from s2trace.io import open_memory
-        from s2trace.pkvm.init_params import consistent_registers, recover_registers
 
         memory = open_memory(list(dump), base=parse_int(base, "--base") if base else 0)
         try:

@@ -22,7 +22,7 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def _time(text: str | None, what: str) -> float | None:
-    from s2trace.trace.pipeline import parse_time
+    from s2trace.jobs.analyze import parse_time
 
     try:
         return parse_time(text)

@@ -73,7 +73,7 @@ def register(cli: click.Group) -> None:
         version, a trace and symbols; see docs/capture.md).  Exit status 1 when the trace
         holds violations or contradicts the dump, 2 when the input is unusable.
         """
-        from s2trace.report import build_report, render_text
+        from s2trace.jobs.report import build_report, render_text
 
         report = build_report(
             capture,

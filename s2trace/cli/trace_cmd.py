@@ -1,5 +1,5 @@
 """Trace commands: ``events``, ``timeline``, ``owner``, ``explain``, ``violations``,
-``diff``, ``probes`` -- thin wrappers of :func:`s2trace.trace.pipeline.analyze` and the
+``diff``, ``probes`` -- thin wrappers of :func:`s2trace.jobs.analyze.analyze` and the
 queries in :mod:`s2trace.trace.queries`."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _analyze(trace: str, kw: dict[str, Any]) -> Any:
-    from s2trace.trace.pipeline import analyze, parse_linear_map
+    from s2trace.jobs.analyze import analyze, parse_linear_map
 
     result = analyze(
         trace,
@@ -67,7 +67,7 @@ def _analyze(trace: str, kw: dict[str, Any]) -> Any:
 
 
 def _addr(text: str, kw: dict[str, Any], result: Any = None) -> int:
-    from s2trace.trace.pipeline import parse_linear_map
+    from s2trace.jobs.analyze import parse_linear_map
 
     value = parse_u64(text, "address")
     lm = parse_linear_map(kw.get("linear_map"))
@@ -91,7 +91,7 @@ def register(cli: click.Group) -> None:
     @click.option("--strict", is_flag=True)
     def events_cmd(trace: str, **kw: Any) -> None:
         """Parse a trace into the events table (convert to CSV, JSON lines or Parquet)."""
-        from s2trace.trace.readers import read_trace
+        from s2trace.trace.parse.readers import read_trace
 
         t = read_trace(trace, strict=kw["strict"])
         for p in list(t.problems)[:1]:
@@ -126,7 +126,7 @@ def register(cli: click.Group) -> None:
     @trace_options
     def owner_cmd(trace: str, addr: str, at: str | None, as_json: bool, **kw: Any) -> None:
         """Who owned the page holding ADDR at time T, since when, and why."""
-        from s2trace.trace.pipeline import parse_time
+        from s2trace.jobs.analyze import parse_time
         from s2trace.trace.queries import owner_at
 
         r = _analyze(trace, kw)
@@ -152,7 +152,7 @@ def register(cli: click.Group) -> None:
     @trace_options
     def explain_cmd(trace: str, addr: str, at: str | None, **kw: Any) -> None:
         """The events, with times and source lines, that led to ADDR's state at T."""
-        from s2trace.trace.pipeline import parse_time
+        from s2trace.jobs.analyze import parse_time
         from s2trace.trace.queries import explain
 
         r = _analyze(trace, kw)
@@ -168,7 +168,7 @@ def register(cli: click.Group) -> None:
     @click.option("--comm", help="With --script: record only this task.")
     def probes_cmd(kernel: str, script: bool, comm: str | None) -> None:
         """The kprobe_events lines that capture a trace s2trace understands."""
-        from s2trace.trace.probes import probe_lines, probe_script
+        from s2trace.trace.recipes.probes import probe_lines, probe_script
 
         if script:
             click.echo(probe_script(kernel, comm), nl=False)

@@ -32,11 +32,11 @@ def _progress() -> Any:
 
 
 def request_from_kw(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
-    """The :class:`~s2trace.walk.dump.DumpRequest` the command line asks for (a capture
+    """The :class:`~s2trace.jobs.walk.DumpRequest` the command line asks for (a capture
     folder as the only target supplies what the options leave out)."""
     from s2trace.arch.registers import config_explicit
-    from s2trace.capture import is_capture
-    from s2trace.walk.dump import DumpRequest, request_from_capture
+    from s2trace.jobs.capture import is_capture
+    from s2trace.jobs.walk import DumpRequest, request_from_capture
 
     def num(key: str, flag: str) -> int | None:
         return parse_u64(str(kw[key]), flag) if kw.get(key) is not None else None
@@ -83,7 +83,7 @@ def request_from_kw(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) ->
 
 def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
     """Walk what the command line names; print the walk's notes on stderr."""
-    from s2trace.walk.dump import walk_dump
+    from s2trace.jobs.walk import walk_dump
 
     result = walk_dump(request_from_kw(targets, kw), _progress())
     for note in result.notes:
@@ -107,7 +107,7 @@ def _report_problems(result: Any) -> None:
 
 def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     """``s2trace decode DUMP --vttbr X --vtcr Y [...]`` (or a capture folder)."""
-    from s2trace.capture import is_capture, load_capture
+    from s2trace.jobs.capture import is_capture, load_capture
 
     if len(targets) == 1 and is_capture(targets[0]):
         kw = {**kw, "capture": load_capture(targets[0])}
@@ -144,7 +144,8 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
 def _labelled(frame: Any, kw: dict[str, Any]) -> Any:
     """The map with a ``label`` column: what each range is, from the evidence files
     (kallsyms, iomem, dmesg) and the trace's ownership transitions (issue: symbolised map)."""
-    from s2trace.hyp.symbols import evidence_labels, label_map
+    from s2trace.hyp.symbols import label_map
+    from s2trace.jobs.labels import evidence_labels
 
     cap = kw.get("capture")
     paths = {

@@ -3,7 +3,7 @@
 :func:`build_descriptor` is the inverse of :func:`s2trace.decode.decode`: every field is put
 into the schema's container and Construct builds the bytes, so an encoding error in a layout
 shows up in both directions (the tests round-trip builder -> decoder -> builder).  The
-dump builder of :mod:`s2trace.testing` and the ``s2trace build`` command use it.
+dump builder of :mod:`s2trace.walk.build` and the ``s2trace build`` command use it.
 """
 
 from __future__ import annotations

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from s2trace.plots import state_labels
+
 __all__ = ["PERFETTO_PID_BASE", "perfetto_trace", "write_perfetto"]
 
 PERFETTO_PID_BASE = 1 << 23
@@ -112,7 +114,6 @@ def _slices(
 ) -> tuple[list[dict[str, Any]], list[tuple[int, int, str, int]]]:
     """Complete events, one per (interval, elementary segment), and the threads they use as
     (pid, tid, name, sort index)."""
-    from s2trace.plots import state_labels
 
     start = iv["addr_start"].to_numpy(dtype=np.uint64)
     end = start + iv["size"].to_numpy(dtype=np.uint64)

@@ -31,6 +31,9 @@ from s2trace.columns import BREACHES
 from s2trace.errors import InputError as InputError
 from s2trace.errors import ProblemLog
 from s2trace.hyp.enrich import enrich_with_vmemmap
+from s2trace.hyp.evidence import KernelImage as KernelImage
+from s2trace.hyp.evidence import read_iomem, read_kallsyms
+from s2trace.hyp.evidence import read_symbol_u64 as read_symbol_u64
 from s2trace.hyp.host_state import apply_states as apply_states
 from s2trace.hyp.host_state import page_states
 from s2trace.hyp.hyp_view import HypView, load_hyp_view, memory_pfns
@@ -40,9 +43,6 @@ from s2trace.hyp.invariants import INVARIANTS, check_states
 from s2trace.hyp.kernel_guess import guess_kernel, resolve_layout
 from s2trace.hyp.stage1_walk import HypWalkResult as HypWalkResult
 from s2trace.hyp.stage1_walk import walk_hyp as walk_hyp
-from s2trace.hyp.symbols import KernelImage as KernelImage
-from s2trace.hyp.symbols import read_iomem, read_kallsyms
-from s2trace.hyp.symbols import read_symbol_u64 as read_symbol_u64
 from s2trace.hyp.vmemmap import KernelLayout
 from s2trace.hyp.vmemmap import VmemmapResult as VmemmapResult
 from s2trace.hyp.vmemmap import kernel_layout as kernel_layout

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s2trace.hyp.evidence import read_iomem, read_kallsyms
 from s2trace.hyp.host_state import apply_states, page_states
 from s2trace.hyp.hyp_view import load_hyp_view, memory_pfns, ram_pfns
 from s2trace.hyp.kernel_guess import resolve_layout
-from s2trace.hyp.symbols import read_iomem, read_kallsyms
 from s2trace.hyp.vmemmap import KernelLayout
 from s2trace.walk.tables import Memory
 from s2trace.walk.walker import WalkResult

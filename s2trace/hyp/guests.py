@@ -33,9 +33,9 @@ from s2trace.arch.registers import Stage2Config, config_explicit, config_from_re
 from s2trace.arch.stage1 import config_from_el2
 from s2trace.columns import GUEST_PAGES, VMS
 from s2trace.errors import InputError, Problem, ProblemLog
+from s2trace.hyp.evidence import KernelImage, read_iomem, read_kallsyms, read_symbol_u64
 from s2trace.hyp.hyp_view import image_from_hyp_idmap
 from s2trace.hyp.stage1_walk import HypWalkResult, walk_hyp
-from s2trace.hyp.symbols import KernelImage, read_iomem, read_kallsyms, read_symbol_u64
 from s2trace.pkvm.profiles import Profile, get_profile
 from s2trace.walk.tables import Memory
 from s2trace.walk.walker import WalkResult, walk

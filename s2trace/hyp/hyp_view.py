@@ -15,8 +15,8 @@ import pandas as pd
 
 from s2trace.arch.stage1 import config_from_el2
 from s2trace.errors import InputError
+from s2trace.hyp.evidence import KernelImage, read_symbol_u64
 from s2trace.hyp.stage1_walk import HypWalkResult, walk_hyp
-from s2trace.hyp.symbols import KernelImage, read_symbol_u64
 from s2trace.hyp.vmemmap import KernelLayout, VmemmapResult, read_vmemmap
 from s2trace.walk.tables import Memory
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from s2trace.hyp.evidence import KernelImage, read_symbol_u64
 from s2trace.hyp.hyp_view import image_from_hyp_idmap, load_hyp_view
-from s2trace.hyp.symbols import KernelImage, read_symbol_u64
 from s2trace.hyp.vmemmap import KernelLayout, kernel_layout
 from s2trace.walk.tables import Memory
 

@@ -24,15 +24,24 @@ and a size column (an ownership map, the hyp map, breaches), so a row reads as w
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from s2trace.columns import LABELS, TRANSITIONS
-from s2trace.errors import InputError, ProblemLog
+from s2trace.errors import InputError
+from s2trace.hyp.evidence import (
+    KernelImage,
+    LinearMap,
+    _frame,
+    _symbols,
+    dmesg_labels,
+    iomem_labels,
+    read_iomem,
+    read_kallsyms,
+    read_symbol_u64,
+)
 from s2trace.walk.tables import Memory
 
 __all__ = [
@@ -41,7 +50,6 @@ __all__ = [
     "LinearMap",
     "collect_labels",
     "dmesg_labels",
-    "evidence_labels",
     "image_labels",
     "iomem_labels",
     "label_map",
@@ -69,220 +77,6 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("__kvm_nvhe___hyp_data_start", "__kvm_nvhe___hyp_data_end", "hyp .data"),
     ("__kvm_nvhe___hyp_bss_start", "__kvm_nvhe___hyp_bss_end", "hyp .bss"),
 )
-
-
-def _text(source: str | Path) -> tuple[str, str]:
-    """(content, name) of a path or of literal text (anything with a newline)."""
-    if isinstance(source, Path) or "\n" not in source:
-        p = Path(source)
-        try:
-            return p.read_text(errors="replace"), str(p)
-        except OSError as exc:
-            raise InputError(f"{p}: cannot read: {exc.strerror}") from None
-    return source, "<text>"
-
-
-_HEXVAL = np.full(256, 255, dtype=np.uint8)
-_HEXVAL[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10, dtype=np.uint8)
-_HEXVAL[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
-_HEXVAL[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
-
-
-def hex_values(text: pd.Series | list[str]) -> np.ndarray:
-    """Hex strings (``0x`` optional, up to 16 digits) to uint64, vectorised: right-aligned
-    into 16 bytes, one lookup per digit, one shift-and-or per column.  Raises ValueError on
-    a non-hex digit."""
-    s = pd.Series(text, dtype="string").str.replace(r"^0[xX]", "", regex=True)
-    if s.str.len().max() > 16 if len(s) else False:
-        raise ValueError("hex value longer than 16 digits")
-    raw = np.array(s.str.zfill(16).fillna("0" * 16).tolist(), dtype="S16")
-    digits = np.take(_HEXVAL, raw.view(np.uint8).reshape(-1, 16))
-    if (digits == 255).any():
-        raise ValueError("not a hex number")
-    out = np.zeros(len(s), dtype=np.uint64)
-    for col in range(16):
-        out = (out << np.uint64(4)) | digits[:, col].astype(np.uint64)
-    return out
-
-
-def _frame(start: object, end: object, label: object, source: str) -> pd.DataFrame:
-    s = np.asarray(start, dtype=np.uint64)
-    df = pd.DataFrame(
-        {
-            "start": s,
-            "end": np.asarray(end, dtype=np.uint64),
-            "label": pd.array(np.asarray(label, dtype=object), dtype="string"),
-            "source": pd.Categorical([source] * len(s)),
-        }
-    )
-    return df[df["end"] > df["start"]].reset_index(drop=True)
-
-
-# -- kallsyms ---------------------------------------------------------------------------------
-def read_kallsyms(source: str | Path) -> pd.DataFrame:
-    """``/proc/kallsyms`` (a path or its text) as ``addr (uint64), type, name``, in file order
-    (first address per name wins in lookups).  Parsed by the one kallsyms reader,
-    :func:`s2trace.pkvm.kallsyms.parse_kallsyms` (lines that are not ``ADDR TYPE NAME`` are
-    an :class:`InputError` naming its line here: evidence must be the boot's own file)."""
-    from s2trace.pkvm.kallsyms import parse_kallsyms
-
-    text, name = _text(source)
-    k = parse_kallsyms(text, name, strict=True)
-    return pd.DataFrame(
-        {
-            "addr": k.addresses.astype(np.uint64),
-            "type": np.array(k.types, dtype=str),
-            "name": np.array(k.names, dtype=str),
-        }
-    )
-
-
-def _symbols(kallsyms: pd.DataFrame) -> dict[str, int]:
-    first = kallsyms.drop_duplicates("name")
-    return dict(zip(first["name"], first["addr"].astype(np.uint64).tolist(), strict=True))
-
-
-# -- iomem and dmesg ------------------------------------------------------------------------------
-_IOMEM = re.compile(r"^(\s*)([0-9a-fA-F]+)-([0-9a-fA-F]+)\s*:\s*(.*?)\s*$")
-
-
-def read_iomem(source: str | Path) -> pd.DataFrame:
-    """``/proc/iomem`` as ``start, end (exclusive), name, depth``."""
-    text, name = _text(source)
-    lines = pd.Series(text.splitlines(), dtype="string")
-    lines = lines[lines.str.strip() != ""]
-    parts = lines.str.extract(_IOMEM)
-    bad = parts[1].isna().to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"{name}: line {int(lines.index[i]) + 1}: {lines.iloc[i]!r} is not "
-            "'START-END : NAME' (iomem)"
-        )
-    return pd.DataFrame(
-        {
-            "start": hex_values(parts[1]),
-            "end": hex_values(parts[2]) + np.uint64(1),
-            "name": parts[3].to_numpy(str),
-            "depth": (parts[0].str.len().to_numpy(np.int64) // 2).astype(np.int8),
-        }
-    )
-
-
-def iomem_labels(iomem: pd.DataFrame) -> pd.DataFrame:
-    """Every iomem line as a label (``iomem: NAME``)."""
-    return _frame(iomem["start"], iomem["end"], "iomem: " + iomem["name"], "iomem")
-
-
-_RESERVED = re.compile(
-    r"(?P<who>kvm|cma)\b[^\n]*?Reserved (?P<n>\d+) (?P<unit>[KMG])iB at (?P<at>0x[0-9a-fA-F]+)"
-)
-
-
-def dmesg_labels(source: str | Path) -> pd.DataFrame:
-    """The hyp carve-out (``kvm [0]: Reserved N MiB at PA``) and CMA lines of a dmesg."""
-    text, _ = _text(source)
-    rows = []
-    for m in _RESERVED.finditer(text):
-        size = int(m.group("n")) << {"K": 10, "M": 20, "G": 30}[m.group("unit")]
-        at = int(m.group("at"), 16)
-        what = "hyp carve-out (dmesg)" if m.group("who") == "kvm" else "CMA area (dmesg)"
-        rows.append((at, at + size, what))
-    if not rows:
-        return LABELS.empty()
-    s, e, lab = zip(*rows, strict=True)
-    return _frame(s, e, list(lab), "dmesg")
-
-
-# -- the kernel image and the linear map -------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class KernelImage:
-    """Where the kernel image is: ``_text`` at ``text_va`` is physical ``text_pa``."""
-
-    text_va: int
-    text_pa: int
-
-    @classmethod
-    def from_evidence(cls, kallsyms: pd.DataFrame, iomem: pd.DataFrame) -> KernelImage:
-        syms = _symbols(kallsyms)
-        if "_text" not in syms:
-            raise InputError("kallsyms: no _text symbol (needed to place the kernel image)")
-        code = iomem[iomem["name"] == "Kernel code"]
-        if code.empty:
-            raise InputError("iomem: no 'Kernel code' line (needed to place the kernel image)")
-        return cls(syms["_text"], int(code["start"].iloc[0]))
-
-    def pa(self, va: object) -> np.ndarray:
-        """Physical addresses of kernel-image VAs (vectorised)."""
-        v = np.asarray(va, dtype=np.uint64)
-        return v - np.uint64(self.text_va) + np.uint64(self.text_pa)
-
-
-@dataclass(frozen=True, slots=True)
-class LinearMap:
-    """The kernel's linear map: PA = VA - PAGE_OFFSET + PHYS_OFFSET, modulo 2**64.
-
-    That is ``__lm_to_phys`` ((VA & ~PAGE_OFFSET) + PHYS_OFFSET) for linear addresses.
-    ``phys_offset`` is ``memstart_addr`` (read from the dump with :meth:`from_dump`).  A
-    kernel built with 52-bit VAs running with 48 (no LPA2/LVA, as in both captures, whose
-    kconfig has ARM64_VA_BITS=52) keeps PAGE_OFFSET = -(1 << 52) and lowers memstart_addr by
-    ``_PAGE_OFFSET(48) - _PAGE_OFFSET(52)`` (``arm64_memblock_init``), so memstart_addr then
-    reads as a negative number (0xfff1000040000000 in both dumps for RAM at 0x40000000).
-    ``page_offset`` None picks PAGE_OFFSET from that: -(1 << 52) when memstart_addr is
-    negative, else -(1 << 48) for VAs at or above 0xffff000000000000 and -(1 << 52) below.
-    """
-
-    phys_offset: int
-    page_offset: int | None = None
-
-    def pa(self, va: object) -> np.ndarray:
-        v = np.asarray(va, dtype=np.uint64)
-        if self.page_offset is not None:
-            po = np.full(v.shape, self.page_offset, dtype=np.uint64)
-        elif self.phys_offset >= 1 << 63:
-            po = np.full(v.shape, 0xFFF0000000000000, dtype=np.uint64)
-        else:
-            po = np.where(
-                v >= np.uint64(0xFFFF000000000000),
-                np.uint64(0xFFFF000000000000),
-                np.uint64(0xFFF0000000000000),
-            )
-        with np.errstate(over="ignore"):
-            return v - po + np.uint64(self.phys_offset)
-
-    def pair(self) -> tuple[int, int]:
-        """``(VA, PA)`` of PAGE_OFFSET: the form :func:`s2trace.trace.to_transitions` takes
-        (PA = VA - va + pa, for VA >= va).  PAGE_OFFSET is ``page_offset`` when given, else
-        0xffff000000000000, the start of the linear map of a kernel running with 48-bit VAs
-        (as both captures do; a 52-bit LVA kernel needs ``page_offset`` -(1 << 52))."""
-        va = self.page_offset if self.page_offset is not None else 0xFFFF000000000000
-        return va, int(self.pa(va))
-
-    @classmethod
-    def from_dump(
-        cls,
-        memory: Memory,
-        kallsyms: pd.DataFrame,
-        image: KernelImage,
-        page_offset: int | None = None,
-    ) -> LinearMap:
-        value = read_symbol_u64(memory, kallsyms, image, "memstart_addr")
-        return cls(int(value), page_offset)
-
-
-def read_symbol_u64(
-    memory: Memory, kallsyms: pd.DataFrame, image: KernelImage, name: str, count: int = 1
-) -> int | np.ndarray:
-    """The 64-bit value(s) of a kernel-image variable, read from the dump."""
-    syms = _symbols(kallsyms)
-    if name not in syms:
-        raise InputError(f"kallsyms: no symbol {name}")
-    pa = int(image.pa(syms[name]))
-    words, ok = memory.gather(np.array([pa], dtype=np.uint64), 8 * count)
-    if not ok[0]:
-        raise InputError(f"{name} (PA {pa:#x}) is not in the dump")
-    row = words[0].astype(np.uint64)
-    return int(row[0]) if count == 1 else row
 
 
 def image_labels(kallsyms: pd.DataFrame, image: KernelImage) -> pd.DataFrame:
@@ -475,46 +269,6 @@ def symbol_labels(
     sel = obj & pick.to_numpy()
     end = np.minimum(nxt[sel], (addr[sel] // np.uint64(PAGE) + np.uint64(1)) * np.uint64(PAGE))
     return _frame(image.pa(addr[sel]), image.pa(end), name[sel].to_numpy(object), "kallsyms")
-
-
-# -- all the labels of the evidence ----------------------------------------------------------
-def evidence_labels(
-    *,
-    kallsyms: str | Path | None = None,
-    iomem: str | Path | None = None,
-    dmesg: str | Path | None = None,
-    trace: str | Path | None = None,
-    kernel: str | None = None,
-    linear_map: tuple[int, int] | None = None,
-    memory: Memory | None = None,
-    image: KernelImage | None = None,
-    hyp_map: pd.DataFrame | None = None,
-) -> tuple[pd.DataFrame, ProblemLog | None]:
-    """Labels from a dump's evidence files (LABELS schema) and the trace's problems (None
-    without a trace).  The kernel image is placed by ``image``, else through the hyp stage 1's
-    idmap (``hyp_map``), else by /proc/iomem; the trace's addresses use the dump's
-    ``memstart_addr`` when ``memory`` and the image are known, else ``linear_map``."""
-    ks = read_kallsyms(kallsyms) if kallsyms else None
-    io = read_iomem(iomem) if iomem else None
-    if image is None and ks is not None:
-        if hyp_map is not None:
-            from s2trace.hyp.hyp_view import image_from_hyp_idmap
-
-            try:
-                image = image_from_hyp_idmap(ks, hyp_map)
-            except InputError:
-                image = None
-        elif io is not None:
-            image = KernelImage.from_evidence(ks, io)
-    transitions = problems = None
-    if trace:
-        from s2trace.trace.pipeline import analyze
-
-        if memory is not None and ks is not None and image is not None:
-            linear_map = LinearMap.from_dump(memory, ks, image).pair()
-        analysis = analyze(trace, kernel=kernel, linear_map=linear_map)
-        transitions, problems = analysis.transitions, analysis.problems
-    return collect_labels(memory, ks, image, io, dmesg, transitions), problems
 
 
 def collect_labels(

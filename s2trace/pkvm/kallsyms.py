@@ -1,6 +1,6 @@
 """A minimal ``/proc/kallsyms`` reader: symbol name -> kernel virtual address.
 
-Only what register recovery needs (:mod:`s2trace.pkvm.init_params`): look a few symbols up by
+Only what register recovery needs (:mod:`s2trace.hyp.init_params`): look a few symbols up by
 name.  Lines are ``ADDRESS TYPE NAME [MODULE]`` with a hexadecimal address of up to 16
 digits (``ffffb0998ee00000 T _text``, ``... t foo [kvm]``); other lines (headers, blank lines,
 text around a copy-paste) are counted in :attr:`Kallsyms.skipped` and otherwise ignored.

@@ -11,6 +11,7 @@ Profiles may be parameterised on the command line: ``rfc-v3-prot-none,prot_none_
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ __all__ = [
     "Profile",
     "get_profile",
     "load_profiles",
+    "profile_for_kernel",
     "profile_names",
 ]
 
@@ -331,3 +333,18 @@ def get_profile(spec: str | Profile = DEFAULT_PROFILE, extra: str | Path | None 
         except ValueError:
             overrides[key] = value
     return replace(profile, **overrides) if overrides else profile
+
+
+def profile_for_kernel(version: str) -> str:
+    """The annotation profile of a mainline kernel version (facts §2.1)."""
+    m = re.match(r"(\d+)\.(\d+)", version.strip())
+    if not m:
+        raise InputError(f"kernel version {version!r}: expected MAJOR.MINOR[...]")
+    v = (int(m.group(1)), int(m.group(2)))
+    if v < (5, 15):
+        return "linux-5.13"
+    if v < (6, 14):
+        return "linux-5.15"
+    if v < (7, 1):
+        return "linux-6.14"
+    return "linux-7.1"

@@ -7,7 +7,7 @@
     # out/buggy: capture.toml, trace.txt (ftrace text), host-s2.elf
 
 Traces use s2trace's ``pkvm_mem_transition`` tracepoint and ACK's ``host_mem_abort`` event
-(docs/trace-format.md); the dump is built with :class:`s2trace.testing.Stage2Builder` from the
+(docs/trace-format.md); the dump is built with :class:`s2trace.walk.build.Stage2Builder` from the
 ownership the scenario leaves by construction, so replaying the trace and walking the dump
 must agree.  Modules: :mod:`~s2trace.synth.layout` (where things are),
 :mod:`~s2trace.synth.patterns` (vectorised workload patterns),
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from s2trace.synth.folder import write_capture
 from s2trace.synth.plan import Plan
 from s2trace.synth.scenarios import KERNEL, SCENARIOS, Scenario, plan
 
@@ -36,8 +37,6 @@ def generate(
     compress: bool = False,
 ) -> Path:
     """Write scenario ``scenario`` as a capture folder in ``out_dir``; returns the folder."""
-    from s2trace.synth.folder import write_capture  # the dump builder: imported when used
-
     p = plan(scenario, size=size, seed=seed, duration=duration)
     sc = SCENARIOS[scenario]
     return write_capture(

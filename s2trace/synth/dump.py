@@ -1,5 +1,5 @@
 """The host stage-2 dump that matches a plan's final ownership, built with the Construct
-builders (:class:`s2trace.testing.Stage2Builder`).
+builders (:class:`s2trace.walk.build.Stage2Builder`).
 
 What the dump shows, for the 6.12 (``linux-5.15`` profile) encoding, facts §2.4, §2.6: all
 of RAM identity-mapped for the host (largest blocks that fit, as ``handle_host_mem_abort``
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.synth.layout import PAGE, RAM, TABLE_BASE, Region
-from s2trace.testing import Stage2Builder
+from s2trace.walk.build import Stage2Builder
 
 __all__ = ["PROFILE", "build_dump", "ownership_runs", "write_dump"]
 

@@ -1,7 +1,7 @@
 """Write a plan as a capture folder (``capture.toml``, ``trace.txt``, ``host-s2.elf``).
 
 The folder is what ``s2trace report``, ``s2trace decode`` and ``analyze`` read
-(:mod:`s2trace.capture`).  ``capture.toml`` also records, under ``[synth]``, the scenario,
+(:mod:`s2trace.jobs.capture`).  ``capture.toml`` also records, under ``[synth]``, the scenario,
 its parameters and the planted faults (line, time, address, check), so a test or a notebook
 knows the right answer without replaying.
 """

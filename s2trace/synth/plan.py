@@ -32,7 +32,7 @@ TRANSITION, ABORT = 0, 1
 #: The tracepoint's ``op`` and component names (docs/trace-format.md).
 OPS = ("share", "unshare", "donate", "reclaim")
 COMPONENTS = ("host", "hyp", "guest", "ffa")
-#: Final page states a pattern can leave (replay state names, s2trace.trace.rules).
+#: Final page states a pattern can leave (replay state names, s2trace.pkvm.rules).
 FINAL_STATES = ("host_owned", "shared_hyp", "shared_ffa", "hyp_owned")
 
 _COLUMNS = {

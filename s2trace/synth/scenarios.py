@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from s2trace.errors import InputError
 from s2trace.synth import patterns
 from s2trace.synth.layout import FFA_POOL, VIRTIO_POOL
 from s2trace.synth.plan import Part, Plan, merge
@@ -142,7 +143,6 @@ def plan(
     name: str, *, size: int | None = None, seed: int = 0, duration: float | None = None
 ) -> Plan:
     """The events, final ownership and planted faults of scenario ``name``."""
-    from s2trace.errors import InputError
 
     if name not in SCENARIOS:
         raise InputError(f"scenario {name!r}: expected one of {', '.join(SCENARIOS)}")

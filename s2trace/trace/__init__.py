@@ -7,13 +7,20 @@
 * :func:`replay` runs the pKVM ownership state machine into intervals and violations;
 * :func:`owner_at`, :func:`history`, :func:`snapshot`, :func:`explain`, :func:`diff_maps`
   answer questions about the timeline;
-* :func:`analyze` does all of it for a trace file or a capture folder.
+* the whole pipeline for a trace file or a capture folder is the job
+  :func:`s2trace.jobs.analyze`.
 """
 
-from s2trace.trace.cache import read_events, write_events
-from s2trace.trace.hypercalls import hypercall_names, hypercall_table, parse_kvm_asm_h
-from s2trace.trace.pipeline import Analysis, analyze, parse_linear_map, parse_time
-from s2trace.trace.probes import probe_lines, probe_script
+from s2trace.trace.parse.cache import read_events, write_events
+from s2trace.trace.parse.readers import (
+    LOST_EVENT,
+    TRACE_FORMATS,
+    Trace,
+    detect_format,
+    fields,
+    parse_uint,
+    read_trace,
+)
 from s2trace.trace.queries import (
     MAP_DIFF,
     OwnerAnswer,
@@ -23,16 +30,9 @@ from s2trace.trace.queries import (
     owner_at,
     snapshot,
 )
-from s2trace.trace.readers import (
-    LOST_EVENT,
-    TRACE_FORMATS,
-    Trace,
-    detect_format,
-    fields,
-    parse_uint,
-    read_trace,
-)
 from s2trace.trace.recipes import Recipe, RecipeSet, load_recipes, to_transitions
+from s2trace.trace.recipes.hypercalls import hypercall_names, hypercall_table, parse_kvm_asm_h
+from s2trace.trace.recipes.probes import probe_lines, probe_script
 from s2trace.trace.replay import InitialRange, Timeline, replay
 from s2trace.trace.synth_helpers import make_transitions, transitions_frame
 
@@ -40,14 +40,12 @@ __all__ = [
     "LOST_EVENT",
     "MAP_DIFF",
     "TRACE_FORMATS",
-    "Analysis",
     "InitialRange",
     "OwnerAnswer",
     "Recipe",
     "RecipeSet",
     "Timeline",
     "Trace",
-    "analyze",
     "detect_format",
     "diff_maps",
     "explain",
@@ -59,8 +57,6 @@ __all__ = [
     "make_transitions",
     "owner_at",
     "parse_kvm_asm_h",
-    "parse_linear_map",
-    "parse_time",
     "parse_uint",
     "probe_lines",
     "probe_script",

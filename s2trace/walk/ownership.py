@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.columns import MAP
-from s2trace.walk.walker import WalkResult
+from s2trace.walk.result import WalkResult
 
 __all__ = ["ATTRIBUTES", "Summary", "coalesce", "summarize"]
 

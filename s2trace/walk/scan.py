@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.arch.geometry import Geometry, Granule
-from s2trace.arch.registers import config_from_registers
+from s2trace.arch.registers import config_from_registers, encode_vtcr
 from s2trace.decode.numpy_engine import decode_ownership
 from s2trace.errors import InputError, ProblemLog
 from s2trace.walk.tables import TableWalk
@@ -144,9 +144,8 @@ def scan(
     if g is not Granule.K4:
         raise InputError("scan knows the 4k host stage-2 layout only (48-bit IPA, level 0)")
     geometry = Geometry(g)
-    from s2trace.testing import make_vtcr
 
-    vtcr = make_vtcr(geometry, 48, 0)
+    vtcr = encode_vtcr(geometry, 48, 0)
     roots = _identity_next_level(memory, geometry, _root_candidates(memory, geometry))
     rows = []
     for root in roots[:deep]:

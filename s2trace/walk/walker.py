@@ -18,7 +18,6 @@ on (nothing is dropped silently):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,8 @@ from s2trace.columns import MAP
 from s2trace.decode.numpy_engine import decode_array, decode_ownership, res0_masks
 from s2trace.errors import Problem, ProblemLog
 from s2trace.pkvm.profiles import Profile, get_profile
+from s2trace.walk.ownership import coalesce as merge
+from s2trace.walk.result import WalkResult
 from s2trace.walk.tables import LevelChunk, Memory, TableWalk
 
 __all__ = ["AUTO", "Memory", "WalkResult", "detect_profile", "walk"]
@@ -42,23 +43,6 @@ _TABLE, _BLOCK, _PAGE, _INVALID, _RESERVED = range(len(KINDS))
 AUTO = "auto"
 #: Profiles :func:`detect_profile` chooses between (facts §2.1, §2.2).
 _AUTO_7X, _AUTO_6X = "linux-7.1", "linux-5.15"
-
-
-@dataclass
-class WalkResult:
-    """A walk's outputs: the map, the tables visited, the problems, and provenance."""
-
-    map: pd.DataFrame
-    tables: pd.DataFrame
-    problems: ProblemLog
-    config: Stage2Config
-    profile: Profile
-    fwb: bool = False
-    meta: dict[str, Any] = field(default_factory=dict)
-    #: Entries read, by kind (``invalid`` counts annotated ones; ``zero`` the empty ones).
-    entry_counts: dict[str, int] = field(default_factory=dict)
-    #: What was decided on the caller's behalf (registers recovered, profile warnings ...).
-    notes: list[str] = field(default_factory=list)
 
 
 def _problem(log: ProblemLog, kind: str, where: int, detail: str, level: int) -> None:
@@ -142,8 +126,6 @@ def walk(
     entry_counts["invalid"] -= entry_counts["zero"]
     result_map = _finish(pieces)
     if coalesce:
-        from s2trace.walk.ownership import coalesce as merge
-
         result_map = merge(result_map, g.granule.value)
         meta["coalesced"] = True
     return WalkResult(result_map, traversal.tables(), log, config, prof, fwb, meta, entry_counts)

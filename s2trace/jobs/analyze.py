@@ -1,0 +1,145 @@
+"""The whole trace pipeline in one call: trace lines -> events -> transitions -> timeline.
+
+:func:`analyze` is what the CLI's ``timeline``/``owner``/``explain``/``violations``/``plot``
+commands and the notebooks call.  It accepts a trace file or a capture folder (whose
+``capture.toml`` names the trace, the kernel version and the linear-map offset), and keeps
+every stage's output and every problem found on the way, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from s2trace.allocator import release_memory
+from s2trace.errors import InputError, ProblemLog
+from s2trace.jobs.capture import is_capture, load_capture
+from s2trace.trace.parse.readers import read_trace
+from s2trace.trace.recipes import load_recipes, to_transitions
+from s2trace.trace.replay import replay
+
+__all__ = ["Analysis", "analyze", "parse_linear_map", "parse_time"]
+
+
+@dataclass
+class Analysis:
+    """Every stage of one trace analysis."""
+
+    source: Path
+    events: pd.DataFrame
+    transitions: pd.DataFrame
+    timeline: Any  # s2trace.trace.replay.Timeline
+    problems: ProblemLog
+    kernel: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def intervals(self) -> pd.DataFrame:
+        return self.timeline.intervals
+
+    @property
+    def violations(self) -> pd.DataFrame:
+        return self.timeline.violations
+
+
+def parse_linear_map(text: str | None) -> tuple[int, int] | None:
+    """``VA=PA`` (or ``VA:PA``) of the kernel linear map, e.g. ``0xffff000000000000=0x40000000``."""
+    if not text:
+        return None
+    va, sep, pa = (
+        re.split(r"([=:])", text, maxsplit=1) if re.search(r"[=:]", text) else (text, "", "")
+    )
+    if not sep:
+        raise InputError(
+            f"--linear-map {text!r}: expected VA=PA, e.g. 0xffff000000000000=0x40000000"
+        )
+    try:
+        return int(va, 0), int(pa, 0)
+    except ValueError:
+        raise InputError(f"--linear-map {text!r}: VA and PA must be numbers") from None
+
+
+_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def parse_time(text: str | None) -> float | None:
+    """A time in the trace's units (seconds, as ftrace prints them), or with a unit suffix
+    (``18.5``, ``18537023us``, ``0x10`` for hex seconds)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9.eE+-]+|0x[0-9a-fA-F]+)\s*(s|ms|us|ns)?\s*", str(text))
+    if not m:
+        raise InputError(f"time {text!r}: expected seconds like 18.537023 (or with s/ms/us/ns)")
+    value = int(m.group(1), 16) if m.group(1).startswith("0x") else float(m.group(1))
+    return float(value) * _UNITS[m.group(2) or "s"]
+
+
+def analyze(
+    path: str | Path,
+    *,
+    recipes: Sequence[str | Path] = (),
+    kernel: str | None = None,
+    linear_map: tuple[int, int] | None = None,
+    page_size: int = 4096,
+    strict: bool = False,
+    initial: pd.DataFrame | None = None,
+    progress: bool | None = None,
+    use_cache: bool = True,
+) -> Analysis:
+    """Read a trace (file or capture folder), derive transitions and replay them.
+
+    ``kernel`` picks the hypercall table, the recipes' version conditions and the replay's
+    rules (default: the capture's kernel, else 6.12); ``linear_map`` converts kernel
+    linear-map addresses (default: the capture's); ``initial`` is an ownership map to start
+    from (default: the host owns everything).
+    """
+
+    source = Path(path)
+    meta: dict[str, Any] = {}
+    if is_capture(source):
+        cap = load_capture(source)
+        if cap.trace is None:
+            raise InputError(f'{source}: the capture names no trace (add trace = "FILE")')
+        kernel = kernel or cap.kernel
+        linear_map = linear_map or cap.linear_map
+        meta["capture"] = str(cap.folder)
+        source = cap.trace
+    elif not source.exists():
+        raise InputError(f"{source}: no such trace file or capture folder")
+    kernel = kernel or "6.12"
+    trace = read_trace(source, strict=strict, progress=progress, use_cache=use_cache)
+    release_memory()  # each stage's freed temporaries: not held into the next stage's peak
+    problems = ProblemLog(strict=strict)
+    problems.extend(trace.problems)
+    recipe_set = load_recipes(list(recipes), kernel=kernel)
+    transitions, recipe_problems = to_transitions(
+        trace.events,
+        recipe_set,
+        kernel=kernel,
+        linear_map=linear_map,
+        page_size=page_size,
+        strict=strict,
+    )
+    problems.extend(recipe_problems)
+    release_memory()
+    timeline = replay(
+        transitions, initial=initial, page_size=page_size, kernel=kernel, strict=strict
+    )
+    release_memory()
+    meta.update(
+        kernel=kernel,
+        trace=str(source),
+        format=trace.fmt,
+        lines=trace.lines,
+        events=len(trace.events),
+        transitions=len(transitions),
+        violations=len(timeline.violations),
+    )
+    if linear_map:
+        meta["linear_map"] = f"{linear_map[0]:#x}={linear_map[1]:#x}"
+    return Analysis(source, trace.events, transitions, timeline, problems, kernel, meta)

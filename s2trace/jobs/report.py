@@ -1,0 +1,368 @@
+"""The whole job for one capture folder: walk, replay, diff, violations, plots, one screen.
+
+:func:`build_report` takes a capture folder (:mod:`s2trace.jobs.capture`: a dump, its registers
+and kernel version, optionally a trace and symbols) and runs every stage the folder allows:
+
+1. walk the host stage 2 of the dump into the ownership map (registers from ``capture.toml``,
+   else recovered from the dump's memory) and summarise it;
+2. read the trace, derive transitions, replay them (:func:`s2trace.trace.analyze`);
+3. compare the replay's final ownership with the dump (:func:`~s2trace.trace.diff_maps`):
+   disagreements on pages the trace touched are real discrepancies; ranges only the dump
+   shows as not host-owned were set before the trace started (boot, earlier VMs) and are
+   reported apart;
+4. check pKVM's own bookkeeping in the dump (:func:`s2trace.hyp.check.check_dump`) when the
+   folder gives TTBR0_EL2 and TCR_EL2;
+5. with ``out_dir``, write the tables as CSV, the three plots (:mod:`s2trace.plots`) as PNG
+   and the text as ``report.txt``.
+
+:func:`render_text` turns the :class:`Report` into about one screen of text.  Damage found on
+the way (walk or trace problems) is counted in the report, never dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from s2trace.errors import InputError
+from s2trace.hyp.check import check_dump
+from s2trace.hyp.guests import find_guests
+from s2trace.hyp.memcache import name_untraced, unnamed_topups
+from s2trace.io import open_memory
+from s2trace.jobs.analyze import analyze
+from s2trace.jobs.capture import Capture, is_capture, load_capture
+from s2trace.jobs.walk import request_from_capture, walk_dump
+from s2trace.plots import plot_churn, plot_map, plot_owners
+from s2trace.trace.queries import diff_maps, snapshot
+from s2trace.walk.ownership import summarize
+
+__all__ = ["Report", "build_report", "render_text", "write_outputs"]
+
+
+@dataclass
+class Report:
+    """Everything :func:`build_report` found (stages the folder does not allow are None).
+
+    ``diff`` has the MAP_DIFF columns plus ``traced`` (True: the trace touched the range, so
+    the replay and the dump really disagree; False: only the dump has it, set before tracing).
+    """
+
+    capture: Capture
+    walk: Any  # s2trace.walk.walker.WalkResult
+    summary: Any  # s2trace.walk.ownership.Summary
+    analysis: Any | None = None  # s2trace.jobs.analyze.Analysis
+    diff: pd.DataFrame | None = None
+    check: Any | None = None  # s2trace.hyp.check.CheckResult
+    notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    topups: pd.DataFrame | None = None  # memcache top-ups the trace cannot name
+    memcache: pd.DataFrame | None = None  # untraced ranges, with the dump's name for them
+
+    @property
+    def violations(self) -> pd.DataFrame | None:
+        return None if self.analysis is None else self.analysis.violations
+
+    @property
+    def disagreements(self) -> pd.DataFrame:
+        """Diff rows on pages the trace touched."""
+        if self.diff is None:
+            return pd.DataFrame()
+        return self.diff[self.diff["traced"]].reset_index(drop=True)
+
+    @property
+    def untraced(self) -> pd.DataFrame:
+        """Diff rows only the dump explains (ownership set before the trace began)."""
+        if self.diff is None:
+            return pd.DataFrame()
+        return self.diff[~self.diff["traced"]].reset_index(drop=True)
+
+    def text(self) -> str:
+        return render_text(self)
+
+
+# ---------------------------------------------------------------------------------------------
+def _walk(cap: Capture, notes: list[str], strict: bool) -> Any:
+
+    result = walk_dump(request_from_capture(cap.folder, coalesce=True, strict=strict))
+    notes.extend(result.notes)
+    return result
+
+
+def _memcache(cap: Capture, report: Report, notes: list[str]) -> tuple[Any, Any]:
+    """Memcache top-ups the trace cannot name, and the untraced ranges the dump's guest
+    stage 2s name (:mod:`s2trace.hyp.memcache`)."""
+
+    a = report.analysis
+    topups = unnamed_topups(a.events, a.transitions)
+    if not len(topups) or cap.reg("ttbr0_el2") is None or cap.kallsyms is None:
+        return topups, None
+
+    try:
+        with open_memory(list(cap.dump)) as memory:
+            guests = find_guests(
+                memory,
+                cap.reg("ttbr0_el2"),
+                cap.reg("tcr_el2"),
+                kallsyms=cap.kallsyms,
+                iomem=cap.iomem,
+                host_map=report.walk.map,
+                hcr=cap.reg("hcr_el2"),
+            )
+    except InputError as exc:
+        notes.append(f"memcache pages not named from the dump: {exc}")
+        return topups, None
+    return topups, name_untraced(report.untraced, guests)
+
+
+def _check(cap: Capture, notes: list[str]) -> Any | None:
+    regs = ("vttbr_el2", "vtcr_el2", "ttbr0_el2", "tcr_el2")
+    if any(cap.reg(r) is None for r in regs):
+        notes.append("hyp bookkeeping not checked: capture.toml gives no TTBR0_EL2/TCR_EL2")
+        return None
+
+    memory = open_memory(list(cap.dump))
+    try:
+        return check_dump(
+            memory,
+            *(int(cap.reg(r)) for r in regs),  # type: ignore[arg-type]
+            kernel=cap.kernel,
+            hcr=cap.reg("hcr_el2"),
+            mair=cap.reg("mair_el2"),
+            kallsyms=cap.kallsyms,
+            iomem=cap.iomem,
+        )
+    finally:
+        memory.close()
+
+
+def _diff(analysis: Any, walk_map: pd.DataFrame) -> pd.DataFrame:
+
+    diff = diff_maps(snapshot(analysis.timeline), walk_map)
+    # The final snapshot covers exactly the pages some transition touched, so a range it
+    # covers is a traced one.
+    diff["traced"] = diff["expected_owner"].notna().to_numpy(dtype=bool)
+    return diff
+
+
+def build_report(
+    capture_dir: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    plots: bool = True,
+    check: bool = True,
+    strict: bool = False,
+    use_cache: bool = True,
+) -> Report:
+    """Run every stage the capture folder allows (module docstring); write files to
+    ``out_dir`` when given."""
+
+    if not is_capture(capture_dir):
+        raise InputError(f"{capture_dir}: not a capture folder (no capture.toml, no host-s2.elf)")
+    cap = load_capture(capture_dir)
+    notes: list[str] = []
+    walked = _walk(cap, notes, strict)
+    report = Report(cap, walked, summarize(walked), notes=notes)
+    if cap.trace is not None:
+        report.analysis = analyze(cap.folder, strict=strict, progress=False, use_cache=use_cache)
+        report.diff = _diff(report.analysis, walked.map)
+        report.topups, report.memcache = _memcache(cap, report, notes)
+    else:
+        notes.append("no trace in the capture: nothing to replay")
+    if check:
+        report.check = _check(cap, notes)
+    if out_dir is not None:
+        report.files = write_outputs(report, out_dir, plots=plots)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------
+def write_outputs(report: Report, out_dir: str | Path, *, plots: bool = True) -> list[Path]:
+    """CSV tables, PNG plots (when there is a trace) and ``report.txt`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables: dict[str, pd.DataFrame | None] = {"map": report.walk.map}
+    a = report.analysis
+    if a is not None:
+        tables.update(
+            transitions=a.transitions,
+            intervals=a.intervals,
+            violations=a.violations,
+            diff=report.diff,
+        )
+    if report.check is not None:
+        tables["breaches"] = report.check.breaches
+    files = []
+    for name, frame in tables.items():
+        if frame is None:
+            continue
+        path = out / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        files.append(path)
+    if plots and a is not None and len(a.intervals):
+        figures = {
+            "churn": lambda: plot_churn(a.transitions, a.violations),
+            "owners": lambda: plot_owners(a.intervals, a.violations, transitions=a.transitions),
+            "map": lambda: plot_map(a.intervals, a.violations, transitions=a.transitions),
+        }
+        for name, make in figures.items():
+            path = out / f"{name}.png"
+            make().savefig(path, dpi=110)
+            files.append(path)
+    text = out / "report.txt"
+    files.append(text)
+    report.files = files
+    text.write_text(render_text(report))
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _union_bytes(intervals: pd.DataFrame) -> int:
+    """Bytes covered by the union of the intervals' address ranges (any time)."""
+    if not len(intervals):
+        return 0
+    order = np.argsort(intervals["addr_start"].to_numpy(dtype=np.uint64), kind="stable")
+    start = intervals["addr_start"].to_numpy(dtype=np.int64)[order]
+    end = start + intervals["size"].to_numpy(dtype=np.int64)[order]
+    reach = np.maximum.accumulate(end)
+    new = np.r_[True, start[1:] >= reach[:-1]]
+    heads = np.flatnonzero(new)
+    tails = np.r_[heads[1:], len(start)] - 1
+    return int((reach[tails] - start[heads]).sum())
+
+
+def _owners_line(walk_map: pd.DataFrame) -> str:
+    key = walk_map["owner"].astype("object").fillna("?") + np.where(
+        walk_map["page_state"].isna(), "", "/" + walk_map["page_state"].astype("object").fillna("")
+    )
+    sizes = walk_map["size"].groupby(key.to_numpy()).sum().sort_values(ascending=False)
+    return ", ".join(f"{k} {_human(float(v))}" for k, v in sizes.items())
+
+
+def _counts(series: pd.Series) -> str:
+    c = series.astype("object").value_counts()
+    return ", ".join(f"{k} {v}" for k, v in c.items()) or "none"
+
+
+def _problems(log: Any) -> str:
+    counts = log.counts()
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else "none"
+
+
+def _ranges(frame: pd.DataFrame, limit: int) -> list[str]:
+    out = []
+    for r in frame.head(limit).itertuples(index=False):
+        exp = f"{r.expected_owner}/{r.expected_state}" if not pd.isna(r.expected_owner) else "-"
+        act = f"{r.actual_owner}/{r.actual_state}" if not pd.isna(r.actual_owner) else "-"
+        out.append(
+            f"    {int(r.ipa_start):#014x} +{_human(float(r.size)):>9}  trace {exp}  dump {act}"
+        )
+    if len(frame) > limit:
+        out.append(f"    ... {len(frame) - limit} more (diff.csv)")
+    return out
+
+
+def _named_by_dump(report: Report) -> pd.DataFrame:
+    m = report.memcache
+    if m is None or not len(m):
+        return pd.DataFrame({"size": pd.Series([], dtype="uint64")})
+    return m[m["named_by_dump"].notna()]
+
+
+def _memcache_lines(report: Report, named: pd.DataFrame) -> list[str]:
+    t = report.topups
+    if t is None or not len(t):
+        return []
+    asked = int(t["pages"].fillna(0).sum())
+    when = ", ".join(f"t={r.ts:.6f} (line {r.line})" for r in t.head(3).itertuples())
+    out = [
+        f"memcache {len(t)} top-up(s) of {asked} page(s) at {when}: the trace does not name "
+        "the pages (unknown until a dump names them)"
+    ]
+    if len(named):
+        names = sorted(set(named["named_by_dump"].astype(str)))
+        pages = int(named["size"].sum()) // 4096
+        out.append(
+            f"         the dump names {pages} of them: {', '.join(names)} "
+            f"({', '.join(f'{int(a):#x}' for a in named['ipa_start'].head(4))})"
+        )
+    return out
+
+
+def render_text(report: Report, *, limit: int = 5) -> str:
+    """One screen: what was read, what was found, where the outputs are, and a verdict."""
+    cap, w = report.capture, report.walk
+    cfg = w.config
+    lines = [
+        f"capture  {cap.folder}  (kernel {cap.kernel or '?'}, profile {w.profile.name})",
+        f"dump     {', '.join(Path(d.split('@')[0]).name for d in cap.dump)}: root "
+        f"{cfg.root:#x}, {cfg.ia_bits}-bit IPA, {cfg.geometry.label}, start level "
+        f"{cfg.start_level}; {len(w.map)} ranges, {len(w.tables)} tables, problems "
+        f"{_problems(w.problems)}",
+        f"owners   {_owners_line(w.map)}",
+    ]
+    a = report.analysis
+    verdict = []
+    if a is not None:
+        tr = a.transitions
+        ts = tr["ts"].to_numpy(dtype=np.float64)
+        ts = ts[np.isfinite(ts)]
+        span = f", t {ts.min():.6f}..{ts.max():.6f} s" if len(ts) else ""
+        lines.append(
+            f"trace    {Path(a.meta['trace']).name} ({a.meta['format']}): {a.meta['events']} "
+            f"events, {len(tr)} transitions ({_counts(tr['op'][tr['op'].notna()])}){span}; "
+            f"problems {_problems(a.problems)}"
+        )
+        pages = _union_bytes(a.intervals) // 4096
+        lines.append(
+            f"replay   {len(a.intervals)} intervals over {pages} pages; "
+            f"{len(a.violations)} violation(s)"
+        )
+        for r in a.violations.head(limit).itertuples(index=False):
+            lines.append(
+                f"    line {r.line} t={r.ts:.6f} {r.op} {int(r.addr):#x} +{_human(float(r.size))}: "
+                f"{r.check}"
+            )
+        if len(a.violations) > limit:
+            lines.append(f"    ... {len(a.violations) - limit} more (violations.csv)")
+        dis, pre = report.disagreements, report.untraced
+        lines.append(
+            f"diff     trace end vs dump: {len(dis)} disagreement(s) on traced pages"
+            + (f" ({_human(float(dis['size'].sum()))})" if len(dis) else "")
+        )
+        lines += _ranges(dis, limit)
+        named = _named_by_dump(report)
+        if len(pre):
+            lines.append(
+                f"         {len(pre) - len(named)} range(s), "
+                f"{_human(float(pre['size'].sum() - named['size'].sum()))}, not host-owned "
+                "in the dump and never in the trace (set before tracing began, e.g. at boot)"
+            )
+        lines += _memcache_lines(report, named)
+        if len(a.violations):
+            verdict.append(f"{len(a.violations)} ownership violation(s) in the trace")
+        if len(dis):
+            verdict.append(f"{len(dis)} range(s) where the dump contradicts the trace")
+    if report.check is not None:
+        lines.append(f"check    {report.check.verdict()}")
+        if not report.check.consistent:
+            verdict.append("pKVM bookkeeping inconsistent in the dump")
+    lines += [f"note     {n}" for n in report.notes]
+    if report.files:
+        folder = report.files[0].parent
+        lines.append(f"outputs  {folder}/: " + " ".join(p.name for p in report.files))
+    lines.append(
+        "verdict  " + ("; ".join(verdict) if verdict else "OK: nothing contradicts pKVM's rules")
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,178 @@
+"""Walk a dump the way a user names it: files or a capture folder, registers given or found.
+
+:func:`walk_dump` is the one entry point behind ``s2trace decode DUMP``, ``diff``, ``report``
+and the notebooks.  It opens the memory, takes the registers from the request (or recovers
+them from the ``kvm_nvhe_init_params`` in memory), chooses the annotation profile (given, from
+the kernel version, or detected from the dump), walks, and on kernels that keep page states
+in the hypervisor's ``hyp_vmemmap`` reads them through the hyp stage 1.  What it decided on
+its own goes to ``result.notes`` (one line each), so callers can say so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from s2trace.arch.registers import config_from_registers
+from s2trace.errors import InputError
+from s2trace.hyp.check import enrich_with_vmemmap
+from s2trace.hyp.init_params import registers_from_memory
+from s2trace.io import open_memory
+from s2trace.jobs.capture import load_capture
+from s2trace.pkvm.profiles import get_profile, profile_for_kernel
+from s2trace.walk.walker import AUTO, detect_profile, walk
+
+__all__ = ["DumpRequest", "request_from_capture", "walk_dump"]
+
+_HCR_FWB = 1 << 46
+
+
+@dataclass(frozen=True)
+class DumpRequest:
+    """What to walk and how.  ``None`` means "work it out" (see :func:`walk_dump`)."""
+
+    specs: tuple[str, ...]
+    base: int = 0
+    vttbr: int | None = None
+    vtcr: int | None = None
+    config: Any = None  # an explicit Stage2Config (``--root``), instead of registers
+    profile: Any = None  # a name, a Profile, "auto", or None (kernel version, else auto)
+    profiles_file: str | None = None
+    kernel: str | None = None
+    fwb: bool | None = None
+    ttbr0_el2: int | None = None
+    tcr_el2: int | None = None
+    hcr_el2: int | None = None
+    vmemmap_va: int | None = None
+    kallsyms: str | Path | None = None
+    iomem: str | Path | None = None
+    include_zero: bool = False
+    coalesce: bool = False
+    strict: bool = False
+    capture: Any = None  # the Capture it came from, if any
+
+
+def request_from_capture(folder: str | Path, **overrides: Any) -> DumpRequest:
+    """A request from a capture folder's ``capture.toml`` (or its conventional layout);
+    ``overrides`` that are not None win over the folder's values."""
+
+    cap = load_capture(folder)
+    req = DumpRequest(
+        specs=tuple(cap.dump),
+        vttbr=cap.reg("vttbr_el2"),
+        vtcr=cap.reg("vtcr_el2"),
+        kernel=cap.kernel,
+        ttbr0_el2=cap.reg("ttbr0_el2"),
+        tcr_el2=cap.reg("tcr_el2"),
+        hcr_el2=cap.reg("hcr_el2"),
+        kallsyms=cap.kallsyms,
+        iomem=cap.iomem,
+        capture=cap,
+    )
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "config" in given:  # explicit geometry replaces the folder's registers
+        req = replace(req, vttbr=None, vtcr=None)
+    if "ttbr0_el2" in given or "tcr_el2" in given:
+        req = replace(req, ttbr0_el2=None, tcr_el2=None)
+    return replace(req, **given)
+
+
+def _profile(req: DumpRequest) -> Any:
+
+    spec = req.profile
+    if spec is not None and not isinstance(spec, str):
+        return spec
+    if not spec and req.kernel:
+        spec = profile_for_kernel(str(req.kernel))
+    if not spec or spec == AUTO:
+        return AUTO
+    return get_profile(spec, req.profiles_file)
+
+
+def walk_dump(req: DumpRequest, progress: Callable[[int, int], None] | None = None) -> Any:
+    """Open ``req.specs``, walk the host stage 2 and return the WalkResult (map with vmemmap
+    page states where they can be read; ``notes`` says what was decided)."""
+
+    if (req.vttbr is None) != (req.vtcr is None):
+        raise InputError("VTTBR_EL2 and VTCR_EL2 go together")
+    if (req.ttbr0_el2 is None) != (req.tcr_el2 is None):
+        raise InputError("TTBR0_EL2 and TCR_EL2 go together")
+    notes: list[str] = []
+    config = req.config
+    if config is None and req.vttbr is not None:
+        config = config_from_registers(req.vttbr, req.vtcr)
+    fwb = req.fwb if req.fwb is not None else bool((req.hcr_el2 or 0) & _HCR_FWB)
+    hyp = (req.ttbr0_el2, req.tcr_el2, req.hcr_el2) if req.ttbr0_el2 is not None else None
+    best_effort = hyp is None
+    memory = open_memory(list(req.specs), base=req.base)
+    try:
+        if config is None:
+            regs, note = registers_from_memory(memory, req.kallsyms, req.iomem, label=req.specs[0])
+            notes.append(f"no VTTBR_EL2/VTCR_EL2 given; {note}")
+            config = regs.config()
+            fwb = fwb or regs.fwb
+            if hyp is None:
+                hyp = (regs.ttbr0_el2, regs.tcr_el2, regs.hcr_el2)
+        result = walk(
+            memory,
+            config,
+            _profile(req),
+            fwb=fwb,
+            include_zero=req.include_zero,
+            coalesce=req.coalesce,
+            strict=req.strict,
+            progress=progress,
+        )
+        notes += _profile_mismatch(result)
+        if hyp is not None and (req.vmemmap_va is not None or req.kallsyms is not None):
+            try:
+                _enrich(result, memory, hyp, req)
+            except InputError as exc:
+                if not best_effort:
+                    raise
+                notes.append(f"page states not read from the vmemmap: {exc}")
+    finally:
+        memory.close()
+    for p in getattr(memory, "problems", []):
+        result.problems.add(p)
+    result.notes = notes
+    return result
+
+
+def _profile_mismatch(result: Any) -> list[str]:
+    """A profile without the 7.1 type field, chosen by hand, on a dump with 7.1 entries."""
+
+    if result.profile.type_bits is None and "profile_reason" not in result.meta:
+        name, reason = detect_profile(result.map)
+        if name == "linux-7.1":
+            return [
+                f"warning: profile {result.profile.name} reads 6.x owner fields, but the "
+                f"dump holds 7.1+ entries ({reason.removeprefix('auto: ')}); try "
+                "--profile linux-7.1"
+            ]
+    return []
+
+
+def _enrich(result: Any, memory: Any, hyp: tuple[int, int, int | None], req: DumpRequest) -> None:
+    """Replace the map by the map with vmemmap page states (HOST_STATE_MAP columns):
+    ``struct hyp_page`` of every page, read through the hyp stage 1, blocks split where the
+    states differ; the kernel layout from the kernel version, else guessed from the dump."""
+
+    ttbr0, tcr, hcr = hyp
+    result.map = enrich_with_vmemmap(
+        result,
+        memory,
+        ttbr0,
+        tcr,
+        vmemmap_va=req.vmemmap_va,
+        kallsyms=req.kallsyms,
+        kernel=req.kernel,
+        iomem=req.iomem,
+        hcr=hcr,
+    )
+    va = req.vmemmap_va
+    result.meta["page_states"] = "hyp_vmemmap" + (f" at {va:#x}" if va is not None else "")
+    if req.kernel:
+        result.meta["kernel"] = str(req.kernel)

@@ -1,0 +1,282 @@
+"""One padded chunk of trace text, and vectorised byte tests over it (SWAR).
+
+A chunk is the text of whole lines, in a buffer with :data:`FRONT` zero bytes before it and a
+final newline then :data:`BACK` zero bytes after it (:func:`padded`), so that 64-bit words read
+a little before or after any position stay in bounds.  :class:`Chunk` gives the line spans and
+the tests the scanners make at many positions at once: eight bytes at a time in 64-bit words
+(SWAR: bit 7 of each byte is its flag), numbers decoded the same way, and text cut out as Arrow
+string views over the buffer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from s2trace.trace.parse.eventcols import STR
+
+__all__ = [
+    "BACK",
+    "BYTES",
+    "COLON",
+    "CR",
+    "DASH",
+    "DOT",
+    "FRONT",
+    "HASH",
+    "LBR",
+    "LPAR",
+    "NL",
+    "RBR",
+    "RPAR",
+    "SP",
+    "TAB",
+    "Chunk",
+    "U",
+    "blanks_then_digits",
+    "ctz",
+    "digits_then_blanks",
+    "low_bits",
+    "movemask",
+    "padded",
+    "popcount",
+    "zero_bytes",
+]
+
+FRONT = 32  # zero bytes before a chunk's data: windows that look back stay in bounds
+BACK = 96  # zero bytes after it (after the final newline): windows that look ahead
+SP, TAB, NL, CR = 0x20, 0x09, 0x0A, 0x0D
+LBR, RBR, COLON, DASH, DOT, LPAR, RPAR, HASH = (ord(c) for c in "[]:-.()#")
+
+
+def padded(buf: np.ndarray, n: int) -> np.ndarray:
+    """The chunk ``buf[FRONT:FRONT+n]`` made ready for parsing, in place when possible:
+    zero bytes before it, a final newline, ``BACK`` zero bytes after, valid UTF-8."""
+    data = buf[FRONT : FRONT + n]
+    if n and data.max() >= 0x80:
+        blob = data.tobytes()
+        try:
+            blob.decode("utf-8")
+        except UnicodeDecodeError:
+            # Arrow strings must be UTF-8: replace bad bytes (never a newline) with U+FFFD.
+            fixed = np.frombuffer(blob.decode("utf-8", "replace").encode("utf-8"), np.uint8)
+            n = len(fixed)
+            buf = np.zeros(FRONT + n + 1 + BACK, np.uint8)
+            buf[FRONT : FRONT + n] = fixed
+    if n == 0 or buf[FRONT + n - 1] != NL:
+        buf[FRONT + n] = NL
+        n += 1
+    buf[FRONT + n : FRONT + n + BACK] = 0
+    return buf[: FRONT + n + BACK]
+
+
+# -- SWAR helpers: eight bytes per 64-bit word, bit 7 of each byte as its flag -------------------
+U = np.uint64
+BYTES = U(0x0101010101010101)
+_HI = U(0x8080808080808080)
+_LO7 = U(0x7F7F7F7F7F7F7F7F)
+_ASCII0 = U(0x3030303030303030)
+_HIGH_NIBBLES = U(0xF0F0F0F0F0F0F0F0)
+_PLUS6 = U(0x0606060606060606)
+_LOW_BYTES = U(0x000000FF000000FF)
+_MUL_A = U(100 + (1000000 << 32))
+_MUL_B = U(1 + (10000 << 32))
+_GATHER = U(0x0102040810204080)
+#: _KEEP[n]: mask of the low n bytes of a word
+_KEEP = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=U)
+
+
+def zero_bytes(x: np.ndarray) -> np.ndarray:
+    """Flag (bit 7) of each byte of ``x`` that is 0 (exact: no carries between bytes)."""
+    return ~(((x & _LO7) + _LO7) | x) & _HI
+
+
+def _above(x: np.ndarray, limit: int) -> np.ndarray:
+    """Flag of each byte of ``x`` greater than ``limit`` (< 0x80)."""
+    return (((x & _LO7) + BYTES * U(0x7F - limit)) | x) & _HI
+
+
+def movemask(flags: np.ndarray) -> np.ndarray:
+    """Byte flags -> an 8-bit mask, bit i for byte i."""
+    return ((flags >> U(7)) * _GATHER) >> U(56)
+
+
+def ctz(m: np.ndarray) -> np.ndarray:
+    """Number of trailing zero bits (64 for 0)."""
+    return np.bitwise_count((m & (~m + U(1))) - U(1)).astype(np.int64)
+
+
+def popcount(m: np.ndarray) -> np.ndarray:
+    """Number of set bits."""
+    return np.bitwise_count(m).astype(np.int64)
+
+
+def low_bits(width: int) -> np.uint64:
+    """A mask of the low ``width`` bits (one bit per byte of a ``width``-byte field)."""
+    return U((1 << width) - 1)
+
+
+class Chunk:
+    """One padded chunk (see :func:`padded`): its buffer and line spans.
+
+    ``words`` is the (unaligned, little-endian) 64-bit word at every position: the bytes at a
+    set of positions are gathered with one 1-D fancy index per 8 bytes, and tested eight at a
+    time with the SWAR helpers above (no 2-D byte arrays, no per-row reductions).
+    """
+
+    def __init__(self, buf: np.ndarray) -> None:
+        self.buf = buf
+        self.end = len(buf) - BACK  # one past the final newline
+        self.pa_buf = pa.py_buffer(buf)
+        self.words = np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
+        nl = np.flatnonzero(buf[FRONT : self.end] == NL) + FRONT
+        self.st = np.empty(len(nl), np.int64)
+        self.st[:1] = FRONT
+        self.st[1:] = nl[:-1] + 1
+        self.nl = nl
+        en = nl.copy()
+        cr = (en > self.st) & (buf[en - 1] == CR)
+        en[cr] -= 1
+        self.en = en
+
+    def masks(self, start: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bit masks over the ``width`` (<= 64) bytes from each start: (digits, spaces,
+        blanks), blanks being any byte <= 0x20 (space, tab, line end, control)."""
+        digit = np.zeros(len(start), U)
+        space = np.zeros(len(start), U)
+        blank = np.zeros(len(start), U)
+        for k in range(-(-width // 8)):
+            w = self.words[start + 8 * k]
+            x = w ^ _ASCII0
+            shift = U(8 * k)
+            digit |= movemask(~(_above(x, 9)) & _HI) << shift
+            space |= movemask(zero_bytes(w ^ (BYTES * U(SP)))) << shift
+            blank |= movemask(~_above(w, SP) & _HI) << shift
+        full = U(0xFFFFFFFFFFFFFFFF) if width >= 64 else low_bits(width)
+        return digit & full, space & full, blank & full
+
+    def find(self, start: np.ndarray, width: int, byte: int) -> np.ndarray:
+        """Offset of the first ``byte`` in the ``width`` (<= 64) bytes from each start
+        (``width`` or more when there is none).  Eight bytes per round, each round only for
+        the rows still searching."""
+        found = np.full(len(start), 64, np.int64)
+        todo = np.arange(len(start))
+        pattern = BYTES * U(byte)
+        for k in range(-(-width // 8)):
+            if not len(todo):
+                break
+            hits = movemask(zero_bytes(self.words[start[todo] + 8 * k] ^ pattern))
+            got = hits != 0
+            found[todo[got]] = 8 * k + ctz(hits[got])
+            todo = todo[~got]
+        return found
+
+    def decimal(self, end: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Value of the ``length`` (1-16) decimal digits ending before ``end``, and whether they
+        all are digits.  SWAR: eight digits per 64-bit word in three multiply steps."""
+        lo, ok = self._decimal8(end, np.minimum(length, 8))
+        long = length > 8
+        if long.any():
+            hi, hi_ok = self._decimal8(end - 8, np.clip(length - 8, 1, 8))
+            lo = np.where(long, hi * U(10**8) + lo, lo)
+            ok &= ~long | hi_ok
+        return lo, ok & (length >= 1) & (length <= 16)
+
+    def _decimal8(self, end: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The word holds bytes end-8 .. end-1; little-endian, so the last digit is the top
+        # byte.  Bytes before the number are replaced by '0', then the usual digit check and
+        # the pairwise combination (10a+b, 100ab+cd, 10^4 abcd+efgh) give the value.
+        w = self.words[end - 8]
+        keep_low = (U(1) << ((8 - length) * 8).astype(U)) - U(1)
+        w = (w & ~keep_low) | (_ASCII0 & keep_low)
+        ok = ((w & _HIGH_NIBBLES) == _ASCII0) & (((w + _PLUS6) & _HIGH_NIBBLES) == _ASCII0)
+        v = w - _ASCII0
+        v = v * U(10) + (v >> U(8))
+        v = ((v & _LOW_BYTES) * _MUL_A + ((v >> U(16)) & _LOW_BYTES) * _MUL_B) >> U(32)
+        return v, ok
+
+    def _views(
+        self, start: np.ndarray, length: np.ndarray, valid: np.ndarray | None = None
+    ) -> pa.Array:
+        """``buf[start:start+length]`` per row as an Arrow string view array over the chunk.
+
+        A view is 16 bytes: the int32 length, then the bytes inline when <= 12 (zero padded),
+        else a 4-byte prefix, the buffer index (0) and the int32 offset.  Nothing made from it
+        may outlive the chunk: callers copy (cast, dictionary) before the buffer is reused.
+        """
+        n = len(start)
+        views = np.empty((n, 2), U)
+        long = length > 12
+        w0 = self.words[start]
+        if long.all():  # the usual case for fields: length, 4-byte prefix; buffer 0, offset
+            views[:, 0] = length.astype(U) | (w0 << U(32))
+            views[:, 1] = start.astype(U) << U(32)
+        else:  # inline bytes past the length must be zero
+            w1 = self.words[start + 8]
+            short = np.minimum(length, 12)
+            w0 = w0 & _KEEP[np.minimum(short, 8)]
+            w1 = w1 & _KEEP[np.clip(short - 8, 0, 4)]
+            views[:, 0] = length.astype(U) | (w0 << U(32))
+            inline = (w0 >> U(32)) | (w1 << U(32))
+            views[:, 1] = np.where(long, start.astype(U) << U(32), inline) if long.any() else inline
+        bitmap = None
+        if valid is not None and not valid.all():
+            bitmap = pa.py_buffer(np.packbits(valid, bitorder="little"))
+        return pa.Array.from_buffers(
+            pa.string_view(), n, [bitmap, pa.py_buffer(views), self.pa_buf]
+        )
+
+    def strings(
+        self, start: np.ndarray, length: np.ndarray, valid: np.ndarray | None = None
+    ) -> pa.Array:
+        """``buf[start:start+length]`` per row as a (copied) Arrow string array, null where
+        not ``valid``."""
+        return self._views(start, length, valid).cast(STR)
+
+    def dictionary(self, start: np.ndarray, length: np.ndarray) -> pa.DictionaryArray:
+        """Like :meth:`strings`, dictionary-encoded (for event names: few distinct values, so
+        no per-row string is ever materialised)."""
+        enc = self._views(start, length).dictionary_encode()
+        return pa.DictionaryArray.from_arrays(enc.indices, enc.dictionary.cast(pa.string()))
+
+    def lines(self, rows: np.ndarray) -> pa.Array:
+        """The selected lines as a string array (each with its line terminator)."""
+        start = self.st[rows]
+        return self.strings(start, self.nl[rows] + 1 - start)
+
+    def trim(self, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[start, stop)`` without leading and trailing blanks (spaces, tabs)."""
+        buf = self.buf
+        start = start.copy()
+        stop = stop.copy()
+        todo = np.arange(len(start))
+        while len(todo):  # eight bytes per round; one round unless a run of blanks is long
+            w = self.words[start[todo]]
+            blank = zero_bytes(w ^ (BYTES * U(SP))) | zero_bytes(w ^ (BYTES * U(TAB)))
+            lead = np.minimum(ctz(~movemask(blank) & low_bits(8)), 8)
+            start[todo] += lead
+            todo = todo[lead == 8]
+        start = np.minimum(start, stop)
+        while True:
+            tail = (stop > start) & ((buf[stop - 1] == SP) | (buf[stop - 1] == TAB))
+            if not tail.any():
+                return start, stop
+            stop[tail] -= 1
+
+
+def digits_then_blanks(
+    digit: np.ndarray, space: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fields of ``width`` bytes that are digits then spaces, >= 1 of each: (ok, digits)."""
+    ok = ((digit | space) == low_bits(width)) & (digit & U(1) == 1) & (space != 0)
+    ok &= (digit & (digit + U(1))) == 0  # the digits are the leading bytes
+    return ok, popcount(digit)
+
+
+def blanks_then_digits(
+    digit: np.ndarray, space: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fields of ``width`` bytes that are spaces then >= 1 digit: (ok, digits)."""
+    ok = ((digit | space) == low_bits(width)) & (digit != 0)
+    ok &= (space & (space + U(1))) == 0  # the spaces are the leading bytes
+    return ok, popcount(digit)

@@ -1,0 +1,345 @@
+"""The recipe engine: EVENTS -> TRANSITIONS (:func:`to_transitions`).
+
+For each recipe (covering recipes first), the events it names are filtered by their own
+conditions, joined to their related events (:mod:`.related`), and evaluated into
+page ranges, labels, VM and GFN (:mod:`.evaluate`); rows that another recipe's
+range already covers (``covered_by``) are dropped.  Damaged events become problems.  Lost-event
+markers always become ``lost`` rows (address 0, size 0), timed at the previous event of the
+same CPU (the gap starts after it), so the replay can mark what follows as possibly incomplete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from s2trace.columns import TRANSITIONS
+from s2trace.errors import InputError, Problem, ProblemLog
+from s2trace.pkvm.rules import COMPONENTS, OPS
+from s2trace.trace.parse.formats import LOST_EVENT
+from s2trace.trace.recipes.evaluate import (
+    BAD,
+    NONE,
+    OP_CODES,
+    address,
+    condition_holds,
+    gfns,
+    labels,
+    range_stop,
+    vm_ids,
+)
+from s2trace.trace.recipes.loader import load_recipes
+from s2trace.trace.recipes.model import RECIPE_OPS, Recipe, RecipeSet
+from s2trace.trace.recipes.related import (
+    EventTable,
+    context_rows,
+    field_values,
+    latest_before_keyed,
+    pair_rows,
+)
+
+__all__ = ["to_transitions"]
+
+
+@dataclass
+class _Rows:
+    """Transition rows of one recipe (positional arrays)."""
+
+    anchor: np.ndarray
+    done: np.ndarray
+    key: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+    op: np.ndarray
+    initiator: np.ndarray
+    completer: np.ndarray
+    vm: np.ndarray
+    vm_ok: np.ndarray
+    gfn: np.ndarray
+    gfn_ok: np.ndarray
+    counted: np.ndarray
+
+    def take(self, sel: np.ndarray) -> _Rows:
+        return _Rows(*(getattr(self, f)[sel] for f in self.__dataclass_fields__))
+
+
+def to_transitions(
+    events: pd.DataFrame,
+    recipes: RecipeSet | None = None,
+    *,
+    kernel: str | tuple[int, int] | None = None,
+    linear_map: tuple[int, int] | None = None,
+    page_size: int = 4096,
+    strict: bool = False,
+) -> tuple[pd.DataFrame, ProblemLog]:
+    """Ownership transitions (TRANSITIONS) from EVENTS, by recipes, and the problems found.
+
+    ``recipes`` defaults to the built-ins (:func:`load_recipes`); ``kernel`` keeps only the
+    recipes that apply to it.  ``linear_map=(va, pa)`` converts kernel linear-map addresses
+    (``pa = addr - va + pa``; e.g. ``(0xffff000000000000, 0x40000000)`` on the samples).
+    ``page_size`` is the kernel's PAGE_SIZE.  Events no recipe names are not transitions.
+    ``event_index`` is the positional row of the completing event in ``events``.
+    """
+    if page_size <= 0 or page_size & (page_size - 1):
+        raise InputError(f"page size {page_size}: expected a power of two")
+    rs = (recipes if recipes is not None else load_recipes()).for_kernel(kernel)
+    log = ProblemLog(strict=strict)
+    ev = EventTable.of(events)
+    done: dict[str, _Rows] = {}
+    for recipe in rs.ordered():
+        rows = _apply(recipe, ev, linear_map, page_size, log)
+        if recipe.covered_by is not None and recipe.covered_by in done and len(rows.anchor):
+            rows = rows.take(~_covered(rows, done[recipe.covered_by]))
+        done[recipe.name] = rows
+    return _assemble(ev, rs, done), log
+
+
+def _problem(log: ProblemLog, ev: EventTable, rows: np.ndarray, kind: str, detail: str) -> None:
+    """One problem per row (rows are few: the damaged ones)."""
+    for line in ev.line[rows].tolist():
+        log.add(Problem(kind, line, detail))
+
+
+#: Rows evaluated at once: field text is held only for one batch (bounded memory).
+_EVAL_BATCH = 1 << 20
+
+
+def _apply(
+    r: Recipe, ev: EventTable, linear_map: tuple[int, int] | None, page: int, log: ProblemLog
+) -> _Rows:
+    """The transition rows of one recipe.
+
+    Field values are read and evaluated in batches of :data:`_EVAL_BATCH` rows (every step is
+    row-wise); problems are reported after all batches, in the same order as one pass.
+    """
+    anchor = _prefilter(r, ev, ev.rows(r.event))
+    anchor, partner, ctx = _related(r, ev, anchor, log)
+    n = len(anchor)
+    parts = [
+        _evaluate(r, ev, anchor[i : i + _EVAL_BATCH], partner[i : i + _EVAL_BATCH],
+                  ctx[i : i + _EVAL_BATCH], linear_map, page)
+        for i in range(0, max(n, 1), _EVAL_BATCH)
+    ]  # fmt: skip
+    ev_rows, keep, bad, wrong = (
+        _Rows(
+            *(np.concatenate([getattr(p[0], f) for p in parts]) for f in _Rows.__dataclass_fields__)
+        )
+        if len(parts) > 1
+        else parts[0][0],
+        *(np.concatenate([p[k] for p in parts]) for k in (1, 2)),
+        {key: np.concatenate([p[3][key] for p in parts]) for key in parts[0][3]},
+    )
+    del parts
+    if bad.any():
+        _report_bad(log, ev, anchor[bad], r, linear_map)
+    for key, vocab in (("op", RECIPE_OPS), ("initiator", COMPONENTS), ("completer", COMPONENTS)):
+        if wrong[key].any():
+            _problem(
+                log,
+                ev,
+                anchor[wrong[key]],
+                "bad_field",
+                f"recipe {r.name}: {key} is not one of {', '.join(vocab)}",
+            )
+    return ev_rows if keep.all() else ev_rows.take(np.flatnonzero(keep))
+
+
+def _evaluate(
+    r: Recipe,
+    ev: EventTable,
+    anchor: np.ndarray,
+    partner: np.ndarray,
+    ctx: np.ndarray,
+    linear_map: tuple[int, int] | None,
+    page: int,
+) -> tuple[_Rows, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """One batch of a recipe's rows: (rows, keep, damaged range, {label: not in vocabulary})."""
+    n = len(anchor)
+    values = field_values(ev, r.refs(), anchor, partner, ctx)
+    keep = np.ones(n, bool)
+    for c in r.where:
+        if c.ref.source == "event":
+            continue  # already applied
+        holds = condition_holds(c, values[c.ref])
+        if c.ref.source == "pair" and r.pair is not None and not r.pair.required:
+            holds |= partner < 0  # an optional partner that is absent does not veto
+        keep &= holds
+    # the page range
+    addr, ok_a = address(values[r.addr], r.space, linear_map, page)  # type: ignore[index]
+    start = addr & ~np.uint64(page - 1)
+    stop, ok_s = range_stop(r, values, addr, start, linear_map, page)
+    bad = keep & ~(ok_a & ok_s)
+    keep &= ok_a & ok_s & (stop > start)
+    # operation, components and the host-side count, with the overrides
+    codes, counted = labels(r, values, n)
+    wrong = {}
+    for key in ("op", "initiator", "completer"):
+        wrong[key] = keep & ((codes[key] == BAD) | ((codes[key] == NONE) & (key == "op")))
+        keep &= ~wrong[key]
+    vm, vm_ok = vm_ids(r, values, linear_map, n)
+    gfn, gfn_ok = gfns(r, values, page, n)
+    del values
+    guest = COMPONENTS.index("guest")
+    gfn_ok &= (codes["initiator"] == guest) | (codes["completer"] == guest)
+    done = np.where(partner > anchor, partner, anchor)
+    op = np.where(codes["op"] >= 0, np.asarray(OP_CODES)[np.maximum(codes["op"], 0)], NONE)
+    rows = _Rows(
+        anchor,
+        done,
+        ev.key[anchor],
+        start,
+        stop,
+        op.astype(np.int8),
+        codes["initiator"],
+        codes["completer"],
+        vm,
+        vm_ok,
+        gfn,
+        gfn_ok,
+        counted,
+    )
+    return rows, keep, bad, wrong
+
+
+def _prefilter(r: Recipe, ev: EventTable, anchor: np.ndarray) -> np.ndarray:
+    """The events that pass the recipe's conditions on their own fields: related events are
+    looked up (and missing ones reported) only for events that can still become transitions."""
+    own = [c for c in r.where if c.ref.source == "event"]
+    if not own or not len(anchor):
+        return anchor
+    values = field_values(ev, [c.ref for c in own], anchor, anchor, anchor)
+    keep = np.ones(len(anchor), bool)
+    for c in own:
+        keep &= condition_holds(c, values[c.ref])
+    return anchor[keep]
+
+
+def _related(
+    r: Recipe, ev: EventTable, anchor: np.ndarray, log: ProblemLog
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(anchor, partner, context) rows (-1: none), without the anchors whose required
+    partner or context is missing (each one a problem)."""
+    partner = np.full(len(anchor), -1, np.int64)
+    if r.pair is not None and len(anchor):
+        partner = pair_rows(ev, r.event, anchor, r.pair)
+        missing = partner < 0
+        if r.pair.required and missing.any():
+            _problem(
+                log,
+                ev,
+                anchor[missing],
+                "unpaired_event",
+                f"recipe {r.name}: no matching {r.pair.event} on the same task",
+            )
+            anchor, partner = anchor[~missing], partner[~missing]
+    ctx = np.full(len(anchor), -1, np.int64)
+    if r.context is not None and len(anchor):
+        ctx = context_rows(ev, anchor, r.context)
+        if r.context.required and (ctx < 0).any():
+            _problem(
+                log,
+                ev,
+                anchor[ctx < 0],
+                "no_context",
+                f"recipe {r.name}: no earlier {r.context.event} on the same task",
+            )
+            keep = ctx >= 0
+            anchor, partner, ctx = anchor[keep], partner[keep], ctx[keep]
+    return anchor, partner, ctx
+
+
+def _report_bad(
+    log: ProblemLog, ev: EventTable, rows: np.ndarray, r: Recipe, linear_map: tuple[int, int] | None
+) -> None:
+    if r.space == "linear" and linear_map is None:
+        log.add(
+            Problem(
+                "no_linear_map",
+                int(ev.line[rows[0]]),
+                f"recipe {r.name}: {len(rows)} event(s) give kernel linear-map addresses; "
+                "pass linear_map=(va, pa) (--linear-map VA:PA)",
+            )
+        )
+        return
+    wanted = [str(x) for x in (r.addr, r.end, r.size, r.nr_pages, r.order) if x is not None]
+    _problem(
+        log,
+        ev,
+        rows,
+        "bad_field",
+        f"recipe {r.name}: {', '.join(wanted)} missing, not a number, or out of range",
+    )
+
+
+def _covered(rows: _Rows, cover: _Rows) -> np.ndarray:
+    """Rows whose pages lie inside the range of the latest earlier covering row of the same
+    task (the covering call made them)."""
+    if not len(cover.anchor) or not len(rows.anchor):
+        return np.zeros(len(rows.anchor), bool)
+    pos = latest_before_keyed(rows.anchor, rows.key, cover.anchor, cover.key)
+    found = pos >= 0
+    c = np.maximum(pos, 0)
+    return found & (cover.start[c] <= rows.start) & (rows.stop <= cover.stop[c])
+
+
+def _assemble(ev: EventTable, rs: RecipeSet, done: Mapping[str, _Rows]) -> pd.DataFrame:
+    """TRANSITIONS rows of every recipe plus the lost markers, in event order (ties in recipe
+    order)."""
+    names = [n for n in rs.names if n in done]
+    parts = [done[n] for n in names]
+    lost = ev.rows(LOST_EVENT)
+    n_rec = sum(len(p.anchor) for p in parts)
+    recipe = np.concatenate(
+        [np.full(len(p.anchor), i, np.int32) for i, p in enumerate(parts)]
+        + [np.full(len(lost), len(names), np.int32)]
+    )
+
+    def col(name: str, fill: Any, dtype: Any) -> np.ndarray:
+        vals = [getattr(p, name) for p in parts] + [np.full(len(lost), fill, dtype=dtype)]
+        return np.concatenate(vals).astype(dtype)
+
+    row = col("done", 0, np.int64)
+    row[n_rec:] = lost
+    ts = ev.ts[row].copy()
+    ts[n_rec:] = _lost_times(ev, lost)
+    op = col("op", OPS.index("lost"), np.int8)
+    start, stop = col("start", 0, np.uint64), col("stop", 0, np.uint64)
+    df = pd.DataFrame(
+        {
+            "ts": ts,
+            "line": ev.line[row],
+            "event_index": row,
+            "op": pd.Categorical.from_codes(op, categories=OPS),
+            "initiator": pd.Categorical.from_codes(col("initiator", NONE, np.int8), COMPONENTS),
+            "completer": pd.Categorical.from_codes(col("completer", NONE, np.int8), COMPONENTS),
+            "addr": start,
+            "size": stop - start,
+            "vm": pd.arrays.IntegerArray(col("vm", 0, np.int64), ~col("vm_ok", False, bool)),
+            "gfn": pd.arrays.IntegerArray(col("gfn", 0, np.uint64), ~col("gfn_ok", False, bool)),
+            "counted": pd.arrays.BooleanArray(
+                col("counted", False, bool), np.zeros(len(row), bool)
+            ),
+            "recipe": pd.Categorical.from_codes(recipe, categories=[*names, LOST_EVENT]),
+        }
+    )
+    order = np.lexsort((recipe, row))
+    if not np.array_equal(order, np.arange(len(order))):  # usually in order already: no copy
+        df = df.iloc[order].reset_index(drop=True)
+    TRANSITIONS.check(df)
+    return df
+
+
+def _lost_times(ev: EventTable, lost: np.ndarray) -> np.ndarray:
+    """When each lost-events gap began: the previous event of the marker's CPU (-inf if
+    none; the ring buffer may have dropped everything before)."""
+    if not len(lost):
+        return np.zeros(0)
+    cpu = ev.frame["cpu"].to_numpy(dtype="float64", na_value=-1.0)
+    ts = pd.Series(ev.ts)
+    prev = ts.groupby(cpu).ffill().to_numpy()  # markers have no ts: they take the previous
+    out = prev[lost]
+    return np.where(np.isnan(out), -np.inf, out)

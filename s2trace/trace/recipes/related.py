@@ -1,0 +1,176 @@
+"""Finding the events a recipe relates, and reading their fields.
+
+The engine (:mod:`s2trace.trace.recipes.engine`) sees EVENTS through an :class:`EventTable`:
+positional rows, the code of each event name, and the key of the task that made each call (its
+pid; the CPU for hypervisor traces, which have none).  Related events are found with
+vectorised joins by task, never a loop per event: the matching entry/return probe
+(:func:`pair_rows`, by nesting depth), the latest earlier context event (:func:`context_rows`),
+and, generally, the latest earlier row with the same key (:func:`latest_before_keyed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from s2trace.columns import EVENTS
+from s2trace.trace.parse.field_access import extract_rows
+from s2trace.trace.recipes.model import Context, Pair, Ref
+
+__all__ = ["EventTable", "context_rows", "field_values", "latest_before_keyed", "pair_rows"]
+
+
+@dataclass
+class EventTable:
+    """The columns of EVENTS the engine needs, as numpy/Arrow (positional rows)."""
+
+    frame: pd.DataFrame
+    codes: np.ndarray
+    code_of: dict[str, int]
+    key: np.ndarray
+    line: np.ndarray
+    ts: np.ndarray
+    text: pa.ChunkedArray
+
+    @staticmethod
+    def of(events: pd.DataFrame) -> EventTable:
+        EVENTS.check(events)
+        cat = events["event"].astype("category")
+        pid = events["pid"].to_numpy(dtype="float64", na_value=np.nan)
+        cpu = events["cpu"].to_numpy(dtype="float64", na_value=np.nan)
+        # the task that made the call: its pid; for hypervisor traces (no pid) the CPU
+        key = np.where(np.isnan(pid), -1 - cpu, pid)
+        key = np.where(np.isnan(key), -(1 << 40), key).astype(np.int64)
+        return EventTable(
+            frame=events,
+            codes=cat.cat.codes.to_numpy(),
+            code_of={str(c): i for i, c in enumerate(cat.cat.categories)},
+            key=key,
+            line=events["line"].to_numpy(np.int64),
+            ts=events["ts"].to_numpy(np.float64),
+            text=_chunked(events["fields"]),
+        )
+
+    def rows(self, event: str) -> np.ndarray:
+        code = self.code_of.get(event)
+        return np.zeros(0, np.int64) if code is None else np.flatnonzero(self.codes == code)
+
+    def values(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, pa.Array]:
+        if not names or not len(rows):
+            return {n: pa.nulls(len(rows), pa.string()) for n in names}
+        return extract_rows(self.text, rows, names)
+
+
+def _chunked(values: pd.Series) -> pa.ChunkedArray:
+    """The Arrow data of a string Series without copying it (take() works on chunks)."""
+    arr = pa.array(values.astype("string"), from_pandas=True)
+    return arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])
+
+
+def field_values(
+    ev: EventTable, refs: Sequence[Ref], anchor: np.ndarray, partner: np.ndarray, ctx: np.ndarray
+) -> dict[Ref, pa.Array]:
+    """Every referenced field of the anchor, pair and context rows (null where absent)."""
+    out: dict[Ref, pa.Array] = {}
+    for source, rows in (("event", anchor), ("pair", partner), ("ctx", ctx)):
+        names = sorted({r.name for r in refs if r.source == source})
+        if not names:
+            continue
+        found = rows >= 0
+        got = ev.values(rows[found], names)
+        # rows without a related event read as null: take with null indices
+        idx = pa.array(np.cumsum(found) - 1, mask=~found)
+        for name in names:
+            out[Ref(source, name)] = got[name] if found.all() else got[name].take(idx)
+    return out
+
+
+def pair_rows(ev: EventTable, event: str, anchor: np.ndarray, pair: Pair) -> np.ndarray:
+    """For each anchor row (a subset of the ``event`` rows), the row of its matching
+    entry/return probe (-1: none).
+
+    Entries and returns of the same task are a bracket sequence: depth = running count of
+    entries minus returns per task; an entry at depth d (after it) matches the first later
+    return that brings the depth back from d (before it) -- nested calls match inside out,
+    and a lost entry or return leaves only its own partner unmatched.
+    """
+    other = ev.rows(pair.event)
+    if not len(other):
+        return np.full(len(anchor), -1, np.int64)
+    every = ev.rows(event)  # all of them: filtered-out calls still nest
+    entries, returns = (other, every) if pair.side == "before" else (every, other)
+    rows = np.concatenate([entries, returns])
+    step = np.concatenate([np.ones(len(entries), np.int64), -np.ones(len(returns), np.int64)])
+    key = ev.key[rows]
+    order = np.lexsort((rows, key))
+    rows, step, key = rows[order], step[order], key[order]
+    depth = np.cumsum(step)
+    first = np.r_[True, key[1:] != key[:-1]]
+    base = np.maximum.accumulate(np.where(first, np.arange(len(rows)), 0))
+    start_depth = (depth - step)[base]  # depth before each task's first event
+    depth = depth - start_depth
+    level = np.where(step > 0, depth, depth + 1)
+    entry = step > 0
+    ent = pd.DataFrame({"row": rows[entry], "key": key[entry], "level": level[entry]})
+    ret = pd.DataFrame({"row": rows[~entry], "key": key[~entry], "level": level[~entry]})
+    if pair.side == "before":  # anchor = return: the latest entry before it at its level
+        left, right, direction = ret, ent, "backward"
+    else:  # anchor = entry: the first return after it at its level
+        left, right, direction = ent, ret, "forward"
+    right = right.assign(match=right["row"])
+    m = pd.merge_asof(
+        left.sort_values("row"),
+        right.sort_values("row"),
+        on="row",
+        by=["key", "level"],
+        direction=direction,
+        allow_exact_matches=False,
+    )
+    got_rows = m["row"].to_numpy(np.int64)
+    got = m["match"].fillna(-1).to_numpy(np.int64)
+    order = np.argsort(got_rows)
+    pos = np.searchsorted(got_rows[order], anchor)
+    return got[order][pos]
+
+
+def context_rows(ev: EventTable, anchor: np.ndarray, ctx: Context) -> np.ndarray:
+    """For each anchor row, the latest earlier ``ctx.event`` row on the same task (-1: none,
+    or an ``until`` event came after it)."""
+    found = _latest_before(ev, anchor, ev.rows(ctx.event))
+    if ctx.until:
+        closers = np.concatenate([ev.rows(u) for u in ctx.until])
+        closed = _latest_before(ev, anchor, np.sort(closers))
+        found = np.where(closed > found, -1, found)
+    return found
+
+
+def _latest_before(ev: EventTable, anchor: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """For each anchor row, the latest of ``rows`` before it on the same task (-1: none)."""
+    pos = latest_before_keyed(anchor, ev.key[anchor], rows, ev.key[rows])
+    return np.where(pos >= 0, rows[np.maximum(pos, 0)] if len(rows) else -1, -1)
+
+
+def latest_before_keyed(
+    rows: np.ndarray, keys: np.ndarray, others: np.ndarray, other_keys: np.ndarray
+) -> np.ndarray:
+    """For each of ``rows``, the index into ``others`` of the latest one before it with the
+    same key (-1: none) -- a backward as-of join by key."""
+    if not len(others) or not len(rows):
+        return np.full(len(rows), -1, np.int64)
+    left = pd.DataFrame({"row": rows, "key": keys, "pos": np.arange(len(rows))})
+    right = pd.DataFrame({"row": others, "key": other_keys, "match": np.arange(len(others))})
+    m = pd.merge_asof(
+        left.sort_values("row"),
+        right.sort_values("row"),
+        on="row",
+        by="key",
+        direction="backward",
+        allow_exact_matches=False,
+    )
+    out = np.full(len(rows), -1, np.int64)
+    out[m["pos"].to_numpy()] = m["match"].fillna(-1).to_numpy(np.int64)
+    return out

@@ -1,0 +1,209 @@
+"""Replay pKVM ownership transitions into an ownership timeline (INTERVALS + VIOLATIONS).
+
+The state of a page is a :class:`~s2trace.pkvm.rules.PageState` (owner, host state, peer and
+its state) plus two counters: the host's ``kvm_share_hyp`` count (``counted`` transitions,
+facts §3.2a) and the hypervisor's ``host_share_guest_count`` (np-guest shares, facts §3.2).
+Transitions are applied in time order (``ts``, then ``event_index``, then input order) with the
+rules of :mod:`s2trace.pkvm.rules`; a transition the kernel refuses becomes a VIOLATIONS row
+and leaves the page as it was.
+
+How it stays vectorised (no Python loop per page or per transition):
+
+1. transitions are exploded into one entry per page (``np.repeat``) and stably sorted by page;
+2. the ``kvm_share_hyp`` count does not depend on the page state: ``share_pfn_hyp`` records
+   the PFN (count 1) before it issues ``__pkvm_host_share_hyp`` and ``unshare_pfn_hyp`` erases
+   it before it issues the unshare, whatever the hypercall returns (checked in the Dec 2021
+   kvmarm patches that added the count and the unshare, v5.17; a later tree seen only in a
+   third-party copy -- ``kvm_call_pkvm`` -- inserts after success and restores the count on a
+   failed unshare: not modelled).  So the count is a per-page walk clamped at 0 (an unshare at
+   0 is the WARN_ON), computed with segmented prefix sums and minima; it decides which counted
+   entries reach the hypervisor;
+3. the page state machine is finite once ``host_share_guest_count`` is capped: every rule is a
+   map state -> state (a row of a lookup table), and the state after every entry is a segmented
+   parallel prefix composition of those maps (Hillis-Steele, log2(longest page history) numpy
+   steps).  The cap is an upper bound of the count computed beforehand (a clamped walk over the
+   guest shares), so it cannot overflow; an overflow state is still kept and checked, and pages
+   whose bound exceeds ``_SCAN_COUNT_CAP`` take an exact engine that loops over the k-th entry of
+   every page (pathological: a page shared with hundreds of guest IPAs at once);
+4. multi-page transitions couple pages: a hypercall over a range is refused as a whole when one
+   page fails (``atomic``), and ``kvm_share_hyp`` stops at the first page that fails
+   (``prefix``); ``kvm_unshare_hyp`` goes on (``each``).  Pages are first replayed
+   independently, which is exact as long as every multi-page transition is accepted or refused
+   on all its pages.  When one is not, a forward sweep over the multi-page transitions finds
+   from which transition each page's history may differ, and only those entries are replayed
+   again, row by row in time order (a Python loop, reached only around such refusals:
+   ``meta["sequential_rows"]`` counts the rows).
+
+Lost-events markers (``op == "lost"``) with size 0 concern every page; with a size, only that
+range.  An interval alive at a marker is flagged ``incomplete``.
+
+Modules: :mod:`~s2trace.trace.replay.rows` (rows and per-page entries),
+:mod:`~s2trace.trace.replay.initial` (the initial state), :mod:`~s2trace.trace.replay.engines`
+(steps 2 and 3: every page on its own), :mod:`~s2trace.trace.replay.coupled` (step 4) and
+:mod:`~s2trace.trace.replay.tables` (INTERVALS and VIOLATIONS); this module holds the entry
+point.  Every name these modules held when they were one module is still importable from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from s2trace.errors import InputError, ProblemLog, StrictError
+from s2trace.pkvm.rules import kernel_family, parse_kernel, rule_table
+from s2trace.trace.replay.coupled import _coupled_rows, _resolve, _sequential, _taint
+from s2trace.trace.replay.engines import (
+    _carry,
+    _counted,
+    _guest_bound,
+    _loop_engine,
+    _lut,
+    _Outcome,
+    _reflected,
+    _run,
+    _scan_engine,
+    _segments_of,
+)
+from s2trace.trace.replay.initial import (
+    _BORROWED_FROM,
+    _SHARED_WITH,
+    InitialRange,
+    _Initial,
+    _initial,
+    _initial_of,
+    _initial_state_name,
+)
+from s2trace.trace.replay.rows import (
+    _ATOMIC,
+    _EACH,
+    _END,
+    _HOST_OWNED,
+    _MAX_ENTRIES,
+    _PREFIX,
+    _SHARED_GUEST,
+    _SHARED_HYP,
+    _STATE_INDEX,
+    _codes,
+    _Entries,
+    _explode,
+    _problem,
+    _Rows,
+    _rows,
+    _rule_ids,
+    _sorted,
+    _str_array,
+)
+from s2trace.trace.replay.tables import (
+    _intervals,
+    _lost_between,
+    _merge,
+    _page_pieces,
+    _Pieces,
+    _state_columns,
+    _subtract_pages,
+    _untouched_pieces,
+    _violations,
+)
+
+__all__ = ["InitialRange", "Timeline", "replay"]
+
+#: Guest-share count bound above which a page takes the exact loop engine.  Read at every call
+#: of :func:`replay` (tests lower it to send every page through the loop engine).
+_SCAN_COUNT_CAP = 255
+
+#: Names of the one-module replay, re-exported for code that imported them from here.
+_PRE_SPLIT_NAMES = (
+    _ATOMIC, _BORROWED_FROM, _EACH, _END, _HOST_OWNED, _MAX_ENTRIES, _PREFIX, _SHARED_GUEST,
+    _SHARED_HYP, _SHARED_WITH, _STATE_INDEX, _Entries, _Initial, _Outcome, _Pieces, _Rows,
+    _carry, _codes, _counted, _coupled_rows, _explode, _guest_bound, _initial_state_name,
+    _intervals, _lost_between, _loop_engine, _lut, _merge, _page_pieces, _problem,
+    _reflected, _rule_ids, _run, _scan_engine, _segments_of, _sequential, _state_columns,
+    _str_array, _subtract_pages, _taint, _untouched_pieces,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class Timeline:
+    """Result of :func:`replay`: the ownership timeline of every page a transition touched.
+
+    ``intervals`` (INTERVALS) and ``violations`` (VIOLATIONS) are the tables; ``transitions``
+    is the replayed TRANSITIONS frame in replay order (for source lines and explanations).
+    Pages never mentioned are host owned throughout and have no rows.  ``meta`` holds the
+    kernel, the initial-state source, counts, the lost-events markers (``lost``: list of dicts
+    with ts, event_index, line, addr, size), initial ranges whose state was ``unknown``
+    (``initial_unknown_state``: (addr, size) pairs, replayed as owned) and recorded problems.
+    """
+
+    intervals: pd.DataFrame
+    violations: pd.DataFrame
+    page_size: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    transitions: pd.DataFrame | None = None
+
+
+def replay(
+    transitions: pd.DataFrame,
+    *,
+    initial: pd.DataFrame | Sequence[InitialRange] | None = None,
+    page_size: int = 4096,
+    kernel: str = "6.12",
+    strict: bool = False,
+) -> Timeline:
+    """Replay TRANSITIONS with the pKVM state machine of ``kernel``; see the module docstring.
+
+    ``initial``: ``None`` (the host owns every page), an ownership map (MAP columns
+    ``ipa_start, size, owner, page_state`` and optionally ``kind``; the host stage 2 is an
+    identity map, so IPA == PA) or a list of ``(addr, size, owner, host_state[, peer])``.
+    ``counted`` is honoured for host->hyp share/unshare from Linux 5.17 and ignored elsewhere;
+    ``vm`` and ``gfn`` are not used (the guest-IPA side is not modelled).
+    ``strict``: the first recorded problem (malformed transition) or violation raises
+    :class:`~s2trace.errors.StrictError`.  Raises :class:`~s2trace.errors.InputError` for
+    unusable input (wrong columns, unaligned or overlapping initial ranges, unknown kernel).
+    """
+    if page_size <= 0 or page_size & (page_size - 1):
+        raise InputError(f"page size {page_size}: expected a power of two")
+    version = parse_kernel(kernel)
+    log = ProblemLog(strict=strict)
+    init = _initial(initial, page_size)
+    table = rule_table(version, init.extras)
+    tr = _sorted(transitions)
+    rows = _rows(tr, table, page_size, log)
+    ent = _explode(rows)
+    base0_seg = _initial_of(ent.seg_page, init)
+    out = _resolve(ent, rows, base0_seg, table, _SCAN_COUNT_CAP)
+    intervals = _intervals(ent, rows, out, base0_seg, init, table, page_size)
+    violations = _violations(ent, rows, out, tr, table, page_size, str(kernel))
+    if strict and len(violations):
+        v = violations.iloc[0]
+        raise StrictError(f"--strict: violation at line {v['line']}: {v['check']}: {v['detail']}")
+    lost_rows = tr[tr["op"].astype("object") == "lost"]
+    meta = {
+        "kernel": str(kernel),
+        "version": f"{version[0]}.{version[1]}",
+        "family": kernel_family(version),
+        "initial": init.source,
+        "initial_unknown_state": init.unknown,
+        "initial_rows_skipped": init.skipped,
+        "transitions": len(tr),
+        "pages": len(ent.seg_page),
+        "intervals": len(intervals),
+        "violations": len(violations),
+        "violations_by_check": violations["check"].value_counts().loc[lambda s: s > 0].to_dict(),
+        "lost": [
+            {
+                "ts": float(r.ts),
+                "event_index": int(r.event_index),
+                "line": int(r.line),
+                "addr": int(r.addr),
+                "size": int(r.size),
+            }
+            for r in lost_rows.itertuples(index=False)
+        ],
+        "problems": list(log),
+        "sequential_rows": out.sequential_rows,
+        "loop_engine_pages": out.loop_pages,
+    }
+    return Timeline(intervals, violations, page_size, meta, tr)

@@ -97,7 +97,7 @@ DESCRIPTOR = Schema(
         ("raw", "uint64", "the descriptor as read (little-endian 64-bit word)"),
         ("level", "int8", "lookup level the descriptor was read at (-1..3)"),
         ("granule", CAT, "translation granule: 4k, 16k or 64k"),
-        ("kind", CAT, "table, block, page, invalid or reserved (Arm ARM D8.3; facts §1.1)"),
+        ("kind", CAT, "table, block, page, invalid or reserved (Arm ARM D8.3; §KF-1.1)"),
         ("oa", "UInt64", "output address of a block or page (52-bit pieces assembled)"),
         ("next_table", "UInt64", "next-level table address of a table descriptor"),
         ("size", "uint64", "bytes of input address space one entry at this level spans"),

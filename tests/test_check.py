@@ -82,7 +82,7 @@ def build(tmp_path, kernel: str, breaks: tuple[str, ...] = (), name: str = "m.el
         hyp.map(LINEAR + pa(first), n * PAGE, pa(first))
         vmset(first, n, "nopage", "owned")
 
-    # The carve-out: everything the hypervisor keeps there is hyp-owned (facts §2.10).
+    # The carve-out: everything the hypervisor keeps there is hyp-owned (kernel-facts.md §KF-2.8).
     hyp_own(0x700, 0x100)
     vm.map_into(hyp)
     hyp_own(HYP_OWNED.start, len(HYP_OWNED))
@@ -196,7 +196,7 @@ def test_consistent_machines(tmp_path, kernel):
     assert (back["host_state"], back["hyp_state"]) == ("shared_borrowed", "shared_owned")
     owned = s.loc[(RAM >> 12) + HYP_OWNED.start]
     assert (owned["host_state"], owned["hyp_state"]) == ("nopage", "owned")
-    assert int(owned["host_raw"]) in (0x4, 0x2000000000000002)  # owner HYP (facts §2.2)
+    assert int(owned["host_raw"]) in (0x4, 0x2000000000000002)  # owner HYP (§KF-2.2)
     assert r.counts()["breaches"].sum() == 0
     assert "consistent" in r.verdict()
 
@@ -239,16 +239,16 @@ def test_breach_rows_carry_every_sides_raw_entry(tmp_path):
     (row,) = r.breaches.itertuples()
     assert row.host_raw is pd.NA  # no host entry at all: the host still "owns" it
     assert row.hyp_raw is pd.NA  # and the hyp does not map it
-    assert row.vmemmap_raw == 0x33 << 24  # host nopage, hyp owned (facts §2.10)
+    assert row.vmemmap_raw == 0x33 << 24  # host nopage, hyp owned (kernel-facts.md §KF-2.8)
     assert (row.host_state, row.hyp_state) == ("nopage", "owned")
     r = run(build(tmp_path, "6.12", ("E2",), name="e2.elf"))
     e2 = r.breaches[r.breaches["invariant"] == "host_maps_foreign_page"].iloc[0]
-    assert int(e2["host_raw"]) == pa(0x79) | 0x7FF  # host memory page, RWX (facts §1.10)
+    assert int(e2["host_raw"]) == pa(0x79) | 0x7FF  # host memory page, RWX (§KF-1.9)
     assert int(e2["hyp_va"]) == LINEAR + pa(0x79) and int(e2["hyp_raw"]) & 3 == 3
 
 
 def test_np_guest_share_is_not_a_breach_but_an_ffa_like_share_is(tmp_path):
-    """host shared_owned with host_share_guest_count > 0 is an np-guest share (facts §3.2)."""
+    """host shared_owned with host_share_guest_count > 0 is an np-guest share (§KF-3.2)."""
     r = run(build(tmp_path, "7.3"))
     g = r.states.loc[(RAM >> 12) + GUEST_SHARE]
     assert (g["host_state"], int(g["host_share_guest_count"])) == ("shared_owned", 1)
@@ -432,7 +432,7 @@ def test_real_captures_are_consistent(version):
     assert r.view.layout.label == expected
     if version == "7.3":  # every state checked
         assert not r.skipped
-    else:  # struct hyp_page of 6.12 is 4 bytes, no states (facts §2.5)
+    else:  # struct hyp_page of 6.12 is 4 bytes, no states (kernel-facts.md §KF-2.5)
         assert set(r.skipped) == {"vmemmap_vs_pte"}
 
 

@@ -6,9 +6,9 @@ Expectations on the bundled 7.3 sample come from its evidence files, not from s2
   and ``from=0xffff0000061a2340 to=0xffff0000061a4680`` (the vCPU); the linear map puts
   0xffff000000000000 at PA 0x40000000, so pages 0x45134000-0x45135000 and
   0x461a2000-0x461a4000 are shared host -> hyp: host shared_owned, hyp shared_borrowed
-  (facts §3.2 ``__pkvm_host_share_hyp``);
+  (mem_protect.c ``__pkvm_host_share_hyp``, docs/kernel-facts.md §KF-3.2);
 * ``s2_pkvm_pgtable_stage2_map ... addr=0x0 ... phys=0x42c99000``: the guest page, shared
-  host -> np-guest: host shared_owned with host_share_guest_count 1 (facts §2.10);
+  host -> np-guest: host shared_owned with host_share_guest_count 1 (docs/kernel-facts.md §KF-2.8);
 * ``alloc_pages_exact ... ret=0xffff000004eac000`` in ``pkvm_create_hyp_vm``: the hyp-VM
   pgd, donated: host entry 0x2000000000000002 (owner hyp), hyp owned.
 """
@@ -101,7 +101,7 @@ def test_detect_profile_hand_vectors() -> None:
     assert detect_profile(frame([0x4, 0x0100000000000000, 0x400], ["invalid"] * 3))[0] == (
         "linux-5.15"
     )
-    # facts §2.10: 0x2000000000000002 (hyp), 0x2000000000010004 (guest handle 0x1000)
+    # kernel-facts.md §KF-2.8: 0x2000000000000002 (hyp), 0x2000000000010004 (guest handle 0x1000)
     for raw in (0x2000000000000002, 0x2000000000010004, 0x1000000000000000):
         assert detect_profile(frame([0x4, raw], ["invalid", "invalid"]))[0] == "linux-7.1"
     # a valid leaf with high bits set is not an invalid entry: no 7.1 evidence
@@ -138,8 +138,8 @@ def test_guest_profile_hand_vectors() -> None:
     from s2trace.arch.geometry import Geometry
     from s2trace.decode import decode_array
 
-    # facts §2.10: the 7.3 guest leaf 0x0100000042c997db: page at level 3, SW1 (bit 56) set
-    # = shared_borrowed, oa 0x42c99000; type 3 = poisoned (facts §2.2)
+    # kernel-facts.md §KF-2.8: the 7.3 guest leaf 0x0100000042c997db: page at level 3, SW1
+    # (bit 56) set = shared_borrowed, oa 0x42c99000; type 3 = poisoned (kernel-facts.md §KF-2.2)
     d = decode_array(
         np.array([0x0100000042C997DB, 0x3000000000000000], np.uint64),
         Geometry(),

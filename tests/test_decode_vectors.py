@@ -1,7 +1,9 @@
 """Hand-checked descriptor vectors, run on both engines (the ``engine`` fixture).
 
 Each vector carries its check: the bits that make the answer, from the Arm ARM stage-2
-descriptor formats (facts §1.1-1.7) and the pKVM encodings (facts §2.2-2.4, 2.10).
+descriptor formats (Arm ARM D8.3; docs/kernel-facts.md §KF-1.1 to §KF-1.6) and the pKVM
+encodings (hyp/pgtable.c, mem_protect.c v5.13-7.1; docs/kernel-facts.md §KF-2.2 to §KF-2.4,
+§KF-2.8).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ VECTORS = [
             sw=0,
             size=4096,
         ),
-        "bits[1:0]=11 at L3 = page; 0x7ff = valid|page|MemAttr 1111|S2AP 11|SH 11|AF (facts 1.10)",
+        "bits[1:0]=11 at L3 = page; 0x7ff = valid|page|MemAttr 1111|S2AP 11|SH 11|AF (§KF-1.9)",
     ),
     (
         0x400007FD,
@@ -61,7 +63,7 @@ VECTORS = [
         G4,
         3,
         dict(kind="reserved"),
-        "bits[1:0]=01 at L3 is reserved (facts 1.1)",
+        "bits[1:0]=01 at L3 is reserved (Arm ARM D8.3; kernel-facts.md §KF-1.1)",
     ),
     (
         0x7F70A003,
@@ -75,7 +77,7 @@ VECTORS = [
         G4,
         3,
         dict(kind="page", sw=1, page_state="shared_owned"),
-        "SW0 (bit 55) = SHARED_OWNED, ≤v6.13 (facts 2.4, 1.10)",
+        "SW0 (bit 55) = SHARED_OWNED, ≤v6.13 (kernel-facts.md §KF-2.4, §KF-1.9)",
     ),
     (
         0x4393D000 | 0x7FF | 1 << 56,
@@ -89,7 +91,7 @@ VECTORS = [
         G4,
         3,
         dict(memattr=1, memattr_name="Device-nGnRE", xn=2, xn_name="XN", s2ap="rw"),
-        "host MMIO: MemAttr 0001 = Device-nGnRE, XN bit 54 (facts 1.10)",
+        "host MMIO: MemAttr 0001 = Device-nGnRE, XN bit 54 (kernel-facts.md §KF-1.5)",
     ),
     (
         0x40000000 | 0x7FD | 1 << 16 | 1 << 52 | 1 << 51,
@@ -151,7 +153,7 @@ VECTORS = [
         G4DS,
         3,
         dict(kind="page", oa=0xF000012345000, sh=None),
-        "DS=1: OA[49:48] in place, OA[51:50] in bits 9:8, no SH (facts 1.3, 1.10)",
+        "DS=1: OA[49:48] in place, OA[51:50] in bits 9:8, no SH (kernel-facts.md §KF-1.3)",
     ),
     (
         0x8000000000 | 0x4FD,
@@ -198,7 +200,7 @@ VECTORS = [
         G16,
         3,
         dict(kind="invalid", owner="hyp", oa=None, size=16384),
-        "bit 0 clear = invalid at any granule; owner in bits 9:2 (facts 2.2)",
+        "bit 0 clear = invalid at any granule; owner in bits 9:2 (kernel-facts.md §KF-2.2)",
     ),
     (
         0x7F70A003,
@@ -227,7 +229,7 @@ VECTORS = [
         G64LPA,
         3,
         dict(oa=0x3000040010000, res0=0),
-        "64K with LPA: bits 15:12 = OA[51:48] (facts 1.3)",
+        "64K with LPA: bits 15:12 = OA[51:48] (kernel-facts.md §KF-1.3)",
     ),
     (
         0x40000000 | 0x7FD,
@@ -265,7 +267,7 @@ def test_vector(engine, raw, geometry, level, expected, why):
 
 
 FWB = [
-    (0x4393D000 | 0x7DF, "S1-wins", "MemAttr 0111 with FWB = stage 1 wins (7.0+ host, facts 1.5)"),
+    (0x4393D000 | 0x7DF, "S1-wins", "MemAttr 0111 with FWB = stage 1 wins (7.0+ host, §KF-1.5)"),
     (0x4393D000 | 0x7DB, "Normal-WB", "MemAttr 0110 with FWB = forced Normal-WB"),
     (0x4393D000 | 0x7D7, "Normal-NC", "MemAttr 0101 with FWB = Normal-NC"),
     (0x4393D000 | 0x7C7, "Device-nGnRE", "MemAttr 0001 with FWB = Device-nGnRE"),
@@ -284,7 +286,7 @@ PROFILE_VECTORS = [
         "linux-5.13",
         0x0100_0000_0000_0000,
         dict(owner="hyp", owner_id=1, page_state=None),
-        "5.13: owner << 56, hyp = 1 (facts 2.2)",
+        "5.13: owner << 56, hyp = 1 (kernel-facts.md §KF-2.2)",
     ),
     (
         "linux-5.13",
@@ -329,13 +331,13 @@ PROFILE_VECTORS = [
         "linux-6.14",
         0,
         dict(owner="host", page_state="unknown"),
-        "6.14+: a zero entry may hide a shared page (facts 2.10)",
+        "6.14+: a zero entry may hide a shared page (kernel-facts.md §KF-2.8)",
     ),
     (
         "linux-7.1",
         0x2000_0000_0000_0002,
         dict(owner="hyp", owner_id=1, inv_type="donation", locked=False, vm_handle=None),
-        "7.1: type 2 (donation) in 63:60, owner HYP=1 in 3:1 (facts 2.2, seen on 7.3)",
+        "7.1: type 2 (donation) in 63:60, owner HYP=1 in 3:1 (§KF-2.2, seen on 7.3)",
     ),
     (
         "linux-7.1",
@@ -371,7 +373,7 @@ PROFILE_VECTORS = [
         "linux-7.1",
         0x414BF75F | 1 << 54,
         dict(owner="host", page_state="unknown", s2ap="ro"),
-        "7.3: hyp .text stays valid RO in the host S2 (facts 2.10)",
+        "7.3: hyp .text stays valid RO in the host S2 (kernel-facts.md §KF-2.8)",
     ),
     ("android", 0x10, dict(owner="protected", owner_id=4), "ACK: PKVM_ID_PROTECTED = 4"),
     ("android", 0x800, dict(owner="host", note=True), "ACK: MMIO note bit 11"),
@@ -385,7 +387,7 @@ PROFILE_VECTORS = [
         "rfc-v3-prot-none",
         0x0080_0000_0000_0000,
         dict(owner="inaccessible", page_state="prot_none"),
-        "RFC v3: invalid + SW bit 55 = PROT_NONE (facts 2.8)",
+        "RFC v3: invalid + SW bit 55 = PROT_NONE (kernel-facts.md §KF-2.7)",
     ),
     (
         "rfc-v3-prot-none,prot_none_bit=58",

@@ -168,7 +168,7 @@ def test_cli_on_split_dump(device, capsys):
     )
     assert len(err.strip().splitlines()) == 1
     fwb = ["--fwb"] if "HCR_EL2.FWB=1" in err else []
-    assert bool(fwb) == (device.version == "7.3")  # facts §2.10: 7.3 sets HCR_EL2.FWB
+    assert bool(fwb) == (device.version == "7.3")  # 7.3 sets HCR_EL2.FWB (§KF-1.5)
     given = [str(device.core), "--vttbr", hex(vttbr), "--vtcr", hex(vtcr), "--summary", *fwb]
     assert main(["decode", *given]) == 0
     assert capsys.readouterr().out == recovered

@@ -1,4 +1,5 @@
-"""Granule geometry and VTCR_EL2/VTTBR_EL2 decoding (facts §1.2, §1.8-1.10)."""
+"""Granule geometry and VTCR_EL2/VTTBR_EL2 decoding (Arm ARM D8.2, D19; arch/arm64/include/asm/
+kvm_arm.h; docs/kernel-facts.md §KF-1.2, §KF-1.7 to §KF-1.9)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from s2trace.errors import InputError
     ],
 )
 def test_level_shifts(geometry, shifts):
-    """ARM64_HW_PGTABLE_LEVEL_SHIFT: (PAGE_SHIFT-3)*(4-n)+3 (facts table 1.2)."""
+    """ARM64_HW_PGTABLE_LEVEL_SHIFT: (PAGE_SHIFT-3)*(4-n)+3 (docs/kernel-facts.md §KF-1.2)."""
     assert {lv: geometry.shift(lv) for lv in geometry.levels} == shifts
 
 
@@ -48,7 +49,7 @@ def test_geometry_rejects_impossible():
 
 
 def test_sample_vtcr():
-    """VTCR_EL2 0x802d3590 of the real samples, decoded by hand in facts §1.10."""
+    """VTCR_EL2 0x802d3590 of the real samples, decoded by hand (docs/kernel-facts.md §KF-1.9)."""
     v = Vtcr.decode(0x802D3590)
     assert (v.t0sz, v.ia_bits, v.sl0, v.granule, v.ps_bits) == (16, 48, 2, Granule.K4, 48)
     assert (v.irgn0, v.orgn0, v.sh0, v.vs, v.ha, v.hd, v.ds) == (
@@ -74,16 +75,17 @@ def test_vttbr_fields():
 @pytest.mark.parametrize(
     ("vtcr", "start", "ia", "concat"),
     [
-        # 4K, T0SZ=24 (40-bit), SL0=1 -> level 1 with 2 concatenated tables (facts 1.8 example)
+        # 4K, T0SZ=24 (40-bit), SL0=1 -> level 1 with 2 concatenated tables (kernel-facts.md
+        # §KF-1.7)
         (0x80000000 | 1 << 6 | 24, 1, 40, 2),
         # 4K, T0SZ=20 (44-bit), SL0=2 -> level 0, 1 table
         (0x80000000 | 2 << 6 | 20, 0, 44, 1),
-        # 16K (TG0=2), T0SZ=24 (40-bit), SL0=1 -> level 2 with 2^(40-36) = 16 tables (the facts
-        # table says 8 next to the same formula; kvm_pgd_pages gives 16)
+        # 16K (TG0=2), T0SZ=24 (40-bit), SL0=1 -> level 2 with 2^(40-36) = 16 tables
+        # (kvm_pgd_pages; kernel-facts.md §KF-1.7)
         (0x80000000 | 2 << 14 | 1 << 6 | 24, 2, 40, 16),
         # 64K (TG0=1), T0SZ=22 (42-bit), SL0=1 -> level 2, 1 table
         (0x80000000 | 1 << 14 | 1 << 6 | 22, 2, 42, 1),
-        # 64K, T0SZ=16 (48-bit), SL0=2 -> level 1, 1 table (facts 1.8 worked row)
+        # 64K, T0SZ=16 (48-bit), SL0=2 -> level 1, 1 table (kernel-facts.md §KF-1.7)
         (0x80000000 | 1 << 14 | 2 << 6 | 16, 1, 48, 1),
         # 4K DS=1, SL2=1, T0SZ=12 (52-bit) -> level -1
         (0x80000000 | 1 << 32 | 1 << 33 | 6 << 16 | 12, -1, 52, 1),

@@ -4,8 +4,8 @@ Expectations on the bundled 7.3 sample come from its ftrace (linear map 0xffff00
 PA 0x40000000): ``pkvm_create_hyp_vm`` allocates the 1-page pgd (``ret=0xffff000004eac000``,
 PA 0x44eac000) and the 2-page hyp VM (``ret=0xffff0000061c2000``, PA 0x461c2000) for the
 struct kvm ``0xffff000005134000``; the first guest fault maps ``addr=0x0 ... phys=0x42c99000``
-(a share with the np-guest: the guest leaf reads shared_borrowed, facts §2.10); the guest's
-tables are hyp-owned pages (the pgd and the memcache pages, facts §2.10).  The first VM's
+(a share with the np-guest: the guest leaf reads shared_borrowed, §KF-2.8); the guest's
+tables are hyp-owned pages (the pgd and the memcache pages, §KF-3.5).  The first VM's
 handle is 0x1000 (HANDLE_OFFSET).
 """
 

@@ -6,8 +6,9 @@ regexes (not with s2trace's readers or recipes), then checked against what
 ``s2trace.trace.analyze`` makes of the same folder and against the dump's host stage 2:
 
 * the destroyed VM is the ``host_kvm`` of ``s2_pkvm_destroy_hyp_vm``; the pages it returns are the
-  ``s2_free_pages`` calls whose caller is ``free_hyp_memcache`` after that probe (facts §3.2a,
-  §2.10: ``free_hyp_memcache`` twice, hyp VM + vCPU pages, then pgd + guest stage-2 tables);
+  ``s2_free_pages`` calls whose caller is ``free_hyp_memcache`` after that probe
+  (arch/arm64/kvm/pkvm.c; §KF-3.5: ``free_hyp_memcache`` twice, hyp VM + vCPU pages, then pgd +
+  guest stage-2 tables);
 * the host's shares it drops are the ``s2_kvm_unshare_hyp`` ranges
   ``[ALIGN_DOWN(pa(from)), PAGE_ALIGN(pa(to)))``; the guest page it unshares is the
   ``s2_pkvm_mapping_remove`` pfn (printed in decimal: a ``:u64`` fetch);
@@ -202,7 +203,7 @@ def _owner_of_pages(pages: set[int]) -> dict[int, str]:
     i = np.searchsorted(start, q, side="right") - 1
     hit = (i >= 0) & (q < end[np.maximum(i, 0)])
     # no row: a valid identity leaf would be a row, so an absent page is an unannotated
-    # invalid entry, which pKVM never leaves for RAM the host owns (facts §2.10)
+    # invalid entry, which pKVM never leaves for RAM the host owns (§KF-2.8)
     return {int(p): (owners[j] if h else "none") for p, j, h in zip(q, i, hit, strict=True)}
 
 

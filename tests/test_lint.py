@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,3 +83,45 @@ def test_function_import_detector_sees_one(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from s2trace.errors import InputError\n    return InputError\n")
     assert _function_level_imports(probe, tmp_path) == ["probe.py:2 s2trace.errors"]
+
+
+# The package cites kernel facts in docs/kernel-facts.md (shipped with the project), never in
+# private notes an installed user does not have.  Patterns are assembled so this file does not
+# match itself.
+_NOTES = re.compile("pkvm-stage2" + "-facts|(?<![-\\w.])facts ?§|(?<![-\\w.])facts [0-9]+\\.[0-9]")
+_KF_REF = re.compile(r"§KF-(\d+(?:\.\d+)?)")
+_CITING = ("s2trace", "tests", "benchmarks", "notebooks", "docs")
+
+
+def _cited_files() -> list[Path]:
+    files = [REPO / "README.md"]
+    for top in _CITING:
+        files += [
+            p
+            for p in (REPO / top).rglob("*")
+            if p.is_file() and p.suffix in {".py", ".toml", ".md", ".ipynb", ".txt"}
+        ]
+    return files
+
+
+def test_no_citation_of_private_notes():
+    hits = [
+        f"{p.relative_to(REPO)}:{n}: {line.strip()}"
+        for p in _cited_files()
+        for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if _NOTES.search(line)
+    ]
+    assert not hits, "cite docs/kernel-facts.md §KF-x.y instead:\n" + "\n".join(hits)
+
+
+def test_kernel_fact_citations_exist():
+    facts = (REPO / "docs" / "kernel-facts.md").read_text(encoding="utf-8")
+    sections = set(re.findall(r"^#{2,3} KF-(\d+(?:\.\d+)?) ", facts, re.MULTILINE))
+    missing = [
+        f"{p.relative_to(REPO)}:{n}: §KF-{ref}"
+        for p in _cited_files()
+        for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        for ref in _KF_REF.findall(line)
+        if ref not in sections
+    ]
+    assert not missing, "no such section in docs/kernel-facts.md:\n" + "\n".join(missing)

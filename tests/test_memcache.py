@@ -39,7 +39,7 @@ def test_a_named_page_silences_the_topup():
 
 
 def test_report_names_the_guest_tables():
-    """facts §2.10: the first guest fault tops up 3 pages that become the guest stage-2
+    """§KF-3.5: the first guest fault tops up 3 pages that become the guest stage-2
     tables; the first VM handle is 0x1000.  The dump must name exactly 3 pages so."""
     r = build_report(S73, plots=False, check=False)
     named = r.memcache[r.memcache["named_by_dump"].notna()]

@@ -244,8 +244,8 @@ LINEAR_VA, LINEAR_PA = 0xFFFF000000000000, 0x40000000  # both sample READMEs
 
 def evidence_transitions(trace: str) -> pd.DataFrame:
     """Transitions read from a sample's ftrace.txt with two regexes (not the recipes):
-    kvm_share_hyp ranges (counted shares, facts §3.2a) and the alloc_pages_exact results of
-    pkvm_create_hyp_vm / pkvm_create_hyp_vcpu (donated to the hypervisor, facts §2.10, §3.2a)."""
+    kvm_share_hyp ranges (counted shares, §KF-3.4) and the alloc_pages_exact results of
+    pkvm_create_hyp_vm / pkvm_create_hyp_vcpu (donated to the hypervisor, §KF-3.5)."""
     rows = []
     for m in re.finditer(r"(\d+\.\d+): s2_kvm_share_hyp: .* from=(0x[0-9a-f]+) to=(0x[0-9a-f]+)",
                          trace):  # fmt: skip

@@ -2,7 +2,8 @@
 
 Expected transitions are worked out by hand from the trace text: a linear-map address VA is
 physical VA - 0xffff000000000000 + 0x40000000 on the samples (their READMEs); kvm_share_hyp
-covers [ALIGN_DOWN(pa(from)), PAGE_ALIGN(pa(to))) (facts §3.2a).
+covers [ALIGN_DOWN(pa(from)), PAGE_ALIGN(pa(to))) (arch/arm64/kvm/mmu.c v5.17+;
+docs/kernel-facts.md §KF-3.4).
 """
 
 from __future__ import annotations

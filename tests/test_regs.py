@@ -344,7 +344,8 @@ def test_root_pointing_outside_the_dump_is_rejected(tmp_path):
 
 
 def test_nvhe_tcr_gets_ps_from_vtcr(tmp_path):
-    # facts §2.11, Debian 6.1 (nVHE): stored tcr_el2 0x80803510, live TCR_EL2 0x80853510.
+    # kernel-facts.md §KF-2.9, Debian 6.1 (nVHE): stored tcr_el2 0x80803510, live TCR_EL2
+    # 0x80853510.
     m = make_machine(
         tmp_path, ncpu=1, change={0: {"tcr_el2": 0x80803510, "hcr_el2": 0x100030080080001}}
     )
@@ -564,7 +565,7 @@ def test_real_samples_equal_gdb(version, how):
         expect = live[i] if r.cpu is not None else by_tpidr[r.tpidr_el2]
         assert_matches_gdb(r, expect)
         assert r.vttbr_el2 == REAL[version]["vttbr"] and r.vtcr_el2 == REAL[version]["vtcr"]
-    # facts §2.11: cpu0's params at 0x43879a80 (6.12); the 7.3 row's 0x451a2828 is the
+    # kernel-facts.md §KF-2.9: cpu0's params at 0x43879a80 (6.12); the 7.3 row's 0x451a2828 is the
     # address of the vttbr field (offset 0x38) of the struct at 0x451a27f0.
     first = {"6.12": 0x43879A80, "7.3": 0x451A27F0}[version]
     assert found[0].params_pa == first

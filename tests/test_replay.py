@@ -1,9 +1,9 @@
 """Replay of the pKVM ownership state machine: hand-written sequences and a reference model.
 
 The reference model at the bottom applies transitions one at a time with plain Python, written
-from facts §3.1, §3.2 and §3.2a directly (not from s2trace.pkvm.rules); hypothesis checks that
-the vectorised replay agrees with it on violations, on the state after every transition and on
-the final snapshot.
+from docs/kernel-facts.md §KF-3.1, §KF-3.2 and §KF-3.4 directly (not from s2trace.pkvm.rules);
+hypothesis checks that the vectorised replay agrees with it on violations, on the state after
+every transition and on the final snapshot.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def test_reclaim_of_a_page_the_guest_shares_with_the_host():
 
 
 # ---------------------------------------------------------------------------------------------
-# counted shares (kvm_share_hyp / kvm_unshare_hyp, facts §3.2a)
+# counted shares (kvm_share_hyp / kvm_unshare_hyp, arch/arm64/kvm/mmu.c; §KF-3.4)
 # ---------------------------------------------------------------------------------------------
 def test_two_objects_on_one_page_then_one_unshare():
     c = dict(counted=True)
@@ -551,7 +551,7 @@ def version(kernel: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
-AVAILABLE = {  # (op, initiator, completer) -> first version (facts §2.1, §3.1, §3.2)
+AVAILABLE = {  # (op, initiator, completer) -> first version (§KF-2.1, §KF-3.1, §KF-3.2)
     ("share", "host", "hyp"): (5, 15),
     ("unshare", "host", "hyp"): (5, 17),
     ("donate", "host", "hyp"): (6, 2),
@@ -981,7 +981,7 @@ def test_qemu_pkvm_6_12_capture_by_hand():
     0xffff000000000000 is physical 0x40000000, README).  Line 14: kvm_share_hyp of the struct
     kvm [..393d000, ..393df70) -> one page; line 21: the vCPU [..4c38000, ..4c39b90) -> two
     pages; lines 28/30/32: pkvm_create_hyp_vm's alloc_pages_exact returns 1, 2 and 2 pages,
-    donated to the hypervisor when pkvm_create_hyp_vm completes (line 33, facts §3.2a)."""
+    donated to the hypervisor when pkvm_create_hyp_vm completes (line 33, §KF-3.5)."""
 
     def pa(va: int) -> int:
         return va - 0xFFFF000000000000 + 0x40000000

@@ -76,7 +76,7 @@ def test_profile_for_kernel(kernel, profile):
 
 @pytest.mark.parametrize("version", list(VERSIONS))
 def test_registers_recovered_from_the_reduced_sample(version):
-    """The trimmed samples keep the per-CPU kvm_nvhe_init_params pages (facts §2.11)."""
+    """The trimmed samples keep the per-CPU kvm_nvhe_init_params pages (§KF-2.9)."""
     from s2trace.hyp.init_params import registers_from_memory
 
     cap = load_capture(SAMPLES / VERSIONS[version])

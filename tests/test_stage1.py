@@ -24,7 +24,7 @@ from s2trace.io import open_memory
 
 TCR_612 = 0x15001F5B5D53510  # 6.12 capture, gdb-regs.txt
 TCR_73 = 0x5500075B5903510  # 7.3 capture, gdb-regs.txt
-TCR_61_NVHE = 0x80853510  # facts §2.11: live TCR_EL2 of the 6.1 nVHE capture
+TCR_61_NVHE = 0x80853510  # §KF-2.9: live TCR_EL2 of the 6.1 nVHE capture
 
 
 # -- registers --------------------------------------------------------------------------------

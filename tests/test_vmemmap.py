@@ -188,7 +188,7 @@ def real73():
 @pytest.mark.slow
 def test_73_vmemmap_pointer(real73):
     va, view, _, _ = real73
-    assert va == 0x600000000000  # facts §2.10
+    assert va == 0x600000000000  # kernel-facts.md §KF-2.8
     assert view.vmemmap.vmemmap_va == va and len(view.vmemmap.problems) == 0
     assert len(view.vmemmap.frame) == 1 << 18  # every page of the 1 GiB of RAM
 
@@ -203,7 +203,7 @@ def test_73_shares_donations_and_guest_page_from_the_trace(real73):
         rows = f.loc[first:last]
         assert set(rows["host_state"].astype(str)) == {"shared_owned"}
         assert set(rows["hyp_state"].astype(str)) == {"shared_borrowed"}
-        assert set(rows["refcount"]) == {1}  # pinned by the hyp (facts §2.10)
+        assert set(rows["refcount"]) == {1}  # pinned by the hyp (kernel-facts.md §KF-2.8)
     (phys,) = re.findall(r"s2_pkvm_pgtable_stage2_map: .* phys=(0x[0-9a-f]+)", trace)
     guest = f.loc[int(phys, 16) >> 12]
     assert int(guest["raw"]) == 0x0000000101000000  # bytes 00 00 00 01 01 00 00 00

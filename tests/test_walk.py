@@ -79,7 +79,7 @@ def test_walk_matches_builder(tmp_path, geometry, ia_bits, fmt):
 
 
 def test_concatenated_start_tables(tmp_path):
-    """4K with a 40-bit IPA starts at level 1 with two concatenated tables (facts 1.8)."""
+    """4K with a 40-bit IPA starts at level 1 with two concatenated tables (§KF-1.7)."""
     b = Stage2Builder(Geometry(Granule.K4), ia_bits=40)
     assert (b.start_level, b.config.concatenated) == (1, 2)
     b.map(0x100_0000_0000 - 0x4000_0000, 0x4000_0000)  # last GiB: in the second table

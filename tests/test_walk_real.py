@@ -113,11 +113,11 @@ def test_hyp_text_6_12_is_hyp_owned(walked):
     lo, hi = evidence("6.12")["hyp_text"]
     rows = pages_of(walked["6.12"].map, lo, -(-hi // PAGE) * PAGE)
     assert {r["owner"] for r in rows} == {"hyp"}
-    assert {r["raw"] for r in rows} == {0x4}  # owner HYP in bits 9:2 (facts 2.2)
+    assert {r["raw"] for r in rows} == {0x4}  # owner HYP in bits 9:2 (kernel-facts.md §KF-2.2)
 
 
 def test_hyp_text_7_3_stays_readonly_in_host(walked):
-    """7.3: the hyp .text is mapped read-only, execute-never in the host (facts 2.10)."""
+    """7.3: the hyp .text is mapped read-only, execute-never in the host (§KF-2.8)."""
     lo, hi = evidence("7.3")["hyp_text"]
     rows = pages_of(walked["7.3"].map, lo, -(-hi // PAGE) * PAGE)
     assert {(r["kind"], r["s2ap"], r["xn"]) for r in rows} == {("page", "ro", 2)}

@@ -1,4 +1,5 @@
-"""Words for stage-2 attribute values (Arm ARM D8.5/D8.6; facts §1.4-§1.6).
+"""Words for stage-2 attribute values (Arm ARM D8.5/D8.6; hyp/pgtable.c,
+asm/memory.h; docs/kernel-facts.md §KF-1.4, §KF-1.5).
 
 Decoding never formats: both engines look names up here, by raw field value, so the Construct
 path and the numpy path cannot disagree on spelling.  Each table is indexed by the raw field.

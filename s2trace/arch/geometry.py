@@ -5,7 +5,8 @@ the walker ask: which levels exist, the address bits each level resolves, which 
 block descriptors, and where the output-address bits sit in a descriptor.  Nothing else in
 s2trace hard-codes a granule.
 
-Sources (facts §1.2, §1.3; Arm ARM D8.2/D8.3): level shift = (PAGE_SHIFT - 3) * (4 - n) + 3,
+Sources (Arm ARM D8.2/D8.3; pgtable-hwdef.h, kvm_pgtable.h; docs/kernel-facts.md §KF-1.2,
+§KF-1.3): level shift = (PAGE_SHIFT - 3) * (4 - n) + 3,
 the kernel's ``ARM64_HW_PGTABLE_LEVEL_SHIFT``; block levels per granule; 52-bit OA with
 FEAT_LPA (64K, OA[51:48] in bits 15:12) and FEAT_LPA2 (4K/16K with DS=1, OA[49:48] in place and
 OA[51:50] in bits 9:8).
@@ -101,7 +102,7 @@ class Geometry:
 
     @property
     def block_levels(self) -> frozenset[int]:
-        """Levels where a block descriptor is architecturally allowed (facts §1.2)."""
+        """Levels where a block descriptor is architecturally allowed (§KF-1.2)."""
         if self.granule is Granule.K4:
             return frozenset({0, 1, 2} if self.ds else {1, 2})
         if self.granule is Granule.K16:

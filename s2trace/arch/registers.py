@@ -1,9 +1,10 @@
 """VTCR_EL2 and VTTBR_EL2: from register values to the geometry of a stage-2 walk.
 
-Field layouts from the Arm ARM (D19 VTCR_EL2/VTTBR_EL2) as listed in facts §1.8-§1.9; the
+Field layouts from the Arm ARM (D19 VTCR_EL2/VTTBR_EL2) and arch/arm64/include/asm/kvm_arm.h,
+kvm_mmu.h (docs/kernel-facts.md §KF-1.7, §KF-1.8); the
 start-level decode is the kernel's ``kvm_vtcr_el2_sl_decode`` table; the number of
 concatenated start-level tables is the kernel's ``kvm_pgd_pages(ia_bits, start_level)``.
-Worked example (facts §1.10): VTCR_EL2 0x802d3590 is T0SZ=16 (48-bit IPA), SL0=2 (start at
+Worked example (§KF-1.9): VTCR_EL2 0x802d3590 is T0SZ=16 (48-bit IPA), SL0=2 (start at
 level 0), IRGN0=ORGN0=1, SH0=3, TG0=4K, PS=5 (48 bits), VS=1, HA=1; VTTBR_EL2 0x7f709001 is
 VMID 0, BADDR 0x7f709000, CnP.
 """
@@ -225,7 +226,7 @@ _PS_CODE = {32: 0, 36: 1, 40: 2, 42: 3, 44: 4, 48: 5, 52: 6}
 def encode_vtcr(
     geometry: Geometry, ia_bits: int, start_level: int, pa_bits: int = 48, vs: bool = True
 ) -> int:
-    """A VTCR_EL2 value selecting this format (inverse of ``Vtcr.decode``; facts §1.8)."""
+    """A VTCR_EL2 value selecting this format (inverse of ``Vtcr.decode``; §KF-1.7)."""
     base = 2 if geometry.granule is Granule.K4 else 3
     sl2 = 0
     if start_level == -1:

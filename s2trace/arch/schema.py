@@ -6,7 +6,8 @@ the Arm ARM, and builds the same bytes back: ``build(parse(x)) == x`` for every 
 (tested over all granules, levels and DS settings).  Fields that the architecture reserves are
 kept as ``res0_*`` fields so damage is visible, and bits the hardware ignores as ``ignored_*``.
 
-Layouts (Arm ARM D8.3, facts §1.3-§1.7), most significant field first:
+Layouts (Arm ARM D8.3, kvm_pgtable.h; docs/kernel-facts.md §KF-1.3 to
+§KF-1.6), most significant field first:
 
 * block / page: ignored[63] PBHA[62:59] SW[58:55] XN[54:53] Contiguous[52] DBM[51] RES0[50]
   OA[49:48] (DS) or RES0, OA[47:n], then for blocks RES0 down to 17, nT[16], and OA[51:48]
@@ -44,7 +45,7 @@ __all__ = ["classify", "descriptor_schema", "kind_schema"]
 
 
 def classify(raw: int, geometry: Geometry, level: int) -> str:
-    """Kind of a descriptor from bits[1:0] and the level (facts §1.1)."""
+    """Kind of a descriptor from bits[1:0] and the level (Arm ARM D8.3; §KF-1.1)."""
     if not raw & 1:
         return "invalid"
     if raw & 2:

@@ -26,7 +26,7 @@ RO/RW = 2/0 with E2H, 3/1 without; "Honor UX/PX attributes for EL2 S1 mappings",
 ``__KVM_PTE_LEAF_ATTR_HI_S1_UXN`` BIT(54), ``_PXN`` BIT(53)); TF-A's
 ``AP_ONE_VA_RANGE_RES1`` (AP[1] RES1 in the single-range EL2/EL3 regimes).  The TCR_EL2 and
 MAIR field positions are from the Arm ARM register descriptions as remembered; the two real
-captures (facts §2.11: 6.1 nVHE 0x80853510, 6.12/7.3 hVHE 0x15001f5b5d53510 /
+captures (docs/kernel-facts.md §KF-2.9: 6.1 nVHE 0x80853510, 6.12/7.3 hVHE 0x15001f5b5d53510 /
 0x5500075b5903510) decode consistently with them (T0SZ 16, 4K, IPS 48 bits, EPD1 set).
 """
 

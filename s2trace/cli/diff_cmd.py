@@ -12,9 +12,9 @@ Inputs are told apart by what they are:
   options, or B with ``--vttbr-b/--vtcr-b``): every ownership change.
 
 Dumps are walked with their page states from hyp_vmemmap when the hyp stage-1 registers and
-kallsyms (or ``--vmemmap``) are known (6.14+ keeps the host state there, facts §2.6); without
-them their page states read ``unknown``, which agrees with anything
-(:func:`s2trace.trace.queries.diff_maps`).
+kallsyms (or ``--vmemmap``) are known (6.14+ keeps the host state there, mem_protect.c v5.13-7.1;
+docs/kernel-facts.md §KF-2.6); without them their page states read ``unknown``, which agrees with
+anything (:func:`s2trace.trace.queries.diff_maps`).
 """
 
 from __future__ import annotations

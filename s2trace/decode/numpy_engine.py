@@ -274,7 +274,8 @@ def _compile(profile: Profile) -> tuple[_Key, dict[str, np.ndarray], list[str], 
 def _compile_tables(profile: Profile) -> tuple[_Key, dict[str, np.ndarray], list[str], list[str]]:
     """Lookup tables (owner code, owner id, id valid, state code) over the key space.
 
-    The rules, written once as whole-array logic (facts §2.2-2.4, 2.10): valid leaves belong
+    The rules, written once as whole-array logic (hyp/pgtable.c, mem_protect.c, nvhe/memory.h;
+    docs/kernel-facts.md §KF-2.2 to §KF-2.4, §KF-2.8): valid leaves belong
     to the profile's mapped owner with the PTE page state (or ``unknown`` where the state moved
     to the vmemmap); invalid entries carry the owner field (read only for ``owner_type`` in
     7.1+), zero entries belong to the host, prot-none entries (RFC v3) are inaccessible; an

@@ -4,7 +4,7 @@ pKVM keeps every VM it runs in ``vm_table`` (EL2 ``static struct pkvm_hyp_vm **v
 symbol ``__kvm_nvhe_vm_table`` in kallsyms), one hyp-VA pointer per slot; the VM handle of
 slot ``i`` is ``i + HANDLE_OFFSET`` (0x1000, ``idx_to_vm_handle`` in
 ``arch/arm64/kvm/hyp/nvhe/pkvm.c``; the first VM's handle 0x1000 is what the 7.3 sample's
-host entries carry, facts §2.10).  Each ``struct pkvm_hyp_vm`` starts with the hyp's own
+host entries carry, §KF-2.8).  Each ``struct pkvm_hyp_vm`` starts with the hyp's own
 ``struct kvm`` and then holds ``host_kvm`` and the guest's ``struct kvm_pgtable`` (``u32
 ia_bits; s8 start_level; kvm_pteref_t pgd; ...``); its ``kvm.arch.mmu`` (``struct
 kvm_s2_mmu``: ``vmid, pgd_phys, pgt, vtcr``) points back at that pgtable.  ``struct kvm``
@@ -16,9 +16,10 @@ place where that back-pointer pair holds (the same check, so a wrong guess canno
 
 Each guest stage 2 is then walked with the stage-2 walker (not an identity map) and the
 ``linux-7.1-guest`` profile: guest leaves carry the guest's page state in SW bits 56:55
-(shared_borrowed for pages an np-guest borrows from the host, facts §2.10, §3.2).  The
-reverse map is completed from the host side: 7.1+ host entries of pages donated to a guest
-name the VM handle and the gfn (facts §2.2).
+(shared_borrowed for pages an np-guest borrows from the host, mem_protect.c v6.14-7.1;
+docs/kernel-facts.md §KF-3.2, §KF-2.8).  The reverse map is completed from the host side: 7.1+ host
+entries of pages donated to a guest name the VM handle and the gfn (mem_protect.c 7.1;
+docs/kernel-facts.md §KF-2.2).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ stage-1 SW bits up to v6.15, vmemmap after).  The consistency checks
 :func:`apply_states` fills ``page_state`` (host), ``hyp_state`` and ``host_share_guest_count``
 of an ownership map (``MAP`` schema) from it, splitting a block where the states of the pages
 inside it differ (a page shared with a guest can sit inside a plain 2 MiB block on 6.14+,
-facts §2.10).  Everything is vectorised over pages and rows; no loop per page or per row.
+§KF-2.8).  Everything is vectorised over pages and rows; no loop per page or per row.
 """
 
 from __future__ import annotations

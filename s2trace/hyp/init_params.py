@@ -3,7 +3,7 @@
 At pKVM init the host fills one ``struct kvm_nvhe_init_params`` per CPU; ``___kvm_hyp_init``
 loads the EL2 registers from it, and ``__pkvm_prot_finalize`` later stores the host stage 2's
 VTTBR/VTCR into it.  It stays in memory, so a full RAM dump carries the registers a walk needs
-(facts §2.11).  Two ways to find the copies:
+(arch/arm64/include/asm/kvm_asm.h; docs/kernel-facts.md §KF-2.9).  Two ways to find the copies:
 
 * **kallsyms** (:func:`recover_registers` with ``kallsyms=``): the per-CPU areas are at the
   addresses in ``__kvm_nvhe_kvm_arm_hyp_percpu_base[]`` and the struct sits at
@@ -44,7 +44,7 @@ What was verified, and against what:
   HCR_EL2), and QEMU's ``-cpu max`` on ``virt`` without ``mte=on`` has no MTE: the live
   register in ``gdb-regs.txt`` lacks bit 56 (6.12) and bit 58 (7.3), everything else equal.
 * ``TCR_EL2``: kernels before the LPA2 series (v6.9) inserted TCR_EL2.PS in ``hyp-init.S``
-  (``tcr_compute_pa_size``), so the stored nVHE ``tcr_el2`` has PS=0 (facts §2.11, 6.1:
+  (``tcr_compute_pa_size``), so the stored nVHE ``tcr_el2`` has PS=0 (§KF-2.9, 6.1:
   stored ``0x80803510``, live ``0x80853510``).  For an nVHE value with PS=0, PS is taken from
   VTCR_EL2.PS (both derive from ID_AA64MMFR0_EL1.PARange) and the source says so.
 """

@@ -7,16 +7,18 @@ vectorised comparison over that table.  Each breach is a row of BREACHES naming 
 invariant, the page and the raw entries of every side.
 
 The invariants (:data:`INVARIANTS`) follow the boot fix-up ``fix_host_ownership_walker``
-(facts §3.2: hyp OWNED -> host annotated owner HYP, hyp SHARED_OWNED -> host SHARED_BORROWED,
-hyp SHARED_BORROWED -> host SHARED_OWNED) and the transitions that keep them (facts §3.1,
-§3.2); read in both directions.  Allowed exceptions, each with its source:
+(arch/arm64/kvm/hyp/nvhe/setup.c, docs/kernel-facts.md §KF-3.3: hyp OWNED -> host annotated owner
+HYP, hyp SHARED_OWNED -> host SHARED_BORROWED, hyp SHARED_BORROWED -> host SHARED_OWNED) and the
+transitions that keep them (§KF-3.1, §KF-3.2); read in both directions.  Allowed exceptions, each
+with its source:
 
 * host SHARED_OWNED without a hyp SHARED_BORROWED is explained by an np-guest share when
-  ``host_share_guest_count`` > 0 (v6.14+, facts §3.2).  A share with the Secure world over
-  FF-A leaves no record on the hyp side and shows as a breach (say so in the detail).
+  ``host_share_guest_count`` > 0 (v6.14+, mem_protect.c v6.14-7.1; docs/kernel-facts.md
+  §KF-3.2).  A share with the Secure world over FF-A leaves no record on the hyp side and shows
+  as a breach (say so in the detail).
 * the hyp .text: from the July 2025 patch (see :mod:`s2trace.hyp.vmemmap`) the host keeps a
   read-only, execute-never identity mapping of pages the hyp owns and maps PAGE_HYP_EXEC,
-  with host state NOPAGE (facts §2.10, seen on 7.3): not a breach.
+  with host state NOPAGE (docs/kernel-facts.md §KF-2.8, seen on 7.3): not a breach.
 * on v6.16+ the hyp maps pages it only borrows lazily (on pin), so a SHARED_BORROWED page
   without a hyp stage-1 mapping is fine; the reverse (a hyp mapping of a page whose hyp state
   is NOPAGE) is a breach of ``vmemmap_vs_pte``.

@@ -4,9 +4,10 @@ The traversal is the generic :class:`s2trace.walk.tables.TableWalk` (one gather 
 per level) with the stage-1 decode of :mod:`s2trace.arch.stage1`; rows are the leaves (blocks
 and pages), one per descriptor, sorted by VA.  The pKVM reading is the ``hyp_state`` column:
 up to v6.15 the hypervisor keeps its page state in SW0/SW1 (bits 55/56) of its stage-1 leaves
-(facts §2.4: neither = OWNED, SW0 = SHARED_OWNED, SW1 = SHARED_BORROWED, both = reserved);
-from v6.16 the state lives in ``hyp_vmemmap`` and the bits are 0 everywhere (facts §2.10,
-checked on the 7.3 capture), so ``hyp_states="vmemmap"`` reports ``unknown`` instead.
+(nvhe/mem_protect.h, docs/kernel-facts.md §KF-2.4: neither = OWNED, SW0 = SHARED_OWNED, SW1 =
+SHARED_BORROWED, both = reserved); from v6.16 the state lives in ``hyp_vmemmap`` and the bits are 0
+everywhere (§KF-2.8, checked on the 7.3 capture), so ``hyp_states="vmemmap"`` reports ``unknown``
+instead.
 
 Problems recorded besides the traversal's: ``reserved_encoding``, ``res0_set``,
 ``res1_clear`` (E2H=0 leaf with AP[1] clear) and ``table_attributes`` (a table descriptor with
@@ -41,7 +42,7 @@ __all__ = ["HYP_MAP", "HYP_STATES", "HypWalkResult", "translate", "walk_hyp"]
 
 _TABLE, _BLOCK, _PAGE, _INVALID, _RESERVED = range(len(KINDS))
 
-#: pKVM page states of the hyp stage-1 SW bits 56:55, indexed by their value (facts §2.4).
+#: pKVM page states of the hyp stage-1 SW bits 56:55, indexed by their value (§KF-2.4).
 HYP_STATES: tuple[str, ...] = ("owned", "shared_owned", "shared_borrowed", "reserved")
 
 

@@ -11,7 +11,7 @@ and a size column (an ownership map, the hyp map, breaches), so a row reads as w
   "Kernel code" (the kernel maps its image linearly from ``_text``).
 * The hypervisor's per-CPU areas: the array ``__kvm_nvhe_kvm_arm_hyp_percpu_base[]`` (in the
   dump) holds their kernel linear-map addresses, each area is the per-CPU template rounded up
-  to pages (facts §2.11).
+  to pages (arch/arm64/kvm/arm.c; docs/kernel-facts.md §KF-2.9).
 * ``/proc/iomem``: "System RAM", "Kernel code", "reserved" ... as they are.
 * dmesg: ``kvm [0]: Reserved N MiB at 0x...`` (the hyp carve-out) and ``cma: Reserved ...``.
 * traces: the ownership transitions the recipes derive from them (TRANSITIONS, see

@@ -13,16 +13,16 @@ page ownership tracking to the hyp vmemmap" (``enum pkvm_page_state host_state :
 ``u32 host_share_guest_count;``, BUILD_BUG_ON size 8); "Move hyp state to hyp_vmemmap"
 (v6.16: ``unsigned __host_state : 4; unsigned __hyp_state_comp : 4;``, hyp state =
 ``__hyp_state_comp ^ PKVM_PAGE_STATE_MASK`` (3), so zeroed memory reads hyp NOPAGE).  Little-
-endian bit-fields put ``__host_state`` in the low nibble of byte 3 (facts §2.5; confirmed on
-the 7.3 capture, §2.10: 0x11, 0x33, 0x00, 0x03).  State values: v6.14-v6.15 OWNED 0,
-SHARED_OWNED 1, SHARED_BORROWED 2, NOPAGE BIT(2) = 4; v6.16+ NOPAGE = 3 (facts §2.4).
+endian bit-fields put ``__host_state`` in the low nibble of byte 3 (docs/kernel-facts.md §KF-2.5;
+confirmed on the 7.3 capture, §KF-2.8: 0x11, 0x33, 0x00, 0x03).  State values: v6.14-v6.15 OWNED 0,
+SHARED_OWNED 1, SHARED_BORROWED 2, NOPAGE BIT(2) = 4; v6.16+ NOPAGE = 3 (§KF-2.4).
 
-Where each side's state is kept, by version (facts §2.1, §2.6): host state in the host stage 2
+Where each side's state is kept, by version (§KF-2.1, §KF-2.6): host state in the host stage 2
 up to v6.13, in the vmemmap from v6.14; hyp state in the hyp stage-1 SW bits up to v6.15, in
 the vmemmap from v6.16.  From Mostafa Saleh's "Map hyp text as RO and dump instr on panic"
 (July 2025; first release unverified, taken as 6.17) the hyp .text stays mapped read-only in
 the host stage 2 while hyp-owned (``fix_host_ownership_walker``: PAGE_HYP_EXEC -> host
-NOPAGE + ``host_stage2_idmap_locked(.., KVM_PGTABLE_PROT_R)``; seen on 7.3, facts §2.10).
+NOPAGE + ``host_stage2_idmap_locked(.., KVM_PGTABLE_PROT_R)``; seen on 7.3, §KF-2.8).
 """
 
 from __future__ import annotations

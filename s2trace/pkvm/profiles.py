@@ -156,7 +156,7 @@ class Profile:
 
         Owned by someone else: the host cannot reach it (NOPAGE).  Owned by the host (zero
         entry, not mapped yet): owned, when the PTE holds host states; unknown when they moved
-        to the vmemmap (a shared page may sit behind a zero entry, facts §2.10).
+        to the vmemmap (a shared page may sit behind a zero entry, seen on 7.3, §KF-2.8).
         """
         if owner_id is None or self.state_source == "none":
             return None
@@ -336,7 +336,7 @@ def get_profile(spec: str | Profile = DEFAULT_PROFILE, extra: str | Path | None 
 
 
 def profile_for_kernel(version: str) -> str:
-    """The annotation profile of a mainline kernel version (facts §2.1)."""
+    """The annotation profile of a mainline kernel version (§KF-2.1)."""
     m = re.match(r"(\d+)\.(\d+)", version.strip())
     if not m:
         raise InputError(f"kernel version {version!r}: expected MAJOR.MINOR[...]")

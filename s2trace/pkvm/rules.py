@@ -6,26 +6,30 @@ kernel makes them) and which state the page is in afterwards.  :func:`rule_table
 rules that apply to one kernel into small numpy tables over the page states, which the replay
 engine (:mod:`s2trace.trace.replay`) applies to whole arrays of pages at once.
 
-What was verified, and against what (``../shared/reference/pkvm-stage2-facts.md``):
+What was verified, and against what (facts in ``docs/kernel-facts.md``):
 
-* share / unshare / donate and the NOPAGE meta-state of ``pkvm_mem_transition`` (v5.17-v6.13):
-  facts §3.1.  Completer-side checks run there only with ``CONFIG_NVHE_EL2_DEBUG``; the replay
-  still refuses such a transition (it leaves the two sides inconsistent) and says so in the
+* share / unshare / donate and the NOPAGE meta-state of ``pkvm_mem_transition``
+  (arch/arm64/kvm/hyp/nvhe/mem_protect.c, v5.17-v6.13; docs/kernel-facts.md §KF-3.1).
+  Completer-side checks run there only with ``CONFIG_NVHE_EL2_DEBUG``; the replay still
+  refuses such a transition (it leaves the two sides inconsistent) and says so in the
   violation's detail (``enforced="debug"``).
 * the per-function rules of v6.14-7.1 (``__pkvm_host_share_hyp`` ...
-  ``__pkvm_host_reclaim_page_guest``): facts §3.2.  ``host_share_guest_count``: the host
-  stays SHARED_OWNED while it is > 0.
+  ``__pkvm_host_reclaim_page_guest``; mem_protect.c, read for v6.14, v6.16 and 7.1;
+  docs/kernel-facts.md §KF-3.2).  ``host_share_guest_count``: the host stays SHARED_OWNED
+  while it is > 0.
 * which pairs exist in which version: host->hyp share v5.15 (unshare v5.17), host<->hyp donate
   v6.2 (and ``__pkvm_mark_hyp`` in v5.13-v5.14), host->FF-A share v6.5, np-guest share v6.14,
-  protected-guest donate/share/reclaim 7.1: facts §2.1, §3.1, §3.2.
-* the host-side ``kvm_share_hyp`` count (facts §3.2a) is not a page state: the replay keeps it
-  separately (``counted`` transitions), see :mod:`s2trace.trace.replay`.
+  protected-guest donate/share/reclaim 7.1 (docs/kernel-facts.md §KF-2.1, §KF-3.1, §KF-3.2).
+* the host-side ``kvm_share_hyp`` count (arch/arm64/kvm/mmu.c, v5.17+;
+  docs/kernel-facts.md §KF-3.4) is not a page state: the replay keeps it separately
+  (``counted`` transitions), see :mod:`s2trace.trace.replay`.
 
 Not modelled (no trace event reports them): the hypervisor's pin refcount (``-EBUSY`` on
 unshare while pinned), the guest-IPA side of guest transitions (whether the guest IPA is
 already mapped), permissions (``prot`` must be ``PAGE_HYP``).  ``unshare guest->host`` is the
-generic §3.1 unshare rule applied to the 7.1 guest-initiated share; the facts name no kernel
-function for it (unverified).
+generic unshare rule (§KF-3.1) applied to the 7.1 guest-initiated share; the 7.1 mem_protect.c
+has no such function (``__pkvm_guest_unshare_host`` exists only in Android trees), so the rule
+is unverified (docs/kernel-facts.md §KF-3.2).
 """
 
 from __future__ import annotations
@@ -245,8 +249,11 @@ def _rule(
     )
 
 
-_F31 = "facts §3.1 (pkvm_mem_transition)"
-_F32 = "facts §3.2"
+_F31 = "mem_protect.c v5.17-v6.13, pkvm_mem_transition; docs/kernel-facts.md §KF-3.1"
+_F32 = "mem_protect.c v6.14-7.1; docs/kernel-facts.md §KF-3.2"
+_F31_F32 = "mem_protect.c v6.5-7.1; docs/kernel-facts.md §KF-3.1, §KF-3.2"
+_F_MARK = "mem_protect.c v5.13-v5.14, __pkvm_mark_hyp; docs/kernel-facts.md §KF-3.1"
+_F_DIRECT = "mem_protect.c v5.15-v5.16, direct share; docs/kernel-facts.md §KF-3.1"
 _GUEST_SHARE_HOST = Check("host_not_owned", "host", (("owned", None), ("shared_owned", "guest")))
 _GUEST_SHARED = Check(
     "not_shared", "guest", (("shared_owned", None),), (("owned", "double_unshare"),)
@@ -259,9 +266,9 @@ _GUEST_GONE = Check("completer_not_nopage", "host", (("nopage", None), ("shared_
 RULES: tuple[Rule, ...] = (
     # host <-> hyp
     _rule("donate host hyp", "5.13-5.15", (_host_owned(donate=True),),
-          "hyp_owned", "__pkvm_mark_hyp", "facts §3.2 (v5.13-v5.14)"),
+          "hyp_owned", "__pkvm_mark_hyp", _F_MARK),
     _rule("share host hyp", "5.15-5.17", (_host_owned(),),
-          "shared_hyp", "__pkvm_host_share_hyp", "facts §3.1 (v5.15-v5.16, direct)"),
+          "shared_hyp", "__pkvm_host_share_hyp", _F_DIRECT),
     _rule("share host hyp", "5.17-6.14", (_host_owned(), _nopage("hyp", "debug")),
           "shared_hyp", "__pkvm_host_share_hyp", _F31),
     _rule("unshare host hyp", "5.17-6.14", (_host_shared(), _borrowed("hyp", "debug")),
@@ -280,9 +287,9 @@ RULES: tuple[Rule, ...] = (
           "host_owned", "__pkvm_hyp_donate_host", _F32),
     # host -> FF-A (the Secure side keeps no state at EL2: only the host side is checked)
     _rule("share host ffa", "6.5-", (_host_owned(),),
-          "shared_ffa", "__pkvm_host_share_ffa", "facts §3.1, §3.2"),
+          "shared_ffa", "__pkvm_host_share_ffa", _F31_F32),
     _rule("unshare host ffa", "6.5-", (_host_shared(), _borrowed("ffa", "model")),
-          "host_owned", "__pkvm_host_unshare_ffa", "facts §3.1, §3.2"),
+          "host_owned", "__pkvm_host_unshare_ffa", _F31_F32),
     # host -> np-guest, counted in host_share_guest_count
     _rule("share host guest", "6.14-", (_GUEST_SHARE_HOST,),
           "shared_guest", "__pkvm_host_share_guest", _F32, count=+1),
@@ -294,13 +301,13 @@ RULES: tuple[Rule, ...] = (
     _rule("share guest host", "7.1-", (_owns("guest"), _nopage("host")),
           "guest_shared_host", "__pkvm_guest_share_host", _F32),
     _rule("unshare guest host", "7.1-", (_GUEST_SHARED, _borrowed("host")),
-          "guest_owned", "(generic unshare rule; no 7.1 function in the facts)", "facts §3.1"),
+          "guest_owned", "(generic unshare rule; no 7.1 mainline function)", _F31),
     _rule("reclaim guest host", "7.1-", (_owns("guest", ("owned", "shared_owned")), _GUEST_GONE),
           "host_owned", "__pkvm_host_reclaim_page_guest / __pkvm_host_force_reclaim_page_guest",
           _F32),
     # a host stage-2 abort: a marker, checked but never changing the state
     Rule("access_fault", None, None, (5, 13), None, (_HOST_REACHES,), None,
-         "handle_host_mem_abort", "facts §2.6"),
+         "handle_host_mem_abort", "mem_protect.c v5.13-7.1; docs/kernel-facts.md §KF-2.6"),
 )
 # fmt: on
 
@@ -328,10 +335,11 @@ UNSHARE_NOT_SHARED = Rule(
     (Check("unshare_not_shared", "host", _NEVER),),
     None,
     "unshare_pfn_hyp",
-    "facts §3.2a",
+    "arch/arm64/kvm/mmu.c v5.17+; docs/kernel-facts.md §KF-3.4",
 )
 
-# Host-side kvm_share_hyp/kvm_unshare_hyp per-PFN count (facts §3.2a), from v5.17.
+# Host-side kvm_share_hyp/kvm_unshare_hyp per-PFN count, from v5.17 (arch/arm64/kvm/mmu.c;
+# docs/kernel-facts.md §KF-3.4).
 COUNTED_SINCE: Version = (5, 17)
 
 _FAMILIES: tuple[tuple[Version, str], ...] = (

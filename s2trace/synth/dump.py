@@ -1,13 +1,13 @@
 """The host stage-2 dump that matches a plan's final ownership, built with the Construct
 builders (:class:`s2trace.walk.build.Stage2Builder`).
 
-What the dump shows, for the 6.12 (``linux-5.15`` profile) encoding, facts §2.4, §2.6: all
-of RAM identity-mapped for the host (largest blocks that fit, as ``handle_host_mem_abort``
-maps), pages the host shares as valid leaves with SW0 (SHARED_OWNED), pages owned by the
-hypervisor as annotated invalid entries with owner id hyp (2 MiB blocks where a whole block
-is the hypervisor's, as the kernel's ``host_stage2_set_owner_locked`` annotates the largest
-level that fits, pages otherwise).  The final ownership comes from the plan (by construction),
-never from replaying the trace, so a test comparing the two checks something.
+What the dump shows, for the 6.12 (``linux-5.15`` profile) encoding (nvhe/memory.h v5.15-7.1;
+docs/kernel-facts.md §KF-2.4, §KF-2.6): all of RAM identity-mapped for the host (largest blocks that
+fit, as ``handle_host_mem_abort`` maps), pages the host shares as valid leaves with SW0
+(SHARED_OWNED), pages owned by the hypervisor as annotated invalid entries with owner id hyp (2 MiB
+blocks where a whole block is the hypervisor's, as the kernel's ``host_stage2_set_owner_locked``
+annotates the largest level that fits, pages otherwise).  The final ownership comes from the plan
+(by construction), never from replaying the trace, so a test comparing the two checks something.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Write a :class:`~s2trace.synth.plan.Plan` as host ftrace text, vectorised.
 
-Each line is the kernel's layout (``trace_print_context`` and ``lat_print_generic``, facts
-§4.4, docs/trace-format.md): ``%16s-%-7d`` comm and pid, ``[%03d]`` CPU, five latency flags,
-``%5lu.%06lu`` seconds, then ``EVENT: FIELDS``.  Transitions use s2trace's tracepoint
+Each line is the kernel's layout (``trace_print_context`` and ``lat_print_generic`` in
+kernel/trace/trace_output.c; docs/kernel-facts.md §KF-4.4, docs/trace-format.md): ``%16s-%-7d``
+comm and pid, ``[%03d]`` CPU, five latency flags, ``%5lu.%06lu`` seconds, then
+``EVENT: FIELDS``.  Transitions use s2trace's tracepoint
 (``pkvm_mem_transition: op=.. initiator=.. completer=.. addr=0x.. nr_pages=N vm=N gfn=0x..``,
 its ``TP_printk`` in docs/trace-format.md); host aborts use ACK's ``host_mem_abort`` print
-format ``esr=0x%llx addr=0x%llx`` (facts §4.2).
+format ``esr=0x%llx addr=0x%llx`` (§KF-4.2).
 
 How it stays vectorised: every line is assembled as a row of a uint8 matrix, one fixed-width
 block per column, where bytes that a variable-width number or name does not use are 0;

@@ -5,9 +5,10 @@ RAM at 0x40000000 (1 GiB), the 10 MiB hypervisor carve-out at 0x7f200000 (dmesg 
 capture: ``kvm [0]: Reserved 10 MiB at 0x7f200000``), the host stage-2 tables inside it.  The
 kernel-image sections below are illustrative: the 6.12 capture's dump shows hyp-owned runs of
 this kind inside the kernel image (the nVHE ``.hyp.*`` sections and per-CPU areas that
-``fix_host_ownership`` hands to the hypervisor at boot, facts §3.2) and shared read-only data
-(host SHARED_OWNED, hyp SHARED_BORROWED).  The pools for VMs, virtio buffers and FF-A
-buffers are ranges of ordinary RAM, far from each other so that scenarios never collide.
+``fix_host_ownership`` hands to the hypervisor at boot, nvhe/setup.c v5.15+; docs/kernel-facts.md
+§KF-3.3) and shared read-only data (host SHARED_OWNED, hyp SHARED_BORROWED).  The pools for VMs,
+virtio buffers and FF-A buffers are ranges of ordinary RAM, far from each other so that scenarios
+never collide.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 * :func:`vm_lifecycle` -- VMs created (struct kvm and vCPUs shared with the hypervisor, the
   hyp VM, stage-2 pgd and hyp vCPUs donated), run (memcache pages donated for the guest's
   stage 2, host faults on its own memory) and torn down (donations reclaimed, vCPUs then
-  struct kvm unshared: facts §3.2a);
+  struct kvm unshared: arch/arm64/kvm/pkvm.c v6.2+; docs/kernel-facts.md §KF-3.5);
 * :func:`churn` -- buffers shared and unshared over and over (virtio-style with the
   hypervisor, or FF-A memory shares with the Secure world);
 * :func:`faults` -- ownership faults planted into a VM lifecycle, each with the VIOLATIONS
@@ -66,9 +66,9 @@ class VmTemplate:
     """The pages one VM uses, as offsets (pages) inside its slot of :data:`VM_POOL`.
 
     Sizes follow the 6.12 capture: struct kvm shared as one page, each vCPU struct as three
-    (``from=...b720 to=...d2b0``, facts §3.2a); the hyp VM, the stage-2 pgd and each hyp vCPU
-    donated at ``pkvm_create_hyp_vm`` time; ``memcache`` single pages donated while the guest
-    runs (its stage-2 table pages).
+    (``from=...b720 to=...d2b0``, arch/arm64/kvm/mmu.c v5.17+; docs/kernel-facts.md §KF-3.4); the
+    hyp VM, the stage-2 pgd and each hyp vCPU donated at ``pkvm_create_hyp_vm`` time; ``memcache``
+    single pages donated while the guest runs (its stage-2 table pages).
     """
 
     vcpus: int = 2
@@ -303,12 +303,12 @@ def faults(
     (``n_vms`` >= 2, the last VM alive), each with the check the replay must report:
 
     1. in VM 0's run, the host donates its (shared) struct kvm page to the hypervisor:
-       ``shared_page_donated`` (facts §3.1: donate needs the initiator OWNED);
+       ``shared_page_donated`` (§KF-3.1: donate needs the initiator OWNED);
     2. after VM 0's teardown and before its slot is reused, struct kvm is unshared again:
        ``double_unshare`` (unshare needs SHARED_OWNED);
     3. at the end, the host touches the stage-2 pgd donated for the VM still alive:
-       ``host_access_not_owned`` (a host abort on an annotated entry, facts §2.6: up to 6.x
-       the hypervisor BUGs, so this is the last event of the trace).
+       ``host_access_not_owned`` (a host abort on an annotated entry, §KF-2.6: up to at least
+       v6.16 the hypervisor BUGs, so this is the last event of the trace).
     """
     if n_vms < 2:
         raise ValueError("faults: need at least two VMs (one torn down, one alive)")

@@ -22,7 +22,8 @@ from s2trace.synth.plan import Part, Plan, merge
 __all__ = ["KERNEL", "SCENARIOS", "Piece", "Scenario", "plan"]
 
 #: Kernel the synthetic traces and dumps are for (host page states in the PTE; the
-#: pkvm_mem_transition generic rules of v5.17-v6.13, facts §3.1; FF-A shares from 6.5).
+#: pkvm_mem_transition generic rules of v5.17-v6.13, mem_protect.c,
+#: docs/kernel-facts.md §KF-3.1; FF-A shares from 6.5).
 KERNEL = "6.12"
 T_WORKLOAD_US = 2_000_000  # the workload starts 2 s after boot
 

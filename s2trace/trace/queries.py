@@ -247,9 +247,9 @@ def diff_maps(expected: pd.DataFrame, actual: pd.DataFrame) -> pd.DataFrame:
     elementary segments, each looked up in both maps with ``searchsorted``.  Rules:
 
     * page_state ``unknown`` or <NA> on one side agrees with any state on the other (6.14+
-      dumps do not hold the host state in the PTE, facts §2.6);
+      dumps do not hold the host state in the PTE, mem_protect.c v5.13-7.1; §KF-2.6);
     * where one map has no row, that side reads owner ``host`` with no state (the host stage 2
-      is filled lazily: a missing entry is host-owned, facts §2.2), so only a non-host owner on
+      is filled lazily: a missing entry is host-owned, §KF-2.2), so only a non-host owner on
       the other side is a disagreement;
     * an owner <NA> (a row the profile could not attribute, e.g. a reserved entry) agrees with
       any owner;

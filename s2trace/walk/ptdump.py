@@ -1,6 +1,7 @@
 """Render an ownership map in the kernel's stage-2 ptdump line style.
 
-The kernel (``arch/arm64/kvm/ptdump.c`` with the arm64 ``note_page``; facts §5) prints one
+The kernel (``arch/arm64/kvm/ptdump.c`` with the arm64 ``note_page``, v6.12+;
+docs/kernel-facts.md §KF-5) prints one
 line per run of entries with equal level and equal attributes::
 
     0x%016lx-0x%016lx   %9lu%c %s <labels>

@@ -13,7 +13,8 @@ Three passes, each cheaper than the next is precise:
    holds, and how many problems it produces.
 
 The printed VTTBR/VTCR guesses assume the usual host stage 2 for the granule: 4K with a
-48-bit IPA starting at level 0 (the pKVM host uses IPA size = PA size; facts §1.8).
+48-bit IPA starting at level 0 (the pKVM host uses IPA size = PA size;
+mem_protect.c ``prepare_host_vtcr``; docs/kernel-facts.md §KF-1.7).
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ _TABLE, _BLOCK, _PAGE, _INVALID, _RESERVED = range(len(KINDS))
 
 #: ``walk(..., profile=AUTO)``: choose the annotation profile from the dump (detect_profile).
 AUTO = "auto"
-#: Profiles :func:`detect_profile` chooses between (facts §2.1, §2.2).
+#: Profiles :func:`detect_profile` chooses between (mem_protect.c v5.13-7.1;
+#: docs/kernel-facts.md §KF-2.1, §KF-2.2).
 _AUTO_7X, _AUTO_6X = "linux-7.1", "linux-5.15"
 
 
@@ -134,12 +135,13 @@ def walk(
 def detect_profile(map_df: pd.DataFrame) -> tuple[str, str]:
     """The annotation profile a walked host map was written with, and why.
 
-    7.1 (facts §2.2) puts a type in bits 63:60 of every annotated invalid entry (1 locked,
-    2 donation, 3 poisoned); no 5.13-7.0 encoding sets those bits in an invalid entry (5.13
-    and 5.14 keep the owner in 63:56, but only ever write owner 1 = ``0x01...``, whose top
-    nibble is 0).  So one invalid entry with a non-zero type means 7.1+ and the map must be
-    read with ``linux-7.1``; otherwise the 6.x owner field (bits 9:2) applies.  The profile
-    only changes how entries are *named*, so the walk itself never depends on the guess.
+    7.1 (hyp/pgtable.c, mem_protect.c v5.13-7.1; docs/kernel-facts.md §KF-2.2) puts a type in bits
+    63:60 of every annotated invalid entry (1 locked, 2 donation, 3 poisoned); no 5.13-7.0 encoding
+    sets those bits in an invalid entry (5.13 and 5.14 keep the owner in 63:56, but only ever write
+    owner 1 = ``0x01...``, whose top nibble is 0).  So one invalid entry with a non-zero type means
+    7.1+ and the map must be read with ``linux-7.1``; otherwise the 6.x owner field (bits 9:2)
+    applies.  The profile only changes how entries are *named*, so the walk itself never depends on
+    the guess.
     """
     raw = map_df["raw"].to_numpy(np.uint64)
     inv = (map_df["kind"] == "invalid").to_numpy(bool)

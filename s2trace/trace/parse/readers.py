@@ -5,7 +5,8 @@ one row per event line and per lost-events marker, in file order.  Formats (auto
 the first lines, or forced with ``fmt=``):
 
 ``ftrace``
-    the host's ``trace`` / ``trace_pipe`` text (facts §4.4): ``# `` header comments, then
+    the host's ``trace`` / ``trace_pipe`` text (kernel/trace/trace_output.c; docs/kernel-facts.md
+    §KF-4.4): ``# `` header comments, then
     ``TASK-PID [(TGID)] [CPU] [FLAGS] SECS.USECS: EVENT: FIELDS``.  The comm may contain
     spaces and dashes: the pid follows the last dash before the CPU column.  The ``(tgid)``
     column (``options/record-tgid``) and the latency-flags column are optional.
@@ -14,7 +15,7 @@ the first lines, or forced with ``fmt=``):
     padded), ``version = N`` / ``cpus=N`` / ``CPU N is empty`` header lines and
     ``CPU:N [n EVENTS DROPPED]`` markers (read in trace-cmd's ``trace-read.c``).
 ``hyp``
-    the pKVM hypervisor trace buffer of mainline 7.1 and ACK (facts §4.3):
+    the pKVM hypervisor trace buffer of mainline 7.1 and ACK (trace_remote.c 7.1; §KF-4.3):
     ``[CPU]\\tSECS.USECS: EVENT FIELDS``; task and pid are <NA>.
 ``hyp-early``
     the early (2023) ACK per-CPU form ``[SECS.USECS] EVENT FIELDS``; the CPU is taken from a

@@ -1,6 +1,7 @@
 """The fast path of the text scanner: fixed-width column templates.
 
-The kernel prints event lines with fixed column widths (facts §4.4: "%16s-%-7d ", optional
+The kernel prints event lines with fixed column widths (kernel/trace/trace_output.c,
+docs/kernel-facts.md §KF-4.4: "%16s-%-7d ", optional
 "(%7d) ", "[%03d] ", five flag characters, " %5lu.%06lu: "), and so does trace-cmd with its
 own widths: within a file almost every line has its delimiters at the same offsets.  A
 template records those offsets, learned from a few sample lines of each chunk with the layout

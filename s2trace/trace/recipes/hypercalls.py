@@ -1,8 +1,9 @@
 """Host hypercall ids -> names, per kernel.
 
 ACK's ``host_hcall`` hypervisor event prints only ``id=N`` (the ``enum __kvm_host_smccc_func``
-index, x0 - 0xC6000000; facts §3.3, §4.2).  The numbering changes between kernels, so it is
-data: ``hypercalls.toml`` holds the mainline tables the facts give (6.5 and 7.1), and
+index, x0 - 0xC6000000; asm/kvm_asm.h; docs/kernel-facts.md §KF-3.6, §KF-4.2).  The numbering
+changes between kernels, so it is data: ``hypercalls.toml`` holds the mainline tables of §KF-3.6
+(6.5 and 7.1), and
 :func:`parse_kvm_asm_h` reads the enum from the ``arch/arm64/include/asm/kvm_asm.h`` of the
 kernel that produced the trace (the right thing for ACK builds, whose numbering differs).
 

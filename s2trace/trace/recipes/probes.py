@@ -52,10 +52,12 @@ class Probe:
         return self.since <= version and (self.until is None or version < self.until)
 
 
-# Version bounds: facts §2.1, §2.10, §3.2a and the capture README (6.1 has no
+# Version bounds: arch/arm64/kvm/pkvm.c and mmu.c (docs/kernel-facts.md §KF-2.1, §KF-3.4,
+# §KF-3.5) and the capture README (6.1 has no
 # pkvm_create_hyp_vm; alloc_pages_exact is alloc_pages_exact_noprof from 6.10).  The 6.14
 # bounds (np-guest stage-2 helpers, separate hyp vCPU creation) and 6.16 (nr_pages in
-# struct pkvm_mapping) come from facts §3.2 and were checked on 7.3 only.
+# struct pkvm_mapping) come from mem_protect.c (docs/kernel-facts.md §KF-3.2, §KF-3.5) and were
+# checked on 7.3 only.
 _MAPPING_6_14 = "gfn=+24(%x0):u64 pfn=+32(%x0):u64"
 PROBES: tuple[Probe, ...] = (
     Probe("kvm_arch_init_vm", "kvm=%x0 type=%x1", True, why="VM type (bit 31: protected)"),

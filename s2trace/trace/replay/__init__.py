@@ -2,7 +2,8 @@
 
 The state of a page is a :class:`~s2trace.pkvm.rules.PageState` (owner, host state, peer and
 its state) plus two counters: the host's ``kvm_share_hyp`` count (``counted`` transitions,
-facts §3.2a) and the hypervisor's ``host_share_guest_count`` (np-guest shares, facts §3.2).
+arch/arm64/kvm/mmu.c v5.17+; docs/kernel-facts.md §KF-3.4) and the hypervisor's
+``host_share_guest_count`` (np-guest shares, mem_protect.c v6.14-7.1; docs/kernel-facts.md §KF-3.2).
 Transitions are applied in time order (``ts``, then ``event_index``, then input order) with the
 rules of :mod:`s2trace.pkvm.rules`; a transition the kernel refuses becomes a VIOLATIONS row
 and leaves the page as it was.

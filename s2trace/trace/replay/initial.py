@@ -40,11 +40,12 @@ _BORROWED_FROM = {"hyp": "hyp_shared_host", "guest": "guest_shared_host"}
 def _initial_state_name(owner: Any, state: Any, kind: Any, peer: Any) -> tuple[str | None, bool]:
     """(state name or None to skip, whether the page state was not known) for one map row kind.
 
-    MAP semantics (facts §2.4, §2.6): a valid leaf is host-reachable (the profile names its
-    owner ``host``); SW-bit states give shared_owned (host lends it; the peer is the hypervisor
-    unless said otherwise) or shared_borrowed (the hypervisor owns it and lends it to the host,
-    the boot fix-up case of §3.2); an annotated invalid entry belongs to its owner.  ``unknown``
-    (6.14+, state in the vmemmap) and other states are replayed as owned and flagged.
+    MAP semantics (nvhe/memory.h v5.15-7.1; docs/kernel-facts.md §KF-2.4, §KF-2.6): a valid leaf is
+    host-reachable (the profile names its owner ``host``); SW-bit states give shared_owned (host
+    lends it; the peer is the hypervisor unless said otherwise) or shared_borrowed (the hypervisor
+    owns it and lends it to the host, the boot fix-up case of §KF-3.3); an annotated invalid entry
+    belongs to its owner.  ``unknown`` (6.14+, state in the vmemmap) and other states are replayed
+    as owned and flagged.
     """
     owner = None if pd.isna(owner) else str(owner)
     state = None if pd.isna(state) else str(state)

@@ -13,12 +13,13 @@ from s2trace.arch.stage1 import (
     Tcr,
     config_from_el2,
     decode_stage1,
+    encode_tcr,
     leaf_fields,
     mair_attr_name,
     mair_names,
 )
 from s2trace.errors import InputError, StrictError
-from s2trace.hyp.build import HypStage1Builder, make_tcr_el2, write_machine
+from s2trace.hyp.build import HypStage1Builder, write_machine
 from s2trace.hyp.stage1_walk import HYP_MAP, translate, walk_hyp
 from s2trace.io import open_memory
 
@@ -72,7 +73,7 @@ def test_config_real_612():
 def test_start_levels(granule, va_bits, ds, start):
     g = Geometry(granule, ds=ds)
     for e2h in (False, True):
-        c = config_from_el2(0x40000000, make_tcr_el2(g, va_bits, e2h), e2h=e2h)
+        c = config_from_el2(0x40000000, encode_tcr(g, va_bits, e2h), e2h=e2h)
         assert c.start_level == start
         assert c.start_entries == 1 << (va_bits - g.shift(start))
 

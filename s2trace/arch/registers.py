@@ -1,32 +1,94 @@
-"""VTCR_EL2 and VTTBR_EL2: from register values to the geometry of a stage-2 walk.
+"""VTCR_EL2, VTTBR_EL2 and HCR_EL2: from register values to the geometry of a stage-2 walk.
 
-Field layouts from the Arm ARM (D19 VTCR_EL2/VTTBR_EL2) and arch/arm64/include/asm/kvm_arm.h,
-kvm_mmu.h (docs/kernel-facts.md §KF-1.7, §KF-1.8); the
-start-level decode is the kernel's ``kvm_vtcr_el2_sl_decode`` table; the number of
-concatenated start-level tables is the kernel's ``kvm_pgd_pages(ia_bits, start_level)``.
-Worked example (§KF-1.9): VTCR_EL2 0x802d3590 is T0SZ=16 (48-bit IPA), SL0=2 (start at
-level 0), IRGN0=ORGN0=1, SH0=3, TG0=4K, PS=5 (48 bits), VS=1, HA=1; VTTBR_EL2 0x7f709001 is
-VMID 0, BADDR 0x7f709000, CnP.
+Each register's fields are one :class:`~s2trace.arch.fields.Layout` table below, read by its
+decoder and written by its encoder.  Field positions: Arm ARM DDI 0487 J.a, chapter D19
+("AArch64 System Register Descriptions"), VTCR_EL2, VTTBR_EL2 and HCR_EL2.  The start-level
+decode is the kernel's ``kvm_vtcr_el2_sl_decode`` table; the number of concatenated start-level
+tables is the kernel's ``kvm_pgd_pages(ia_bits, start_level)`` (arch/arm64/include/asm/kvm_arm.h,
+kvm_mmu.h; docs/kernel-facts.md §KF-1.7, §KF-1.8).
+Worked example (§KF-1.9): VTCR_EL2 0x802d3590 is T0SZ=16 (48-bit IPA),
+SL0=2 (start at level 0), IRGN0=ORGN0=1, SH0=3, TG0=4K, PS=5 (48 bits), VS=1, HA=1;
+VTTBR_EL2 0x7f709001 is VMID 0, BADDR 0x7f709000, CnP.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from s2trace.arch.fields import PA_SIZE_BITS, TG0_GRANULE, Field, Layout, code_of
 from s2trace.arch.geometry import Geometry, Granule, bits, field_mask
 from s2trace.errors import InputError
 
 __all__ = [
+    "HCR_EL2",
+    "VTCR_EL2",
+    "VTTBR_EL2",
     "Stage2Config",
     "Vtcr",
     "Vttbr",
     "config_explicit",
     "config_from_registers",
     "encode_vtcr",
+    "encode_vttbr",
+    "hcr_e2h",
+    "hcr_fwb",
 ]
 
-_TG0 = {0: Granule.K4, 1: Granule.K64, 2: Granule.K16}
-_PS_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
+#: VTCR_EL2 (DDI 0487 J.a D19, VTCR_EL2): bit 31 is RES1; HWU is HWU59..HWU62 (FEAT_HPDS2).
+VTCR_EL2 = Layout(
+    "VTCR_EL2",
+    (
+        Field("T0SZ", 5, 0),
+        Field("SL0", 7, 6),
+        Field("IRGN0", 9, 8),
+        Field("ORGN0", 11, 10),
+        Field("SH0", 13, 12),
+        Field("TG0", 15, 14),
+        Field("PS", 18, 16),
+        Field("VS", 19, 19),  # FEAT_VMID16
+        Field("HA", 21, 21),  # FEAT_HAFDBS
+        Field("HD", 22, 22),
+        Field("HWU", 28, 25),
+        Field("DS", 32, 32),  # FEAT_LPA2
+        Field("SL2", 33, 33),  # FEAT_LPA2, 4K only
+    ),
+    res1=1 << 31,
+)
+
+#: VTTBR_EL2 (DDI 0487 J.a D19, VTTBR_EL2): with 52-bit PAs BADDR[51:48] sit in bits 5:2;
+#: with VTCR_EL2.VS=0 only VMID[7:0] (bits 55:48) count.
+VTTBR_EL2 = Layout("VTTBR_EL2", (Field("CnP", 0, 0), Field("BADDR", 47, 1), Field("VMID", 63, 48)))
+
+#: HCR_EL2 (DDI 0487 J.a D19, HCR_EL2), the fields s2trace reads; kernel names ``HCR_*`` in
+#: arch/arm64/include/asm/kvm_arm.h.  ATA, DCT and TID5 are RES0 without FEAT_MTE2.
+HCR_EL2 = Layout(
+    "HCR_EL2",
+    (
+        Field("VM", 0, 0),
+        Field("TSC", 19, 19),
+        Field("TGE", 27, 27),
+        Field("RW", 31, 31),
+        Field("E2H", 34, 34),
+        Field("APK", 40, 40),
+        Field("API", 41, 41),
+        Field("FWB", 46, 46),  # FEAT_S2FWB: stage-2 MemAttr has the FWB meaning
+        Field("ATA", 56, 56),
+        Field("DCT", 57, 57),
+        Field("TID5", 58, 58),
+    ),
+)
+
+
+def hcr_fwb(hcr: int | None) -> bool:
+    """HCR_EL2.FWB (bit 46); False when HCR_EL2 is not known."""
+    return hcr is not None and HCR_EL2.flag(hcr, "FWB")
+
+
+def hcr_e2h(hcr: int) -> bool:
+    """HCR_EL2.E2H (bit 34): the EL2 stage 1 uses the EL2&0 (TCR_EL1-like) format."""
+    return HCR_EL2.flag(hcr, "E2H")
+
+
 _CACHE = {0: "NC", 1: "WBWA", 2: "WT", 3: "WBnWA"}
 _SHARE = {0: "non", 1: "reserved", 2: "outer", 3: "inner"}
 
@@ -68,27 +130,26 @@ class Vtcr:
 
     @classmethod
     def decode(cls, value: int) -> Vtcr:
-        tg0 = bits(value, 15, 14)
-        if tg0 not in _TG0:
+        f = VTCR_EL2.decode(value)
+        if f["TG0"] not in TG0_GRANULE:
             raise InputError(f"VTCR_EL2 {value:#x}: TG0=3 is a reserved granule encoding")
-        ps = bits(value, 18, 16)
-        if ps not in _PS_BITS:
-            raise InputError(f"VTCR_EL2 {value:#x}: PS={ps} is reserved (expected 0..6)")
+        if f["PS"] not in PA_SIZE_BITS:
+            raise InputError(f"VTCR_EL2 {value:#x}: PS={f['PS']} is reserved (expected 0..6)")
         return cls(
             value=value,
-            t0sz=bits(value, 5, 0),
-            sl0=bits(value, 7, 6),
-            irgn0=_CACHE[bits(value, 9, 8)],
-            orgn0=_CACHE[bits(value, 11, 10)],
-            sh0=_SHARE[bits(value, 13, 12)],
-            granule=_TG0[tg0],
-            ps_bits=_PS_BITS[ps],
-            vs=bool(bits(value, 19, 19)),
-            ha=bool(bits(value, 21, 21)),
-            hd=bool(bits(value, 22, 22)),
-            hwu=bits(value, 28, 25),
-            ds=bool(bits(value, 32, 32)),
-            sl2=bool(bits(value, 33, 33)),
+            t0sz=f["T0SZ"],
+            sl0=f["SL0"],
+            irgn0=_CACHE[f["IRGN0"]],
+            orgn0=_CACHE[f["ORGN0"]],
+            sh0=_SHARE[f["SH0"]],
+            granule=TG0_GRANULE[f["TG0"]],
+            ps_bits=PA_SIZE_BITS[f["PS"]],
+            vs=bool(f["VS"]),
+            ha=bool(f["HA"]),
+            hd=bool(f["HD"]),
+            hwu=f["HWU"],
+            ds=bool(f["DS"]),
+            sl2=bool(f["SL2"]),
         )
 
     @property
@@ -107,11 +168,13 @@ class Vttbr:
 
     @classmethod
     def decode(cls, value: int, vs: bool = True, pa52: bool = False) -> Vttbr:
-        baddr = value & field_mask(47, 1)
+        baddr = value & VTTBR_EL2["BADDR"].mask
         if pa52:
             baddr = (baddr & ~field_mask(5, 2)) | (bits(value, 5, 2) << 48)
-        vmid = bits(value, 63, 48) if vs else bits(value, 55, 48)
-        return cls(value=value, baddr=baddr, vmid=vmid, cnp=bool(value & 1))
+        vmid = VTTBR_EL2.get(value, "VMID")
+        if not vs:
+            vmid &= 0xFF
+        return cls(value=value, baddr=baddr, vmid=vmid, cnp=VTTBR_EL2.flag(value, "CnP"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +282,14 @@ def config_explicit(
     return Stage2Config(geometry, start_level, ia_bits, root)
 
 
-_TG0_CODE = {Granule.K4: 0, Granule.K64: 1, Granule.K16: 2}
-_PS_CODE = {32: 0, 36: 1, 40: 2, 42: 3, 44: 4, 48: 5, 52: 6}
-
-
 def encode_vtcr(
     geometry: Geometry, ia_bits: int, start_level: int, pa_bits: int = 48, vs: bool = True
 ) -> int:
-    """A VTCR_EL2 value selecting this format (inverse of ``Vtcr.decode``; §KF-1.7)."""
+    """A VTCR_EL2 value selecting this format (inverse of :meth:`Vtcr.decode`; §KF-1.7).
+
+    Walks cacheable WBWA and inner shareable, as the kernel's ``kvm_get_vtcr`` writes them;
+    52-bit descriptors (DS or LPA) imply PS = 52 bits.
+    """
     base = 2 if geometry.granule is Granule.K4 else 3
     sl2 = 0
     if start_level == -1:
@@ -237,7 +300,22 @@ def encode_vtcr(
         sl0 = base - start_level
     if geometry.ds or geometry.lpa:
         pa_bits = 52
-    value = (64 - ia_bits) | sl0 << 6 | 1 << 8 | 1 << 10 | 3 << 12
-    value |= _TG0_CODE[geometry.granule] << 14 | _PS_CODE[pa_bits] << 16 | int(vs) << 19 | 1 << 31
-    value |= int(geometry.ds) << 32 | sl2 << 33
-    return value
+    return VTCR_EL2.encode(
+        T0SZ=64 - ia_bits,
+        SL0=sl0,
+        IRGN0=1,
+        ORGN0=1,
+        SH0=3,
+        TG0=code_of(TG0_GRANULE, geometry.granule, "VTCR_EL2.TG0"),
+        PS=code_of(PA_SIZE_BITS, pa_bits, "VTCR_EL2.PS"),
+        VS=int(vs),
+        DS=int(geometry.ds),
+        SL2=sl2,
+    )
+
+
+def encode_vttbr(baddr: int, vmid: int = 0, cnp: bool = False) -> int:
+    """A VTTBR_EL2 value (48-bit BADDR; inverse of :meth:`Vttbr.decode` with ``pa52=False``)."""
+    if baddr & ~VTTBR_EL2["BADDR"].mask:
+        raise InputError(f"VTTBR_EL2.BADDR {baddr:#x}: expected 2-byte aligned, below 2**48")
+    return VTTBR_EL2.encode(BADDR=baddr >> 1, VMID=vmid, CnP=int(cnp))

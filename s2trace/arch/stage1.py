@@ -25,7 +25,9 @@ Marc Zyngier's hVHE patches ("Adjust EL2 stage-1 leaf AP bits when ARM64_KVM_HVH
 RO/RW = 2/0 with E2H, 3/1 without; "Honor UX/PX attributes for EL2 S1 mappings", Dec 2025:
 ``__KVM_PTE_LEAF_ATTR_HI_S1_UXN`` BIT(54), ``_PXN`` BIT(53)); TF-A's
 ``AP_ONE_VA_RANGE_RES1`` (AP[1] RES1 in the single-range EL2/EL3 regimes).  The TCR_EL2 and
-MAIR field positions are from the Arm ARM register descriptions as remembered; the two real
+MAIR_EL2 field positions (the tables :data:`TCR_EL2_NVHE`, :data:`TCR_EL2_E2H` and
+:data:`MAIR_EL2` below, each beside its decoder and encoder) are from the Arm ARM DDI 0487 J.a,
+chapter D19, TCR_EL2 / TCR_EL1 / MAIR_EL2; the two real
 captures (docs/kernel-facts.md §KF-2.9: 6.1 nVHE 0x80853510, 6.12/7.3 hVHE 0x15001f5b5d53510 /
 0x5500075b5903510) decode consistently with them (T0SZ 16, 4K, IPS 48 bits, EPD1 set).
 """
@@ -38,12 +40,17 @@ from functools import cache
 import numpy as np
 
 from s2trace.arch.attributes import KINDS, SH
+from s2trace.arch.fields import PA_SIZE_BITS, TG0_GRANULE, TG1_GRANULE, Field, Layout, code_of
 from s2trace.arch.geometry import Geometry, Granule, bits, field_mask
+from s2trace.arch.registers import hcr_e2h
 from s2trace.errors import InputError
 
 __all__ = [
     "AP_E2H",
     "AP_NVHE",
+    "MAIR_EL2",
+    "TCR_EL2_E2H",
+    "TCR_EL2_NVHE",
     "Stage1Codes",
     "Stage1Config",
     "Tcr",
@@ -51,6 +58,8 @@ __all__ = [
     "ap_names",
     "config_from_el2",
     "decode_stage1",
+    "encode_mair",
+    "encode_tcr",
     "leaf_fields",
     "mair_attr_name",
     "mair_names",
@@ -59,8 +68,68 @@ __all__ = [
     "table_attributes",
 ]
 
-_TG0 = {0: Granule.K4, 1: Granule.K64, 2: Granule.K16}
-_PS_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
+#: TCR_EL2 with HCR_EL2.E2H=0 (DDI 0487 J.a D19, TCR_EL2): bits 23 and 31 are RES1, 63:34 RES0.
+TCR_EL2_NVHE = Layout(
+    "TCR_EL2",
+    (
+        Field("T0SZ", 5, 0),
+        Field("IRGN0", 9, 8),
+        Field("ORGN0", 11, 10),
+        Field("SH0", 13, 12),
+        Field("TG0", 15, 14),
+        Field("PS", 18, 16),
+        Field("TBI", 20, 20),
+        Field("HA", 21, 21),
+        Field("HD", 22, 22),
+        Field("HPD", 24, 24),
+        Field("HWU", 28, 25),
+        Field("DS", 32, 32),
+    ),
+    res1=1 << 23 | 1 << 31,
+)
+
+#: TCR_EL2 with HCR_EL2.E2H=1: the TCR_EL1 layout (DDI 0487 J.a D19, TCR_EL1).
+TCR_EL2_E2H = Layout(
+    "TCR_EL2",
+    (
+        Field("T0SZ", 5, 0),
+        Field("EPD0", 7, 7),
+        Field("IRGN0", 9, 8),
+        Field("ORGN0", 11, 10),
+        Field("SH0", 13, 12),
+        Field("TG0", 15, 14),
+        Field("T1SZ", 21, 16),
+        Field("A1", 22, 22),
+        Field("EPD1", 23, 23),
+        Field("IRGN1", 25, 24),
+        Field("ORGN1", 27, 26),
+        Field("SH1", 29, 28),
+        Field("TG1", 31, 30),
+        Field("IPS", 34, 32),
+        Field("AS", 36, 36),
+        Field("TBI0", 37, 37),
+        Field("TBI1", 38, 38),
+        Field("HA", 39, 39),
+        Field("HD", 40, 40),
+        Field("HPD0", 41, 41),
+        Field("HPD1", 42, 42),
+        Field("HWU0", 46, 43),  # HWU059..HWU062
+        Field("HWU1", 50, 47),  # HWU159..HWU162
+        Field("TBID0", 51, 51),
+        Field("TBID1", 52, 52),
+        Field("NFD0", 53, 53),
+        Field("NFD1", 54, 54),
+        Field("E0PD0", 55, 55),
+        Field("E0PD1", 56, 56),
+        Field("TCMA0", 57, 57),
+        Field("TCMA1", 58, 58),
+        Field("DS", 59, 59),
+    ),
+)
+
+#: MAIR_EL2 (DDI 0487 J.a D19, MAIR_EL2): Attr<n> is bits [8n+7:8n], selected by AttrIndx n.
+MAIR_EL2 = Layout("MAIR_EL2", tuple(Field(f"Attr{n}", 8 * n + 7, 8 * n) for n in range(8)))
+
 _TABLE, _BLOCK, _PAGE, _INVALID, _RESERVED = range(len(KINDS))
 _U64 = np.uint64
 
@@ -99,29 +168,53 @@ class Tcr:
         inferred = e2h is None
         if e2h is None:
             e2h = bool(value >> 34)
-        tg0 = bits(value, 15, 14)
-        if tg0 not in _TG0:
+        f = (TCR_EL2_E2H if e2h else TCR_EL2_NVHE).decode(value)
+        if f["TG0"] not in TG0_GRANULE:
             raise InputError(f"TCR_EL2 {value:#x}: TG0=3 is a reserved granule encoding")
-        ps = bits(value, 34, 32) if e2h else bits(value, 18, 16)
-        if ps not in _PS_BITS:
+        ps = f["IPS"] if e2h else f["PS"]
+        if ps not in PA_SIZE_BITS:
             raise InputError(f"TCR_EL2 {value:#x}: PA size field {ps} is reserved")
         return cls(
             value=value,
             e2h=e2h,
             e2h_inferred=inferred,
-            t0sz=bits(value, 5, 0),
-            epd0=bool(bits(value, 7, 7)) if e2h else False,
-            granule=_TG0[tg0],
-            ps_bits=_PS_BITS[ps],
-            hpd=bool(bits(value, 41, 41) if e2h else bits(value, 24, 24)),
-            ha=bool(bits(value, 39, 39) if e2h else bits(value, 21, 21)),
-            hd=bool(bits(value, 40, 40) if e2h else bits(value, 22, 22)),
-            ds=bool(bits(value, 59, 59) if e2h else bits(value, 32, 32)),
+            t0sz=f["T0SZ"],
+            epd0=bool(f.get("EPD0", 0)),
+            granule=TG0_GRANULE[f["TG0"]],
+            ps_bits=PA_SIZE_BITS[ps],
+            hpd=bool(f["HPD0"] if e2h else f["HPD"]),
+            ha=bool(f["HA"]),
+            hd=bool(f["HD"]),
+            ds=bool(f["DS"]),
         )
 
     @property
     def va_bits(self) -> int:
         return 64 - self.t0sz
+
+
+def encode_tcr(geometry: Geometry, va_bits: int, e2h: bool, pa_bits: int = 48) -> int:
+    """A TCR_EL2 value for this format (inverse of :meth:`Tcr.decode`).
+
+    The kernel's choices: walks cacheable WBWA and inner shareable.  With E2H=1, EPD1 disables
+    the unused TTBR1 range and TG1 holds a valid encoding of the same granule.  52-bit
+    descriptors (DS or LPA) imply a 52-bit PA size.
+    """
+    if geometry.ds or geometry.lpa:
+        pa_bits = 52
+    common = {
+        "T0SZ": 64 - va_bits,
+        "IRGN0": 1,
+        "ORGN0": 1,
+        "SH0": 3,
+        "TG0": code_of(TG0_GRANULE, geometry.granule, "TCR_EL2.TG0"),
+        "DS": int(geometry.ds),
+    }
+    ps = code_of(PA_SIZE_BITS, pa_bits, "TCR_EL2.PS")
+    if e2h:
+        tg1 = code_of(TG1_GRANULE, geometry.granule, "TCR_EL2.TG1")
+        return TCR_EL2_E2H.encode(**common, EPD1=1, TG1=tg1, IPS=ps)
+    return TCR_EL2_NVHE.encode(**common, PS=ps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +299,7 @@ def config_from_el2(
     """
     notes: list[str] = []
     if e2h is None and hcr is not None:
-        e2h = bool(bits(hcr, 34, 34))
+        e2h = hcr_e2h(hcr)
     t = Tcr.decode(tcr, e2h)
     what = f"TCR_EL2 {tcr:#x}"
     if t.e2h_inferred:
@@ -275,7 +368,12 @@ def mair_attr_name(attr: int) -> str:
 @cache
 def mair_names(mair: int) -> tuple[str, ...]:
     """The eight memory-type names selected by AttrIndx 0..7 under MAIR_EL2 ``mair``."""
-    return tuple(mair_attr_name((mair >> (8 * i)) & 0xFF) for i in range(8))
+    return tuple(mair_attr_name(MAIR_EL2.get(mair, f"Attr{i}")) for i in range(8))
+
+
+def encode_mair(attrs: tuple[int, ...]) -> int:
+    """A MAIR_EL2 value with ``attrs[n]`` in Attr<n> (missing ones 0, Device-nGnRnE)."""
+    return MAIR_EL2.encode(**{f"Attr{n}": a for n, a in enumerate(attrs)})
 
 
 # -- descriptors ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ __all__ = ["register", "run_guests"]
 
 def run_guests(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     """Find the guests and print the VMs and (or) their pages."""
-    from s2trace.arch.registers import config_from_registers
+    from s2trace.arch.registers import config_from_registers, hcr_fwb
     from s2trace.cli.hyp_cmd import _resolve, _warn_problems
     from s2trace.hyp.guests import find_guests
     from s2trace.hyp.vmemmap import kernel_layout
@@ -30,7 +30,7 @@ def run_guests(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     regs, files = r["regs"], r["files"]
     kernel = kernel_layout(r["kernel"]).version if r["kernel"] else None
     table = parse_u64(kw["vm_table"], "--vm-table") if kw.get("vm_table") else None
-    fwb = bool(regs.get("hcr_el2", 0) >> 46 & 1)
+    fwb = hcr_fwb(regs.get("hcr_el2"))
     memory = open_memory(r["specs"], base=r["base"])
     try:
         host_map = None

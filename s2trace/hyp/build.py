@@ -29,32 +29,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s2trace.arch.geometry import Geometry, Granule
-from s2trace.arch.stage1 import Stage1Config, config_from_el2
+from s2trace.arch.geometry import Geometry
+from s2trace.arch.registers import HCR_EL2
+from s2trace.arch.stage1 import Stage1Config, config_from_el2, encode_tcr
 from s2trace.errors import InputError
 from s2trace.hyp.vmemmap import HypPageLayout
 from s2trace.io.elfcore import write_elf_core
 
-__all__ = ["HypStage1Builder", "VmemmapBuilder", "make_tcr_el2", "write_machine"]
+__all__ = ["HypStage1Builder", "VmemmapBuilder", "write_machine"]
 
-_TG0 = {Granule.K4: 0, Granule.K64: 1, Granule.K16: 2}
-_TG1 = {Granule.K4: 2, Granule.K64: 3, Granule.K16: 1}
-_PS = {32: 0, 36: 1, 40: 2, 42: 3, 44: 4, 48: 5, 52: 6}
 _STATE_BITS = {"owned": 0, "shared_owned": 1 << 55, "shared_borrowed": 1 << 56, "reserved": 3 << 55}
-
-
-def make_tcr_el2(geometry: Geometry, va_bits: int, e2h: bool, pa_bits: int = 48) -> int:
-    """A TCR_EL2 value for this format (the kernel's choices: WBWA walks, inner shareable)."""
-    t0sz = 64 - va_bits
-    if geometry.ds or geometry.lpa:
-        pa_bits = 52
-    walk = 1 << 8 | 1 << 10 | 3 << 12 | _TG0[geometry.granule] << 14
-    if e2h:
-        # EPD1 (bit 23) off-range TTBR1, TG1 a valid encoding, IPS[34:32], DS bit 59.
-        value = t0sz | walk | 1 << 23 | _TG1[geometry.granule] << 30 | _PS[pa_bits] << 32
-        return value | int(geometry.ds) << 59
-    # E2H=0: PS[18:16], RES1 bits 23 and 31, DS bit 32.
-    return t0sz | walk | _PS[pa_bits] << 16 | 1 << 23 | 1 << 31 | int(geometry.ds) << 32
 
 
 @dataclass
@@ -78,7 +62,7 @@ class HypStage1Builder:
 
     def __post_init__(self) -> None:
         self._page = self.geometry.granule.value
-        tcr = make_tcr_el2(self.geometry, self.va_bits, self.e2h)
+        tcr = encode_tcr(self.geometry, self.va_bits, self.e2h)
         probe = config_from_el2(self.table_base, tcr, e2h=self.e2h)
         self.start_level = probe.start_level
         self.root = -(-self.table_base // self._page) * self._page
@@ -100,8 +84,8 @@ class HypStage1Builder:
 
     @property
     def hcr(self) -> int:
-        """An HCR_EL2 with E2H (bit 34) matching the format (VM, RW and the pKVM bits aside)."""
-        return (1 << 34 if self.e2h else 0) | 1 << 31 | 1
+        """An HCR_EL2 with VM, RW and E2H matching the format (the other pKVM bits aside)."""
+        return HCR_EL2.encode(VM=1, RW=1, E2H=int(self.e2h))
 
     @property
     def config(self) -> Stage1Config:

@@ -25,7 +25,7 @@ import pandas as pd
 
 # Imports written ``name as name`` are not used here: they keep every name that was importable
 # from this module before it was split importable from it still.
-from s2trace.arch.registers import config_from_registers
+from s2trace.arch.registers import config_from_registers, hcr_fwb
 from s2trace.arch.stage1 import config_from_el2 as config_from_el2
 from s2trace.columns import BREACHES
 from s2trace.errors import InputError as InputError
@@ -151,7 +151,7 @@ def check_dump(
     ks = read_kallsyms(kallsyms) if isinstance(kallsyms, str | Path) else kallsyms
     io = read_iomem(iomem) if isinstance(iomem, str | Path) else iomem
     host_cfg = config_from_registers(vttbr, vtcr)
-    fwb = hcr is not None and bool(hcr >> 46 & 1)
+    fwb = hcr_fwb(hcr)
     host = walk(memory, host_cfg, "linux-5.15", fwb=fwb, strict=strict)
     layout, reason = resolve_layout(
         kernel,

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s2trace.arch.registers import Stage2Config, config_explicit, config_from_registers
+from s2trace.arch.registers import Stage2Config, config_explicit, config_from_registers, hcr_fwb
 from s2trace.arch.stage1 import config_from_el2
 from s2trace.columns import GUEST_PAGES, VMS
 from s2trace.errors import InputError, Problem, ProblemLog
@@ -229,7 +229,7 @@ def find_guests(
     cfg = config_from_el2(ttbr0, tcr, e2h=e2h, hcr=hcr)
     hyp = walk_hyp(memory, cfg, hyp_states="vmemmap", strict=strict)
     if fwb is None:
-        fwb = hcr is not None and bool(hcr >> 46 & 1)
+        fwb = hcr_fwb(hcr)
     log = ProblemLog(strict=strict)
     table_va = _vm_table(memory, hyp, ks, io, vm_table_va)
     slots = _read_words(memory, hyp, table_va, MAX_VMS) if table_va else None

@@ -59,7 +59,15 @@ from pathlib import Path
 
 import numpy as np
 
-from s2trace.arch.registers import Stage2Config, config_from_registers
+from s2trace.arch.registers import (
+    HCR_EL2,
+    VTCR_EL2,
+    Stage2Config,
+    config_from_registers,
+    hcr_e2h,
+    hcr_fwb,
+)
+from s2trace.arch.stage1 import TCR_EL2_NVHE
 from s2trace.errors import InputError
 from s2trace.io.memory import MemoryFault, PhysicalMemory
 from s2trace.pkvm.kallsyms import Kallsyms, read_kallsyms
@@ -110,22 +118,14 @@ PARAMS_SYMBOL = "__kvm_nvhe_kvm_init_params"
 PERCPU_START_SYMBOL = "__kvm_nvhe___per_cpu_start"
 PERCPU_BASE_SYMBOL = "__kvm_nvhe_kvm_arm_hyp_percpu_base"
 
-# HCR_EL2 bits (Arm ARM; kernel kvm_arm.h names).
-HCR_VM = 1 << 0
-HCR_RW = 1 << 31
-HCR_E2H = 1 << 34
-HCR_FWB = 1 << 46
-_HCR_MTE2_ONLY = (1 << 56) | (1 << 57) | (1 << 58)  # ATA, DCT, TID5
+_HCR_VM_RW = HCR_EL2.encode(VM=1, RW=1)
+_HCR_MTE2_ONLY = HCR_EL2.encode(ATA=1, DCT=1, TID5=1)
 _TTBR_CNP = 1
 #: Largest NR_CPUS read from kvm_arm_hyp_percpu_base[] (arm64 allows up to 4096).
 MAX_CPUS = 4096
 #: arm64 VA_BITS choices; PAGE_OFFSET is -(1 << VA_BITS).
 _VA_BITS = (48, 52, 47, 42, 39, 36)
 _CHUNK_WORDS = 1 << 22  # 32 MiB of RAM per vectorised step
-
-
-def _bits(value: int, hi: int, lo: int) -> int:
-    return (value >> lo) & ((1 << (hi - lo + 1)) - 1)
 
 
 def _phys_to_ttbr(pa: int) -> int:
@@ -168,7 +168,7 @@ class RecoveredRegisters:
     @property
     def fwb(self) -> bool:
         """HCR_EL2.FWB: stage-2 MemAttr has the FWB meaning."""
-        return bool(self.hcr_el2 & HCR_FWB)
+        return hcr_fwb(self.hcr_el2)
 
     def values(self) -> dict[str, int]:
         """Register name -> value, in :data:`REGISTERS` order."""
@@ -226,9 +226,9 @@ def _from_row(
         )
     tcr = f["tcr_el2"]
     tcr_src = at("tcr_el2")
-    if not f["hcr_el2"] & HCR_E2H and _bits(tcr, 18, 16) == 0 and _bits(f["vtcr"], 18, 16):
-        ps = _bits(f["vtcr"], 18, 16)
-        tcr |= ps << 16
+    ps = VTCR_EL2.get(f["vtcr"], "PS")
+    if not hcr_e2h(f["hcr_el2"]) and TCR_EL2_NVHE.get(tcr, "PS") == 0 and ps:
+        tcr |= TCR_EL2_NVHE["PS"].put(ps, "TCR_EL2")
         tcr_src += f" with PS={ps} from VTCR_EL2.PS"
         notes.append(
             "TCR_EL2.PS was 0 in memory (kernels before v6.9 set it in hyp-init.S from "
@@ -278,7 +278,7 @@ def _problem(memory: PhysicalMemory, regs: RecoveredRegisters) -> str | None:
     """
     if regs.vttbr_el2 == 0:
         return "vttbr is 0: pKVM never installed the host stage 2 on this CPU"
-    if not regs.hcr_el2 & HCR_VM:
+    if not HCR_EL2.flag(regs.hcr_el2, "VM"):
         return f"hcr_el2 {regs.hcr_el2:#x} has VM=0: stage 2 was not enabled"
     try:
         cfg = regs.config()
@@ -370,7 +370,7 @@ def scan_init_params(memory: PhysicalMemory) -> list[RecoveredRegisters]:
         pgd = words[idx - (vi - _IX["pgd_pa"])]
         stack = words[idx - (vi - _IX["stack_pa"])]
         ok = (vttbr & np.uint64(0xFFFFFFFFFFFE)) != 0
-        ok &= (hcr & np.uint64(HCR_VM | HCR_RW)) == np.uint64(HCR_VM | HCR_RW)
+        ok &= (hcr & np.uint64(_HCR_VM_RW)) == np.uint64(_HCR_VM_RW)
         ok &= (pgd != 0) & ((pgd & _PAGE_PA_BAD) == 0)
         ok &= (stack != 0) & ((stack & _PAGE_PA_BAD) == 0)
         if ok.any():

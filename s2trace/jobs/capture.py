@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s2trace.arch.registers import hcr_fwb
 from s2trace.errors import InputError
 from s2trace.pkvm.profiles import profile_for_kernel
 
 __all__ = ["Capture", "is_capture", "load_capture"]
 
 CAPTURE_FILE = "capture.toml"
-_HCR_FWB = 1 << 46
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Capture:
     @property
     def fwb(self) -> bool:
         """HCR_EL2.FWB (bit 46), when the folder records HCR_EL2."""
-        return bool(self.registers.get("hcr_el2", 0) & _HCR_FWB)
+        return hcr_fwb(self.registers.get("hcr_el2"))
 
     def reg(self, name: str) -> int | None:
         return self.registers.get(name)

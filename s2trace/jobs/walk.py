@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from s2trace.arch.registers import config_from_registers
+from s2trace.arch.registers import config_from_registers, hcr_fwb
 from s2trace.errors import InputError
 from s2trace.hyp.check import enrich_with_vmemmap
 from s2trace.hyp.init_params import registers_from_memory
@@ -25,8 +25,6 @@ from s2trace.pkvm.profiles import get_profile, profile_for_kernel
 from s2trace.walk.walker import AUTO, detect_profile, walk
 
 __all__ = ["DumpRequest", "request_from_capture", "walk_dump"]
-
-_HCR_FWB = 1 << 46
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def walk_dump(req: DumpRequest, progress: Callable[[int, int], None] | None = No
     config = req.config
     if config is None and req.vttbr is not None:
         config = config_from_registers(req.vttbr, req.vtcr)
-    fwb = req.fwb if req.fwb is not None else bool((req.hcr_el2 or 0) & _HCR_FWB)
+    fwb = req.fwb if req.fwb is not None else hcr_fwb(req.hcr_el2)
     hyp = (req.ttbr0_el2, req.tcr_el2, req.hcr_el2) if req.ttbr0_el2 is not None else None
     best_effort = hyp is None
     memory = open_memory(list(req.specs), base=req.base)

@@ -27,7 +27,12 @@ import pandas as pd
 
 from s2trace.arch.attributes import memattr_code, memattr_names
 from s2trace.arch.geometry import Geometry
-from s2trace.arch.registers import Stage2Config, config_from_registers, encode_vtcr
+from s2trace.arch.registers import (
+    Stage2Config,
+    config_from_registers,
+    encode_vtcr,
+    encode_vttbr,
+)
 from s2trace.columns import MAP
 from s2trace.decode.build import build_descriptor
 from s2trace.errors import InputError
@@ -92,7 +97,7 @@ class Stage2Builder:
 
     @property
     def vttbr(self) -> int:
-        return self.root | self.vmid << 48
+        return encode_vttbr(self.root, self.vmid)
 
     @property
     def config(self) -> Stage2Config:

@@ -195,6 +195,18 @@ TRANSITIONS = Schema(
             "0->1 share and the 1->0 unshare reach the hypervisor",
         ),
         ("recipe", CAT, "name of the recipe that produced the row"),
+        (
+            "t_earliest",
+            "float64",
+            "earliest time the transition can have happened: ts when the event itself pins "
+            "it, else the start of the bracket (e.g. the last allocation before the hypercall)",
+        ),
+        (
+            "basis",
+            CAT,
+            "what the row rests on: 'trace' (the event says so), or a kernel rule in words "
+            "(e.g. the teardown hypercall gives back every page donated for the VM)",
+        ),
     ),
 )
 
@@ -209,9 +221,28 @@ INTERVALS = Schema(
         ("host_state", CAT, "host page state: owned, shared_owned, shared_borrowed, nopage"),
         ("peer", CAT, "the other component involved (share completer or owner), if any"),
         ("peer_state", CAT, "that component's page state"),
-        ("t_start", "float64", "start time (seconds); -inf for the initial state"),
+        (
+            "t_start",
+            "float64",
+            "start time (seconds): the first event by which the transition has certainly "
+            "happened; -inf for the state before the trace",
+        ),
         ("t_end", "float64", "end time (seconds); +inf while still current"),
-        ("cause", "Int64", "event_index of the event that started the interval"),
+        (
+            "t_earliest",
+            "float64",
+            "earliest time the transition can have happened (= t_start when one event pins "
+            "it; < t_start when the trace only brackets it); -inf for the state before the trace",
+        ),
+        ("cause", "Int64", "source line of the event that started the interval (<NA>: initial)"),
+        ("event_index", "Int64", "row of that event in the events table (<NA>: initial)"),
+        (
+            "basis",
+            CAT,
+            "what the state rests on: 'trace' (the line in cause), a kernel rule in words, "
+            "the dump (named, and when it was taken), an evidence file and line, the first "
+            "transition's precondition, or 'assumed: ...'",
+        ),
         ("incomplete", "boolean", "a lost-events gap may hide transitions of this range"),
     ),
 )

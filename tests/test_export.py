@@ -81,7 +81,7 @@ def names(doc: dict) -> dict[tuple[int, int], str]:
 
 @pytest.fixture(scope="module")
 def sample():
-    return analyze(SAMPLE, use_cache=False)
+    return analyze(SAMPLE, use_cache=False, grounds=False)
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def million():
 
 @pytest.fixture(scope="module", params=sorted(SAMPLES))
 def sample(request):
-    return analyze(SAMPLES[request.param], use_cache=False)
+    return analyze(SAMPLES[request.param], use_cache=False, grounds=False)
 
 
 def pixels(fig) -> np.ndarray:

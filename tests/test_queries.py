@@ -20,7 +20,7 @@ from s2trace.trace.queries import (
     owner_at,
     snapshot,
 )
-from s2trace.trace.replay import replay
+from s2trace.trace.replay import ASSUMED, replay
 from s2trace.trace.synth_helpers import make_transitions
 
 P = 4096
@@ -57,22 +57,25 @@ def test_owner_at_exact_answers(tl):
         peer="hyp",
         peer_state="owned",
         since=10.0,
-        cause=100,
-        line=110,
+        t_earliest=10.0,
+        cause=110,
+        event_index=100,
+        basis="trace line 110",
         incomplete=False,
     )
     before = owner_at(tl, pg(2), 9.999)
-    assert (before.owner, before.host_state, before.since, before.cause, before.line) == (
+    assert (before.owner, before.host_state, before.since, before.cause, before.event_index) == (
         "host",
         "owned",
         -math.inf,
         None,
         None,
     )
+    assert before.basis == ASSUMED  # replay() without precondition: nothing speaks for it
     at = owner_at(tl, pg(1), 20.0)  # [t_start, t_end): the new state at its own time
-    assert (at.owner, at.host_state, at.cause, at.line) == ("host", "owned", 200, 120)
+    assert (at.owner, at.host_state, at.event_index, at.cause) == ("host", "owned", 200, 120)
     end = owner_at(tl, pg(3))
-    assert (end.owner, end.since, end.cause, end.incomplete) == ("hyp", 10.0, 100, True)
+    assert (end.owner, end.since, end.event_index, end.incomplete) == ("hyp", 10.0, 100, True)
 
 
 def test_owner_at_incomplete_only_after_the_gap(tl):
@@ -103,7 +106,8 @@ def test_history_of_a_page(tl):
     assert [str(x) for x in h["owner"]] == ["host", "hyp", "host"]
     assert list(h["addr_start"]) == [pg(0), pg(1), pg(1)]  # the initial range is pages 0-3
     assert list(h["size"]) == [4 * P, P, P]
-    assert list(h["cause"].astype("Int64")[1:]) == [100, 200]
+    assert list(h["event_index"].astype("Int64")[1:]) == [100, 200]
+    assert list(h["cause"].astype("Int64")[1:]) == [110, 120]
     untouched = history(tl, pg(100) + 1)
     assert list(untouched["addr_start"]) == [pg(100)]
     assert (untouched["t_start"].iloc[0], untouched["t_end"].iloc[0]) == (-math.inf, math.inf)
@@ -153,10 +157,10 @@ def test_snapshot_round_trips_through_replay(tl):
 def test_explain_narrative(tl):
     text = explain(tl, pg(1), 26.0)
     assert text.splitlines() == [
-        f"page {pg(1):#x} at t=26.000000: owner host, host owned (since 20.000000, event 200, "
-        "line 120)",
+        f"page {pg(1):#x} at t=26.000000: owner host, host owned (since 20.000000, line 120)",
+        "basis: trace line 120",
         "state changes:",
-        "           start  initial: owner host, host owned",
+        f"           start  initial: owner host, host owned [{ASSUMED}]",
         "       10.000000  line 110 donate host → hyp -> owner hyp, host nopage, hyp owned",
         "       20.000000  line 120 reclaim hyp → host -> owner host, host owned",
         "(may be incomplete: lost events at 25.000000)",

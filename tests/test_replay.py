@@ -105,7 +105,7 @@ def test_share_unshare_host_hyp_intervals_exact():
     assert objs(iv["host_state"]) == ["owned", "shared_owned", "owned"]
     assert objs(iv["peer"]) == [None, "hyp", None]
     assert objs(iv["peer_state"]) == [None, "shared_borrowed", None]
-    assert iv["cause"].tolist() == [pd.NA, 0, 1]
+    assert iv["event_index"].tolist() == [pd.NA, 0, 1]
     assert not iv["incomplete"].any()
     assert len(tl.violations) == 0
 
@@ -405,7 +405,7 @@ def test_replay_order_is_time_then_event_index():
     ]
     tl = run(rows)
     assert len(tl.violations) == 0
-    assert list(tl.intervals["cause"].astype("Int64")[1:]) == [9, 1, 3, 7]
+    assert list(tl.intervals["event_index"].astype("Int64")[1:]) == [9, 1, 3, 7]
     assert list(tl.transitions["event_index"]) == [9, 1, 3, 7]
 
 
@@ -1015,7 +1015,7 @@ def test_qemu_pkvm_6_12_capture_by_hand():
     ]
     # the two donations stay separate intervals (different causes)
     cur = tl.intervals[np.isinf(tl.intervals["t_end"]) & (tl.intervals["owner"] == "hyp")]
-    assert list(zip(cur["addr_start"], cur["size"], cur["cause"], strict=True)) == [
+    assert list(zip(cur["addr_start"], cur["size"], cur["event_index"], strict=True)) == [
         (0x438F6000, 2 * P, 30),
         (0x438F8000, 2 * P, 32),
         (0x48115000, P, 28),

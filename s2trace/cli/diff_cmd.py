@@ -75,6 +75,7 @@ def _trace_side(target: str, kw: dict[str, Any]) -> tuple[pd.DataFrame, dict[str
         kernel=kw.get("kernel"),
         linear_map=parse_linear_map(kw.get("linear_map")),
         progress=None if sys.stderr.isatty() else False,
+        grounds=False,  # the dump is what the trace is compared with, not its ground
     )
     at = parse_time(kw.get("at"))
     meta = {f"trace_{k}": v for k, v in analysis.meta.items()}

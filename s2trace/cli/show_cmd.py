@@ -91,7 +91,7 @@ def register(cli: click.Group) -> None:
             "t_to": _time(t_to, "--to"),
         }
         width = _time(bin_width, "--bin")
-        r = _analyze(trace, kw)
+        r = _analyze(trace, kw, grounds=False)
         from s2trace import plots
 
         page_size = kw.get("page_size") or 4096
@@ -140,7 +140,7 @@ def register(cli: click.Group) -> None:
         """Export the ownership timeline: counters of bytes per owner, one slice per page-range
         ownership interval, instant events for violations, access faults and lost events."""
         lo, hi = _time(t_from, "--from"), _time(t_to, "--to")
-        r = _analyze(trace, kw)
+        r = _analyze(trace, kw, grounds=False)
         from s2trace.export.perfetto import perfetto_trace, write_perfetto
 
         first, last = _event_span(r)

@@ -41,7 +41,9 @@ def trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _analyze(trace: str, kw: dict[str, Any]) -> Any:
+def _analyze(trace: str, kw: dict[str, Any], *, grounds: bool = True) -> Any:
+    """Analyse ``trace``; ``grounds``: ground untouched pages in the capture's dump (owner,
+    explain, timeline) -- plots and exports show what the trace did, without it."""
     from s2trace.jobs.analyze import analyze, parse_linear_map
 
     result = analyze(
@@ -53,6 +55,7 @@ def _analyze(trace: str, kw: dict[str, Any]) -> Any:
         strict=bool(kw.get("strict")),
         progress=None if sys.stderr.isatty() else False,
         use_cache=not kw.get("no_cache"),
+        grounds=grounds,
     )
     counts = result.problems.counts()
     if counts:
@@ -115,7 +118,7 @@ def register(cli: click.Group) -> None:
     @output_options
     def violations_cmd(trace: str, **kw: Any) -> None:
         """Transitions the pKVM state machine refuses, with the kernel check they break."""
-        r = _analyze(trace, kw)
+        r = _analyze(trace, kw, grounds=False)
         _write(r.violations, kw, r.meta)
 
     @cli.command("owner")
@@ -136,13 +139,14 @@ def register(cli: click.Group) -> None:
             click.echo(json.dumps(record))
             return
         when = "the end of the trace" if record["t"] is None else f"t={record['t']}"
-        since = "the start" if record["since"] in (None, float("-inf")) else f"t={record['since']}"
+        since = "the start" if record["since"] is None else f"t={record['since']}"
+        if record.get("t_earliest") is not None and record["t_earliest"] != record["since"]:
+            since += f" (happened after t={record['t_earliest']})"
         peer = f", {record['peer']} {record['peer_state']}" if record.get("peer") else ""
-        cause = f" (line {record['cause']})" if record.get("cause") is not None else ""
         note = " -- may be incomplete: events were lost" if record.get("incomplete") else ""
         click.echo(
             f"{record['addr']:#x} at {when}: owner {record['owner']}, host "
-            f"{record['host_state']}{peer}, since {since}{cause}{note}"
+            f"{record['host_state']}{peer}, since {since}; basis: {record['basis']}{note}"
         )
 
     @cli.command("explain")
@@ -177,15 +181,18 @@ def register(cli: click.Group) -> None:
 
 
 def _answer_dict(ans: Any) -> dict[str, Any]:
-    """The owner answer as the JSON contract: addr, t, owner, host_state, peer_state, since,
-    cause (source line of the event that set the state) and more."""
+    """The owner answer as the JSON contract: addr, t, owner, host_state, peer, peer_state,
+    since (when the state certainly held; null: before the trace), t_earliest (earliest time
+    the change can have happened; null: before the trace), cause (source line of the event
+    that set the state), event_index (its row in the events table), basis (what the state
+    rests on: "trace line N", a rule in words, the dump, an evidence file and line, or an
+    assumption) and incomplete."""
     import dataclasses
 
     from s2trace.render import plain_value
 
     raw = {k: plain_value(v) for k, v in dataclasses.asdict(ans).items()}
-    raw["event_index"] = raw.get("cause")
-    raw["cause"] = raw.pop("line", None)
-    if isinstance(raw.get("since"), float) and raw["since"] == float("-inf"):
-        raw["since"] = None
+    for key in ("since", "t_earliest"):
+        if isinstance(raw.get(key), float) and raw[key] == float("-inf"):
+            raw[key] = None
     return raw

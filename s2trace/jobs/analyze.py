@@ -19,6 +19,7 @@ import pandas as pd
 from s2trace.allocator import release_memory
 from s2trace.errors import InputError, ProblemLog
 from s2trace.jobs.capture import is_capture, load_capture
+from s2trace.jobs.grounds import boot_ranges, dump_map
 from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import load_recipes, to_transitions
 from s2trace.trace.replay import replay
@@ -79,6 +80,34 @@ def parse_time(text: str | None) -> float | None:
     return float(value) * _UNITS[m.group(2) or "s"]
 
 
+def _grounds(
+    capture: Path | None,
+    dump: tuple[str, ...],
+    dmesg: str | Path | None,
+    page_size: int,
+    use_dump: bool,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """The replay's ``at_end`` (a dump) and ``boot`` (dmesg) arguments, noted in ``meta``."""
+    out: dict[str, Any] = {}
+    if use_dump and (dump or capture is not None):
+        try:
+            frame, basis, notes = dump_map(capture=None if dump else capture, specs=dump)
+        except InputError as exc:
+            if dump:  # named by the user: its failure is theirs to see
+                raise
+            meta["dump"] = f"not used: {exc}"
+        else:
+            out.update(at_end=frame, end_basis=basis)
+            meta["dump"] = basis + "".join(f"; {n}" for n in notes)
+    if dmesg is not None and use_dump:
+        ranges = boot_ranges(dmesg, page_size)
+        if len(ranges):
+            out.update(boot=ranges, boot_basis=f"evidence {Path(dmesg).name}")
+            meta["boot_evidence"] = "; ".join(ranges["basis"])
+    return out
+
+
 def analyze(
     path: str | Path,
     *,
@@ -90,17 +119,29 @@ def analyze(
     initial: pd.DataFrame | None = None,
     progress: bool | None = None,
     use_cache: bool = True,
+    dump: Sequence[str] = (),
+    dmesg: str | Path | None = None,
+    grounds: bool = True,
 ) -> Analysis:
     """Read a trace (file or capture folder), derive transitions and replay them.
 
     ``kernel`` picks the hypercall table, the recipes' version conditions and the replay's
     rules (default: the capture's kernel, else 6.12); ``linear_map`` converts kernel
-    linear-map addresses (default: the capture's); ``initial`` is an ownership map to start
-    from (default: the host owns everything).
+    linear-map addresses (default: the capture's); ``initial`` is an ownership map at the
+    start of the trace, when the caller knows it.
+
+    What every state rests on (the intervals' ``basis``): a page some transition changes
+    starts in the state that transition requires; a page none changes has the state of the
+    dump taken after the trace (``dump`` files, else the capture folder's), else of boot
+    evidence (the hyp carve-out in ``dmesg``, else the capture's dmesg), else the host's by
+    assumption.  The replayed end state of changed pages is checked against the dump
+    (``timeline.meta["end_check"]``).  ``grounds=False`` uses neither dump nor dmesg (to
+    compare the trace with the dump, or to plot what the trace did).
     """
 
     source = Path(path)
     meta: dict[str, Any] = {}
+    capture = None
     if is_capture(source):
         cap = load_capture(source)
         if cap.trace is None:
@@ -109,6 +150,8 @@ def analyze(
         linear_map = linear_map or cap.linear_map
         meta["capture"] = str(cap.folder)
         source = cap.trace
+        capture = cap.folder
+        dmesg = dmesg or cap.dmesg
     elif not source.exists():
         raise InputError(f"{source}: no such trace file or capture folder")
     kernel = kernel or "6.12"
@@ -127,8 +170,15 @@ def analyze(
     )
     problems.extend(recipe_problems)
     release_memory()
+    found = _grounds(capture, tuple(dump), dmesg, page_size, grounds, meta)
     timeline = replay(
-        transitions, initial=initial, page_size=page_size, kernel=kernel, strict=strict
+        transitions,
+        initial=initial,
+        page_size=page_size,
+        kernel=kernel,
+        strict=strict,
+        precondition=True,
+        **found,
     )
     release_memory()
     meta.update(
@@ -142,4 +192,10 @@ def analyze(
     )
     if linear_map:
         meta["linear_map"] = f"{linear_map[0]:#x}={linear_map[1]:#x}"
+    check = timeline.meta.get("end_check")
+    if check:
+        meta["end_check"] = (
+            f"{check['pages_checked']} changed page(s) compared with the dump: "
+            f"{check['pages_disagreeing']} disagree"
+        )
     return Analysis(source, trace.events, transitions, timeline, problems, kernel, meta)

@@ -52,6 +52,6 @@ def evidence_labels(
     if trace:
         if memory is not None and ks is not None and image is not None:
             linear_map = LinearMap.from_dump(memory, ks, image).pair()
-        analysis = analyze(trace, kernel=kernel, linear_map=linear_map)
+        analysis = analyze(trace, kernel=kernel, linear_map=linear_map, grounds=False)
         transitions, problems = analysis.transitions, analysis.problems
     return collect_labels(memory, ks, image, io, dmesg, transitions), problems

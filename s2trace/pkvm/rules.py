@@ -387,7 +387,9 @@ class RuleTable:
     ``fail[r, s]`` is the code of the first check rule ``r`` breaks in state ``s`` (0: none),
     ``target[r, s]`` the state after it (``s`` itself when it fails or is a marker),
     ``delta[r]`` its change of host_share_guest_count and ``mutates[r]`` whether it can change
-    anything at all.  Codes index ``check_names``.
+    anything at all.  ``pre[r]`` is the state rule ``r`` requires before it (its precondition:
+    the first state, in ``states`` order, that passes every check; -1 for markers), which the
+    replay takes as a page's state before its first transition.  Codes index ``check_names``.
     """
 
     version: Version
@@ -398,6 +400,7 @@ class RuleTable:
     delta: np.ndarray
     mutates: np.ndarray
     check_names: tuple[str, ...]
+    pre: np.ndarray
     ids: dict[tuple[str, str | None, str | None], int] = field(repr=False)
 
     # -- well-known ids ------------------------------------------------------------------------
@@ -502,6 +505,12 @@ def rule_table(version: Version, extra_states: Iterable[PageState] = ()) -> Rule
     return _rule_table(version, tuple(extra_states))
 
 
+def _precondition(r: int, rule: Rule, fail: np.ndarray) -> int:
+    """The first state rule ``r`` accepts (-1: none, or a marker that changes nothing)."""
+    ok = np.flatnonzero(fail[r] == 0) if rule.result is not None else []
+    return int(ok[0]) if len(ok) else -1
+
+
 @lru_cache(maxsize=64)
 def _rule_table(version: Version, extra_states: tuple[PageState, ...]) -> RuleTable:
     states = BASE_STATES + extra_states
@@ -533,5 +542,6 @@ def _rule_table(version: Version, extra_states: tuple[PageState, ...]) -> RuleTa
         delta=np.array([r.count for r in rules], dtype=np.int8),
         mutates=np.array([r.result is not None for r in rules], dtype=bool),
         check_names=tuple(names),
+        pre=np.array([_precondition(r, rule, fail) for r, rule in enumerate(rules)], np.int16),
         ids=ids,
     )

@@ -15,7 +15,8 @@ import pandas as pd
 
 from s2trace.columns import INTERVALS, MAP, MAP_DIFF
 from s2trace.errors import InputError
-from s2trace.trace.replay import Timeline
+from s2trace.trace.replay import ASSUMED, PRECONDITION, Timeline
+from s2trace.trace.replay.rows import TRACE_BASIS
 
 __all__ = [
     "MAP_DIFF",
@@ -32,10 +33,14 @@ __all__ = [
 class OwnerAnswer:
     """The state of the page holding ``addr`` at time ``t`` (``None``: after the last event).
 
-    ``since`` is when that state began (-inf: initial), ``cause`` the event_index of the
-    transition that made it and ``line`` that transition's source line (when the timeline
-    carries its transitions).  ``incomplete``: a lost-events marker concerning this page lies
-    between ``since`` and ``t``, so a transition may be missing.
+    ``since`` is when that state certainly held (the first event by which the transition had
+    happened; -inf: before the trace), ``t_earliest`` the earliest time the transition can
+    have happened (< ``since`` when the trace only brackets it), ``cause`` the source line of
+    the event that started it and ``event_index`` that event's row.  ``basis`` says what the
+    state rests on: ``trace`` (the line in ``cause``), a kernel rule in words, the dump
+    (named), an evidence file and line, or an assumption.  ``incomplete``: a lost-events
+    marker concerning this page lies between ``since`` and ``t``, so a transition may be
+    missing.
     """
 
     addr: int
@@ -45,8 +50,10 @@ class OwnerAnswer:
     peer: str | None
     peer_state: str | None
     since: float
+    t_earliest: float
     cause: int | None
-    line: int | None
+    event_index: int | None
+    basis: str
     incomplete: bool
 
 
@@ -76,24 +83,17 @@ def _lost_before(timeline: Timeline, addr: int, t: float | None) -> list[float]:
     return out
 
 
-def _line_of(timeline: Timeline, event_index: int | None) -> int | None:
-    tr = timeline.transitions
-    if event_index is None or tr is None:
-        return None
-    hit = np.flatnonzero(tr["event_index"].to_numpy() == event_index)
-    return int(tr["line"].iloc[hit[0]]) if len(hit) else None
-
-
 def _na(value: object) -> object:
     return None if pd.isna(value) else value
 
 
 def owner_at(timeline: Timeline, addr: int, t: float | None = None) -> OwnerAnswer:
-    """Who owned the page holding ``addr`` at time ``t`` (``None``: at the end)."""
+    """Who owned the page holding ``addr`` at time ``t`` (``None``: at the end), and on what
+    basis."""
     iv = timeline.intervals
     hit = np.flatnonzero(_covers(iv, addr) & _alive(iv, t))
     if len(hit) == 0:
-        return OwnerAnswer(  # never touched: host owned all along
+        return OwnerAnswer(  # nothing speaks for this page: the timeline's default
             addr=addr,
             t=t,
             owner="host",
@@ -101,32 +101,52 @@ def owner_at(timeline: Timeline, addr: int, t: float | None = None) -> OwnerAnsw
             peer=None,
             peer_state=None,
             since=-np.inf,
+            t_earliest=-np.inf,
             cause=None,
-            line=None,
+            event_index=None,
+            basis=str(timeline.meta.get("default_basis", ASSUMED)),
             incomplete=bool(_lost_before(timeline, addr, t)),
         )
     row = iv.iloc[hit[0]]
-    cause = _na(row["cause"])
-    cause = None if cause is None else int(cause)
+    cause, event_index = (_na(row[c]) for c in ("cause", "event_index"))
     return OwnerAnswer(
         addr=addr,
         t=t,
         owner=str(row["owner"]),
         host_state=str(row["host_state"]),
-        peer=_na(row["peer"]),
-        peer_state=_na(row["peer_state"]),
+        peer=_na(row["peer"]),  # type: ignore[arg-type]
+        peer_state=_na(row["peer_state"]),  # type: ignore[arg-type]
         since=float(row["t_start"]),
-        cause=cause,
-        line=_line_of(timeline, cause),
+        t_earliest=float(row["t_earliest"]),
+        cause=None if cause is None else int(cause),  # type: ignore[call-overload]
+        event_index=None if event_index is None else int(event_index),  # type: ignore[call-overload]
+        basis=_basis_words(iv, hit[0], addr),
         incomplete=bool(row["incomplete"])
         and any(x >= float(row["t_start"]) for x in _lost_before(timeline, addr, t)),
     )
 
 
+def _basis_words(iv: pd.DataFrame, i: int, addr: int) -> str:
+    """The basis of interval ``i``: ``trace line N``, or its text; a precondition names the
+    line of the transition that requires it."""
+    row = iv.iloc[i]
+    basis = str(row["basis"])
+    if basis == TRACE_BASIS and not pd.isna(row["cause"]):
+        return f"trace line {int(row['cause'])}"
+    if basis.startswith("rule:") and not pd.isna(row["cause"]):
+        return f"{basis} (trace line {int(row['cause'])})"
+    if basis == PRECONDITION:
+        later = iv[_covers(iv, addr) & (iv["t_start"].to_numpy() >= float(row["t_end"]))]
+        if len(later) and not pd.isna(later["cause"].iloc[0]):
+            return f"{basis} (trace line {int(later.sort_values('t_start')['cause'].iloc[0])})"
+    return basis
+
+
 def history(timeline: Timeline, addr: int) -> pd.DataFrame:
     """The intervals (INTERVALS rows) of the page holding ``addr``, in time order.
 
-    A page no transition touched gets one synthetic row: host owned from -inf to +inf.
+    A page nothing speaks for gets one synthetic row: host owned from -inf to +inf, with the
+    timeline's default basis (an assumption, or "no entry in the dump").
     """
     iv = timeline.intervals
     rows = iv[_covers(iv, addr)].sort_values("t_start", kind="stable")
@@ -143,7 +163,10 @@ def history(timeline: Timeline, addr: int) -> pd.DataFrame:
             "peer_state": pd.Categorical([None]),
             "t_start": [-np.inf],
             "t_end": [np.inf],
+            "t_earliest": [-np.inf],
             "cause": pd.array([None], dtype="Int64"),
+            "event_index": pd.array([None], dtype="Int64"),
+            "basis": pd.Categorical([str(timeline.meta.get("default_basis", ASSUMED))]),
             "incomplete": pd.array([bool(_lost_before(timeline, addr, None))], dtype="boolean"),
         }
     ).astype(INTERVALS.dtypes())
@@ -315,24 +338,39 @@ def explain(timeline: Timeline, addr: int, t: float | None = None) -> str:
         f"host {ans.host_state}"
         + (f", {ans.peer} {ans.peer_state}" if ans.peer else "")
         + f" (since {_fmt_t(ans.since)}"
-        + (f", event {ans.cause}" if ans.cause is not None else "")
-        + (f", line {ans.line}" if ans.line is not None else "")
-        + ")"
+        + (f", line {ans.cause}" if ans.cause is not None else "")
+        + ")",
+        f"basis: {ans.basis}",
     ]
+    if ans.t_earliest < ans.since:
+        lines.append(
+            f"the trace brackets that change: it happened between {_fmt_t(ans.t_earliest)} "
+            f"and {_fmt_t(ans.since)}"
+        )
     hist = history(timeline, addr)
     limit = np.inf if t is None else t
     hist = hist[hist["t_start"] <= limit]
     causes = {}
     lines.append("state changes:")
     for _, row in hist.iterrows():
-        cause = _na(row["cause"])
-        if cause is None:
-            lines.append(f"  {_fmt_t(row['t_start']):>14}  initial: {_state_words(row)}")
+        event = _na(row["event_index"])
+        if event is None:
+            lines.append(
+                f"  {_fmt_t(row['t_start']):>14}  initial: {_state_words(row)} "
+                f"[{_initial_basis(row, hist)}]"
+            )
             continue
-        causes[int(cause)] = row
+        causes[int(event)] = row  # type: ignore[call-overload]
+        basis = str(row["basis"])
+        bracket = (
+            f", between {_fmt_t(row['t_earliest'])} and {_fmt_t(row['t_start'])}"
+            if row["t_earliest"] < row["t_start"]
+            else ""
+        )
+        extra = f" [{basis}{bracket}]" if basis != TRACE_BASIS or bracket else ""
         lines.append(
-            f"  {_fmt_t(row['t_start']):>14}  {_describe_event(timeline, int(cause))}"
-            f" -> {_state_words(row)}"
+            f"  {_fmt_t(row['t_start']):>14}  {_describe_event(timeline, int(event))}"  # type: ignore[call-overload]
+            f" -> {_state_words(row)}{extra}"
         )
     tr = timeline.transitions
     vio = timeline.violations
@@ -362,6 +400,15 @@ def explain(timeline: Timeline, addr: int, t: float | None = None) -> str:
             "(may be incomplete: lost events at " + ", ".join(f"{x:.6f}" for x in lost) + ")"
         )
     return "\n".join(lines)
+
+
+def _initial_basis(row: pd.Series, hist: pd.DataFrame) -> str:
+    basis = str(row["basis"])
+    if basis == PRECONDITION:
+        nxt = hist[hist["t_start"] >= row["t_end"]]
+        if len(nxt) and not pd.isna(nxt["cause"].iloc[0]):
+            return f"{basis}: line {int(nxt['cause'].iloc[0])}"
+    return basis
 
 
 def _covers_rows(frame: pd.DataFrame, col: str, addr: int) -> np.ndarray:

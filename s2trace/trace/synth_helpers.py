@@ -57,6 +57,8 @@ def make_transitions(rows: list[dict[str, Any]], *, page_size: int = 4096) -> pd
     col["gfn"] = [r.get("gfn") for r in rows]
     col["counted"] = [r.get("counted", False) for r in rows]
     col["recipe"] = [r.get("recipe", "synthetic") for r in rows]
+    col["t_earliest"] = [r.get("t_earliest", ts) for r, ts in zip(rows, col["ts"], strict=True)]
+    col["basis"] = [r.get("basis", "trace") for r in rows]
     unknown = {k for r in rows for k in r} - set(TRANSITIONS.names)
     if unknown:
         raise ValueError(f"make_transitions: unknown keys {sorted(unknown)}")
@@ -101,7 +103,9 @@ def transitions_frame(
         "gfn": pd.array(np.zeros(n, dtype=np.uint64), dtype="UInt64").copy(),
         "counted": np.broadcast_to(np.asarray(counted, dtype=bool), (n,)).copy(),
         "recipe": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[recipe]),
+        "basis": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=["trace"]),
     }
+    col["t_earliest"] = col["ts"]
     col["vm"][:] = pd.NA
     col["gfn"][:] = pd.NA
     return _typed(col, n)

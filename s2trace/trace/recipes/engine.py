@@ -36,6 +36,7 @@ from s2trace.trace.recipes.loader import load_recipes
 from s2trace.trace.recipes.model import RECIPE_OPS, Recipe, RecipeSet
 from s2trace.trace.recipes.related import (
     EventTable,
+    complete_rows,
     context_rows,
     field_values,
     latest_before_keyed,
@@ -50,7 +51,8 @@ class _Rows:
     """Transition rows of one recipe (positional arrays)."""
 
     anchor: np.ndarray
-    done: np.ndarray
+    done: np.ndarray  # the event by which the transition has certainly happened
+    early: np.ndarray  # the event before which it cannot have happened
     key: np.ndarray
     start: np.ndarray
     stop: np.ndarray
@@ -119,9 +121,14 @@ def _apply(
     anchor = _prefilter(r, ev, ev.rows(r.event))
     anchor, partner, ctx = _related(r, ev, anchor, log)
     n = len(anchor)
+    finish = (
+        complete_rows(ev, anchor, r.complete)
+        if r.complete is not None and n
+        else np.full(n, -1, np.int64)
+    )
     parts = [
         _evaluate(r, ev, anchor[i : i + _EVAL_BATCH], partner[i : i + _EVAL_BATCH],
-                  ctx[i : i + _EVAL_BATCH], linear_map, page)
+                  ctx[i : i + _EVAL_BATCH], linear_map, page, finish[i : i + _EVAL_BATCH])
         for i in range(0, max(n, 1), _EVAL_BATCH)
     ]  # fmt: skip
     ev_rows, keep, bad, wrong = (
@@ -156,8 +163,13 @@ def _evaluate(
     ctx: np.ndarray,
     linear_map: tuple[int, int] | None,
     page: int,
+    finish: np.ndarray,
 ) -> tuple[_Rows, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """One batch of a recipe's rows: (rows, keep, damaged range, {label: not in vocabulary})."""
+    """One batch of a recipe's rows: (rows, keep, damaged range, {label: not in vocabulary}).
+
+    A row is timed at its completing event: the later of the anchor and its pair, or the
+    recipe's ``complete`` event when one follows; it cannot have happened before the anchor.
+    """
     n = len(anchor)
     values = field_values(ev, r.refs(), anchor, partner, ctx)
     keep = np.ones(n, bool)
@@ -186,10 +198,12 @@ def _evaluate(
     guest = COMPONENTS.index("guest")
     gfn_ok &= (codes["initiator"] == guest) | (codes["completer"] == guest)
     done = np.where(partner > anchor, partner, anchor)
+    done = np.where(finish > done, finish, done)
     op = np.where(codes["op"] >= 0, np.asarray(OP_CODES)[np.maximum(codes["op"], 0)], NONE)
     rows = _Rows(
         anchor,
         done,
+        anchor,
         ev.key[anchor],
         start,
         stop,
@@ -306,6 +320,16 @@ def _assemble(ev: EventTable, rs: RecipeSet, done: Mapping[str, _Rows]) -> pd.Da
     row[n_rec:] = lost
     ts = ev.ts[row].copy()
     ts[n_rec:] = _lost_times(ev, lost)
+    early = col("early", 0, np.int64)
+    t_earliest = ev.ts[early]
+    t_earliest[n_rec:] = ts[n_rec:]
+    basis_names = [rs.get(n).basis for n in names]
+    basis_cats = list(dict.fromkeys([*basis_names, "trace"]))
+    basis = np.concatenate(
+        [np.full(len(p.anchor), basis_cats.index(b), np.int32)
+         for p, b in zip(parts, basis_names, strict=True)]
+        + [np.full(len(lost), basis_cats.index("trace"), np.int32)]
+    )  # fmt: skip
     op = col("op", OPS.index("lost"), np.int8)
     start, stop = col("start", 0, np.uint64), col("stop", 0, np.uint64)
     df = pd.DataFrame(
@@ -324,6 +348,8 @@ def _assemble(ev: EventTable, rs: RecipeSet, done: Mapping[str, _Rows]) -> pd.Da
                 col("counted", False, bool), np.zeros(len(row), bool)
             ),
             "recipe": pd.Categorical.from_codes(recipe, categories=[*names, LOST_EVENT]),
+            "t_earliest": t_earliest,
+            "basis": pd.Categorical.from_codes(basis, categories=basis_cats),
         }
     )
     order = np.lexsort((recipe, row))

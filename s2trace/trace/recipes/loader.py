@@ -20,6 +20,7 @@ from s2trace.trace.recipes.model import (
     RECIPE_OPS,
     SPACES,
     VERSION_RE,
+    Complete,
     Condition,
     Context,
     Override,
@@ -57,6 +58,9 @@ _KEYS = {
     "when",
     "kernels",
     "doc",
+    "complete",
+    "scope",
+    "basis",
 }
 _OVERRIDABLE = {"op", "initiator", "completer", "counted"}
 
@@ -184,6 +188,9 @@ def _recipe(item: Mapping[str, Any], path: Path, index: int) -> Recipe:
         context=_context(item.get("context"), where),
         covered_by=text("covered_by"),
         when=tuple(_override(o, where) for o in _list(item.get("when", []), where, "when")),
+        complete=_complete(item.get("complete"), where),
+        scope=text("scope", "pages", ("pages", "vm")),
+        basis=text("basis", "trace") or "trace",
         kernels=text("kernels", "") or "",
         doc=text("doc", "") or "",
         source=str(path),
@@ -231,6 +238,19 @@ def _context(value: Any, where: str) -> Context | None:
     return Context(value["event"], tuple(until), required)
 
 
+def _complete(value: Any, where: str) -> Complete | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"events", "unless"}:
+        raise InputError(f"{where}: complete must be a table with events (and unless)")
+    events, unless = value.get("events"), value.get("unless", [])
+    events = [events] if isinstance(events, str) else events
+    unless = [unless] if isinstance(unless, str) else unless
+    if not events or not all(isinstance(e, str) for e in [*events, *unless]):
+        raise InputError(f"{where}: complete needs events (event names)")
+    return Complete(tuple(events), tuple(unless))
+
+
 def _override(value: Any, where: str) -> Override:
     if not isinstance(value, dict) or "where" not in value:
         raise InputError(f"{where}: each [[recipe.when]] needs 'where' and values to replace")
@@ -271,3 +291,5 @@ def _check(r: Recipe, where: str) -> None:
         raise InputError(f"{where}: uses pair.* fields but has no [recipe.pair]")
     if "ctx" in sources and r.context is None:
         raise InputError(f"{where}: uses ctx.* fields but has no [recipe.context]")
+    if r.scope == "vm" and r.vm is None:
+        raise InputError(f"{where}: scope = \"vm\" needs 'vm' (the VM whose pages it returns)")

@@ -22,6 +22,7 @@ __all__ = [
     "RECIPE_OPS",
     "SPACES",
     "VERSION_RE",
+    "Complete",
     "Condition",
     "Context",
     "Override",
@@ -121,6 +122,15 @@ class Context:
 
 
 @dataclass(frozen=True, slots=True)
+class Complete:
+    """The transition has certainly happened by the first later ``events`` event on the same
+    task (a return that follows the hypercall), unless an ``unless`` event comes first."""
+
+    events: tuple[str, ...]
+    unless: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Override:
     """Values that replace the recipe's when all ``where`` conditions hold (first match wins)."""
 
@@ -155,6 +165,9 @@ class Recipe:
     context: Context | None = None
     covered_by: str | None = None
     when: tuple[Override, ...] = ()
+    complete: Complete | None = None
+    scope: str = "pages"
+    basis: str = "trace"
     kernels: str = ""
     doc: str = ""
     source: str = ""

@@ -19,9 +19,16 @@ import pyarrow as pa
 
 from s2trace.columns import EVENTS
 from s2trace.trace.parse.field_access import extract_rows
-from s2trace.trace.recipes.model import Context, Pair, Ref
+from s2trace.trace.recipes.model import Complete, Context, Pair, Ref
 
-__all__ = ["EventTable", "context_rows", "field_values", "latest_before_keyed", "pair_rows"]
+__all__ = [
+    "EventTable",
+    "complete_rows",
+    "context_rows",
+    "field_values",
+    "latest_before_keyed",
+    "pair_rows",
+]
 
 
 @dataclass
@@ -146,6 +153,37 @@ def context_rows(ev: EventTable, anchor: np.ndarray, ctx: Context) -> np.ndarray
         closed = _latest_before(ev, anchor, np.sort(closers))
         found = np.where(closed > found, -1, found)
     return found
+
+
+def complete_rows(ev: EventTable, anchor: np.ndarray, complete: Complete) -> np.ndarray:
+    """For each anchor row, the first later ``complete.events`` row on the same task (-1:
+    none, or an ``unless`` event of that task came first)."""
+    rows = np.sort(np.concatenate([ev.rows(e) for e in complete.events]))
+    found = _first_after(ev, anchor, rows)
+    if complete.unless:
+        stops = np.sort(np.concatenate([ev.rows(u) for u in complete.unless]))
+        stop = _first_after(ev, anchor, stops)
+        found = np.where((stop >= 0) & (stop < found), -1, found)
+    return found
+
+
+def _first_after(ev: EventTable, anchor: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """For each anchor row, the first of ``rows`` after it on the same task (-1: none)."""
+    if not len(rows) or not len(anchor):
+        return np.full(len(anchor), -1, np.int64)
+    left = pd.DataFrame({"row": anchor, "key": ev.key[anchor], "pos": np.arange(len(anchor))})
+    right = pd.DataFrame({"row": rows, "key": ev.key[rows], "match": rows})
+    m = pd.merge_asof(
+        left.sort_values("row"),
+        right.sort_values("row"),
+        on="row",
+        by="key",
+        direction="forward",
+        allow_exact_matches=False,
+    )
+    out = np.full(len(anchor), -1, np.int64)
+    out[m["pos"].to_numpy()] = m["match"].fillna(-1).to_numpy(np.int64)
+    return out
 
 
 def _latest_before(ev: EventTable, anchor: np.ndarray, rows: np.ndarray) -> np.ndarray:

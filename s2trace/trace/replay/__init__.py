@@ -47,6 +47,7 @@ point.  Every name these modules held when they were one module is still importa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,14 +69,17 @@ from s2trace.trace.replay.engines import (
     _scan_engine,
     _segments_of,
 )
+from s2trace.trace.replay.grounds import ASSUMED, PRECONDITION, end_check, starting_states
 from s2trace.trace.replay.initial import (
     _BORROWED_FROM,
     _SHARED_WITH,
     InitialRange,
     _Initial,
     _initial,
-    _initial_of,
+    _initial_of,  # noqa: F401 (re-exported for code that imported it from here)
     _initial_state_name,
+    _overlay,
+    _unify,
 )
 from s2trace.trace.replay.rows import (
     _ATOMIC,
@@ -109,7 +113,7 @@ from s2trace.trace.replay.tables import (
     _violations,
 )
 
-__all__ = ["InitialRange", "Timeline", "replay"]
+__all__ = ["ASSUMED", "PRECONDITION", "InitialRange", "Timeline", "replay"]
 
 #: Guest-share count bound above which a page takes the exact loop engine.  Read at every call
 #: of :func:`replay` (tests lower it to send every page through the loop engine).
@@ -152,12 +156,28 @@ def replay(
     page_size: int = 4096,
     kernel: str = "6.12",
     strict: bool = False,
+    precondition: bool = False,
+    at_end: pd.DataFrame | None = None,
+    end_basis: str = "map taken after the trace",
+    boot: pd.DataFrame | Sequence[InitialRange] | None = None,
+    boot_basis: str = "boot evidence",
+    initial_basis: str = "initial map",
 ) -> Timeline:
     """Replay TRANSITIONS with the pKVM state machine of ``kernel``; see the module docstring.
 
-    ``initial``: ``None`` (the host owns every page), an ownership map (MAP columns
-    ``ipa_start, size, owner, page_state`` and optionally ``kind``; the host stage 2 is an
-    identity map, so IPA == PA) or a list of ``(addr, size, owner, host_state[, peer])``.
+    What each page's state before its first transition rests on (:mod:`.grounds`; the
+    INTERVALS ``basis`` column says it for every interval):
+
+    ``initial``: the state at the start of the trace as the caller knows it, winning over
+    everything else: an ownership map (MAP columns ``ipa_start, size, owner, page_state`` and
+    optionally ``kind`` and ``basis``; the host stage 2 is an identity map, so IPA == PA) or
+    a list of ``(addr, size, owner, host_state[, peer])``.  ``precondition``: a page some
+    transition changes starts in the state that transition requires.  ``at_end``: a map
+    taken after the trace (a dump): pages no transition changes have its state throughout,
+    and the replayed end state of the others is compared with it (``meta["end_check"]``).
+    ``boot``: ranges known at boot (hyp carve-out ...), for pages nothing else speaks for.
+    Pages no source covers are the host's (an assumption, and their basis says so).  The
+    ``*_basis`` texts name each source (a map's own ``basis`` column wins).
     ``counted`` is honoured for host->hyp share/unshare from Linux 5.17 and ignored elsewhere;
     ``vm`` and ``gfn`` are not used (the guest-IPA side is not modelled).
     ``strict``: the first recorded problem (malformed transition) or violation raises
@@ -168,14 +188,26 @@ def replay(
         raise InputError(f"page size {page_size}: expected a power of two")
     version = parse_kernel(kernel)
     log = ProblemLog(strict=strict)
-    init = _initial(initial, page_size)
-    table = rule_table(version, init.extras)
+    init = _initial(initial, page_size, initial_basis)
+    end = _initial(at_end, page_size, end_basis)
+    boot_init = _initial(boot, page_size, boot_basis)
+    init, end, _ = _unify(init, end)
+    init, boot_init, extras = _unify(init, boot_init)
+    end, boot_init, _ = _unify(end, boot_init)
+    ground = _overlay(init, _overlay(end, boot_init))
+    table = rule_table(version, extras)
     tr = _sorted(transitions)
     rows = _rows(tr, table, page_size, log)
     ent = _explode(rows)
-    base0_seg = _initial_of(ent.seg_page, init)
+    base0_seg, basis0_seg = starting_states(
+        ent, rows, table, init, ground, precondition=precondition
+    )
     out = _resolve(ent, rows, base0_seg, table, _SCAN_COUNT_CAP)
-    intervals = _intervals(ent, rows, out, base0_seg, init, table, page_size)
+    default = (
+        f"{end_basis} (no entry: the host's, not mapped yet)" if at_end is not None else ASSUMED
+    )
+    texts = _replace_texts(ground, (*ground.texts, PRECONDITION, default))
+    intervals = _intervals(ent, rows, out, (base0_seg, basis0_seg), texts, table, page_size)
     violations = _violations(ent, rows, out, tr, table, page_size, str(kernel))
     if strict and len(violations):
         v = violations.iloc[0]
@@ -206,5 +238,12 @@ def replay(
         "problems": list(log),
         "sequential_rows": out.sequential_rows,
         "loop_engine_pages": out.loop_pages,
+        "default_basis": default,
     }
+    if at_end is not None:
+        meta["end_check"] = {"map": end_basis, **end_check(ent, rows, out, table, end, page_size)}
     return Timeline(intervals, violations, page_size, meta, tr)
+
+
+def _replace_texts(init: _Initial, texts: tuple[str, ...]) -> _Initial:
+    return dataclasses.replace(init, texts=texts)

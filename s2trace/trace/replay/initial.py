@@ -8,7 +8,7 @@ rule table's base states (``id:N``, ``ffa`` ...) become extra "owned" states.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,17 @@ class _Initial:
     source: str
     unknown: list[tuple[int, int]]
     skipped: int
+    basis: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    texts: tuple[str, ...] = ()  # what each range's state rests on, in words
+    unk: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    # basis: per range, an index into ``texts``; unk: the map did not know the host state
+
+    def __post_init__(self) -> None:
+        n = len(self.start)
+        if len(self.basis) != n:
+            self.basis = np.zeros(n, dtype=np.int64)
+        if len(self.unk) != n:
+            self.unk = np.zeros(n, dtype=bool)
 
 
 _SHARED_WITH = {"hyp": "shared_hyp", "ffa": "shared_ffa", "guest": "shared_guest"}
@@ -67,7 +78,11 @@ def _initial_state_name(owner: Any, state: Any, kind: Any, peer: Any) -> tuple[s
     return f"{owner}_owned", False
 
 
-def _initial(initial: pd.DataFrame | Sequence[InitialRange] | None, page_size: int) -> _Initial:
+def _initial(
+    initial: pd.DataFrame | Sequence[InitialRange] | None, page_size: int, basis: str = "initial"
+) -> _Initial:
+    """Page ranges with a state id from a map or explicit ranges; ``basis`` says what they
+    rest on (a map's own ``basis`` column, when it has one, gives it per row)."""
     empty = np.zeros(0, dtype=np.int64)
     if initial is None:
         return _Initial(empty, empty, empty, (), "default", [], 0)
@@ -143,13 +158,67 @@ def _initial(initial: pd.DataFrame | Sequence[InitialRange] | None, page_size: i
     unknown = [
         (int(a), int(b)) for a, b in zip(start[unknown_rows], size[unknown_rows], strict=True)
     ]
-    return _Initial(s0, s1, st, tuple(extras), source, unknown, int((~keep).sum()))
+    if isinstance(initial, pd.DataFrame) and "basis" in frame:
+        bcodes, texts = pd.factorize(frame["basis"].astype("object").fillna(basis))
+        bas, text_t = bcodes[keep][order].astype(np.int64), tuple(str(t) for t in texts)
+    else:
+        bas, text_t = np.zeros(len(s0), dtype=np.int64), (basis,)
+    return _Initial(
+        s0, s1, st, tuple(extras), source, unknown, int((~keep).sum()), bas, text_t,
+        unknown_rows[keep][order] if n else np.zeros(0, dtype=bool),
+    )  # fmt: skip
+
+
+def _unify(a: _Initial, b: _Initial) -> tuple[_Initial, _Initial, tuple[PageState, ...]]:
+    """Both range sets over one state list (``a``'s extras, then ``b``'s new ones)."""
+    extras = list(a.extras)
+    remap = np.arange(len(_STATE_INDEX) + len(b.extras), dtype=np.int64)
+    for i, ps in enumerate(b.extras):
+        if ps not in extras:
+            extras.append(ps)
+        remap[len(_STATE_INDEX) + i] = len(_STATE_INDEX) + extras.index(ps)
+    b2 = replace(b, state=remap[b.state] if len(b.state) else b.state, extras=tuple(extras))
+    return replace(a, extras=tuple(extras)), b2, tuple(extras)
+
+
+def _overlay(top: _Initial, under: _Initial) -> _Initial:
+    """One range set: ``top`` where it has a range, else ``under`` (states already unified);
+    basis indices refer to ``top.texts + under.texts``."""
+    if len(under.start) == 0:
+        return top
+    if len(top.start) == 0:
+        return replace(under, basis=under.basis + len(top.texts), texts=top.texts + under.texts)
+    bounds = np.unique(np.concatenate([top.start, top.stop, under.start, under.stop]))
+    lo, hi = bounds[:-1], bounds[1:]
+    picks = []
+    for layer, shift in ((top, 0), (under, len(top.texts))):
+        i = np.maximum(np.searchsorted(layer.start, lo, "right") - 1, 0)
+        inside = (layer.start[i] <= lo) & (lo < layer.stop[i])
+        picks.append((inside, i, shift))
+    (t_in, ti, _), (u_in, ui, shift) = picks
+    use = t_in | u_in
+    state = np.where(t_in, top.state[ti], under.state[ui])[use]
+    basis = np.where(t_in, top.basis[ti], under.basis[ui] + shift)[use]
+    unk = np.where(t_in, top.unk[ti], under.unk[ui])[use]
+    return replace(
+        top, start=lo[use], stop=hi[use], state=state, basis=basis, unk=unk,
+        texts=top.texts + under.texts, unknown=top.unknown + under.unknown,
+    )  # fmt: skip
 
 
 def _initial_of(pages: np.ndarray, init: _Initial) -> np.ndarray:
     """Initial state id of each (sorted) page: its initial range's, else host owned."""
+    return _lookup(pages, init)[0]
+
+
+def _lookup(pages: np.ndarray, init: _Initial) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(state id, basis index, covered) of each page in ``init`` (host owned, -1, False where
+    no range covers it)."""
     if len(init.start) == 0:
-        return np.full(len(pages), _HOST_OWNED, dtype=np.int64)
+        n = len(pages)
+        return (np.full(n, _HOST_OWNED, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+                np.zeros(n, dtype=bool))  # fmt: skip
     i = np.maximum(np.searchsorted(init.start, pages, "right") - 1, 0)
     inside = (init.start[i] <= pages) & (pages < init.stop[i])
-    return np.where(inside, init.state[i], _HOST_OWNED).astype(np.int64)
+    state = np.where(inside, init.state[i], _HOST_OWNED).astype(np.int64)
+    return state, np.where(inside, init.basis[i], -1), inside

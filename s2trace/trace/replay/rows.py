@@ -38,9 +38,31 @@ class _Rows:
     first: np.ndarray  # first page
     npages: np.ndarray  # pages to explode (0 for skipped rows and global lost markers)
     global_lost: np.ndarray  # seq numbers of size-0 lost markers
+    t_earliest: np.ndarray  # earliest time each transition can have happened
+    basis: np.ndarray  # basis code of each row (index into basis_texts)
+    basis_texts: list[str]  # what rows rest on: "trace" or a rule in words
+
+
+#: Basis of a transition row that made no claim (frames built before the column existed).
+TRACE_BASIS = "trace"
+
+
+def _with_grounds(transitions: pd.DataFrame) -> pd.DataFrame:
+    """A TRANSITIONS frame from before ``t_earliest`` and ``basis`` existed gets them: the
+    event pins the transition (``t_earliest = ts``) and the trace is its basis."""
+    missing = [c for c in ("t_earliest", "basis") if c not in transitions]
+    if not missing or any(c not in transitions for c in TRANSITIONS.names if c not in missing):
+        return transitions
+    extra: dict[str, object] = {}
+    if "t_earliest" in missing:
+        extra["t_earliest"] = transitions["ts"].to_numpy(dtype=np.float64, na_value=np.nan)
+    if "basis" in missing:
+        extra["basis"] = pd.Categorical([TRACE_BASIS] * len(transitions))
+    return transitions.assign(**extra)[TRANSITIONS.names]
 
 
 def _sorted(transitions: pd.DataFrame) -> pd.DataFrame:
+    transitions = _with_grounds(transitions)
     try:
         TRANSITIONS.check(transitions)
     except ValueError as exc:
@@ -89,6 +111,10 @@ def _rows(tr: pd.DataFrame, table: RuleTable, page_size: int, log: ProblemLog) -
     size = tr["size"].to_numpy(dtype=np.uint64)
     counted = tr["counted"].fillna(False).to_numpy(dtype=bool)
     rid = _rule_ids(tr, table)
+    bcodes, btexts = _codes(tr["basis"])
+    if (bcodes < 0).any():
+        bcodes = np.where(bcodes < 0, len(btexts), bcodes)
+        btexts = [*btexts, TRACE_BASIS]
     is_lost = rid == table.lost
     is_fault = rid == table.rule_id("access_fault", None, None)
     ps = np.uint64(page_size)
@@ -132,6 +158,9 @@ def _rows(tr: pd.DataFrame, table: RuleTable, page_size: int, log: ProblemLog) -
         first=first,
         npages=npages,
         global_lost=np.flatnonzero(global_lost),
+        t_earliest=np.fmin(tr["t_earliest"].to_numpy(dtype=np.float64, na_value=np.nan), ts),
+        basis=bcodes,
+        basis_texts=btexts,
     )
 
 

@@ -59,14 +59,20 @@ class _Pieces:
     sseq: np.ndarray  # starting row, -1 = initial
     eseq: np.ndarray  # ending row, _END = still current
     inc: np.ndarray  # incomplete (bool)
+    bas: np.ndarray  # basis of an initial piece (index into the initial texts); -1: a row's
 
     def take(self, idx: np.ndarray) -> _Pieces:
         return _Pieces(*(a[idx] for a in (self.pstart, self.pcount, self.vis, self.sseq,
-                                          self.eseq, self.inc)))  # fmt: skip
+                                          self.eseq, self.inc, self.bas)))  # fmt: skip
 
 
 def _page_pieces(
-    ent: _Entries, rows: _Rows, out: _Outcome, base0_seg: np.ndarray, table: RuleTable
+    ent: _Entries,
+    rows: _Rows,
+    out: _Outcome,
+    base0_seg: np.ndarray,
+    table: RuleTable,
+    basis0_seg: np.ndarray,
 ) -> _Pieces:
     """One piece per touched page and state: its initial state, then one per change."""
     nseg = len(ent.seg_page)
@@ -90,7 +96,9 @@ def _page_pieces(
     li = np.flatnonzero(out.rid == table.lost)  # ranged markers: the piece alive at them
     inc[off[ent.seg[li]] + cc[li] - before_seg[ent.seg[li]]] = True
     pstart = np.repeat(ent.seg_page, npieces)
-    return _Pieces(pstart, np.ones(total, dtype=np.int64), vis, sseq, eseq, inc)
+    bas = np.full(total, -1, dtype=np.int64)
+    bas[off] = basis0_seg
+    return _Pieces(pstart, np.ones(total, dtype=np.int64), vis, sseq, eseq, inc, bas)
 
 
 def _untouched_pieces(ent: _Entries, rows: _Rows, init: _Initial) -> _Pieces:
@@ -100,6 +108,7 @@ def _untouched_pieces(ent: _Entries, rows: _Rows, init: _Initial) -> _Pieces:
     return _Pieces(
         us, ue - us, init.state[ri].astype(np.int16), np.full(n, -1, dtype=np.int64),
         np.full(n, _END, dtype=np.int64), np.full(n, len(rows.global_lost) > 0),
+        init.basis[ri],
     )  # fmt: skip
 
 
@@ -121,6 +130,7 @@ def _merge(p: _Pieces, rows: _Rows) -> _Pieces:
         & (p.eseq[o[1:]] == p.eseq[o[:-1]])
         & (p.vis[o[1:]] == p.vis[o[:-1]])
         & (p.inc[o[1:]] == p.inc[o[:-1]])
+        & (p.bas[o[1:]] == p.bas[o[:-1]])
         & (p.pstart[o[1:]] == p.pstart[o[:-1]] + p.pcount[o[:-1]])
     )
     if same.any():
@@ -136,12 +146,15 @@ def _intervals(
     ent: _Entries,
     rows: _Rows,
     out: _Outcome,
-    base0_seg: np.ndarray,
+    start: tuple[np.ndarray, np.ndarray],
     init: _Initial,
     table: RuleTable,
     page_size: int,
 ) -> pd.DataFrame:
-    p = _page_pieces(ent, rows, out, base0_seg, table)
+    """INTERVALS from the outcomes; ``start`` is each touched page's (state, basis) before
+    its first transition, ``init`` the ranges untouched pages take (basis texts included)."""
+    base0_seg, basis0_seg = start
+    p = _page_pieces(ent, rows, out, base0_seg, table, basis0_seg)
     if len(init.start):
         u = _untouched_pieces(ent, rows, init)
         p = _Pieces(*(np.concatenate([a, b]) for a, b in zip(vars(p).values(), vars(u).values(),
@@ -154,7 +167,12 @@ def _intervals(
     ts = np.r_[rows.ts, np.nan]  # index -1: the padding, never selected
     t_start = np.where(has_start, ts[np.where(has_start, p.sseq, -1)], -np.inf)
     t_end = np.where(has_end, ts[np.where(has_end, p.eseq, -1)], np.inf)
-    cause = np.r_[rows.event_index, 0][np.where(has_start, p.sseq, -1)]
+    at = np.where(has_start, p.sseq, -1)
+    t_earliest = np.where(has_start, np.r_[rows.t_earliest, np.nan][at], -np.inf)
+    cause = np.r_[rows.line, 0][at]
+    event_index = np.r_[rows.event_index, 0][at]
+    ntr = len(rows.basis_texts)
+    basis = np.where(has_start, np.r_[rows.basis, 0][at], ntr + p.bas)
     frame = pd.DataFrame(
         {
             "addr_start": p.pstart.astype(np.uint64) * np.uint64(page_size),
@@ -162,13 +180,22 @@ def _intervals(
             **_state_columns(p.vis, table),
             "t_start": t_start,
             "t_end": t_end,
+            "t_earliest": t_earliest,
             "cause": pd.arrays.IntegerArray(cause, ~has_start),
+            "event_index": pd.arrays.IntegerArray(event_index, ~has_start),
+            "basis": _basis_column(basis, [*rows.basis_texts, *init.texts]),
             "incomplete": pd.arrays.BooleanArray(p.inc, np.zeros(len(p.inc), dtype=bool)),
         },
         copy=False,
     )
     # built in the declared order: selecting the columns again would copy the table
     return frame if list(frame.columns) == INTERVALS.names else frame[INTERVALS.names]
+
+
+def _basis_column(codes: np.ndarray, texts: list[str]) -> pd.Categorical:
+    """The basis categorical: equal texts (a rule in two lists) share one category."""
+    cats, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    return pd.Categorical.from_codes(inverse[codes] if len(codes) else [], categories=list(cats))
 
 
 def _state_columns(state: np.ndarray, table: RuleTable) -> dict[str, pd.Categorical]:

@@ -64,7 +64,17 @@ Version = tuple[int, int]
 
 COMPONENTS: tuple[str, ...] = ("host", "hyp", "guest", "ffa")
 HOST_STATES: tuple[str, ...] = ("owned", "shared_owned", "shared_borrowed", "nopage")
-OPS: tuple[str, ...] = ("share", "unshare", "donate", "reclaim", "access_fault", "lost")
+OPS: tuple[str, ...] = (
+    "share",
+    "unshare",
+    "donate",
+    "reclaim",
+    "access_fault",
+    "lost",
+    "confirm",
+)
+"""``confirm``: an event that shows a transition already replayed (a ``free_pages`` of a page
+the teardown hypercall gave back); it changes nothing and is never refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +443,8 @@ class RuleTable:
             return self.ids[("access_fault", None, None)]
         if op == "lost":
             return self.lost
+        if op == "confirm":
+            return self.noop
         if op == "donate" and completer == "host":
             op = "reclaim"
         return self.ids.get((op, initiator, completer), self.unsupported)

@@ -42,6 +42,7 @@ from s2trace.trace.recipes.related import (
     latest_before_keyed,
     pair_rows,
 )
+from s2trace.trace.recipes.teardown import expand_vm_scope
 
 __all__ = ["to_transitions"]
 
@@ -97,7 +98,8 @@ def to_transitions(
         if recipe.covered_by is not None and recipe.covered_by in done and len(rows.anchor):
             rows = rows.take(~_covered(rows, done[recipe.covered_by]))
         done[recipe.name] = rows
-    return _assemble(ev, rs, done), log
+    frame = _assemble(ev, rs, done)
+    return expand_vm_scope(frame, [r.name for r in rs if r.scope == "vm"], page_size), log
 
 
 def _problem(log: ProblemLog, ev: EventTable, rows: np.ndarray, kind: str, detail: str) -> None:

@@ -37,6 +37,7 @@ from s2trace.errors import InputError, Problem, ProblemLog
 from s2trace.hyp.evidence import KernelImage, read_iomem, read_kallsyms, read_symbol_u64
 from s2trace.hyp.hyp_view import image_from_hyp_idmap
 from s2trace.hyp.stage1_walk import HypWalkResult, walk_hyp
+from s2trace.intervals import covering
 from s2trace.pkvm.profiles import Profile, get_profile
 from s2trace.walk.tables import Memory
 from s2trace.walk.walker import WalkResult, walk
@@ -195,13 +196,6 @@ def _vm_table(
     return int(read_symbol_u64(memory, kallsyms, image, _VM_TABLE_SYMBOL))
 
 
-def _covering(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Index of the row covering each point, -1 where none does."""
-    i = np.searchsorted(starts, points, side="right") - 1
-    ok = (i >= 0) & (points < ends[np.maximum(i, 0)]) if starts.size else np.zeros(0, bool)
-    return np.where(ok, i, -1) if starts.size else np.full(points.size, -1)
-
-
 def find_guests(
     memory: Memory,
     ttbr0: int,
@@ -313,7 +307,7 @@ def _hyp_owned(host_map: pd.DataFrame, table_pa: np.ndarray) -> int:
     m = host_map.sort_values("ipa_start", kind="stable")
     starts = m["ipa_start"].to_numpy(np.uint64)
     ends = starts + m["size"].to_numpy(np.uint64)
-    idx = _covering(starts, ends, table_pa)
+    idx = covering(starts, ends, table_pa)
     owner = m["owner"].astype("string").fillna("").to_numpy(object)
     return int(((idx >= 0) & (owner[np.maximum(idx, 0)] == "hyp")).sum())
 

@@ -15,6 +15,8 @@ inside it differ (a page shared with a guest can sit inside a plain 2 MiB block 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -22,6 +24,7 @@ from s2trace.arch.attributes import KINDS
 from s2trace.columns import HOST_STATE_MAP, MAP, PAGE_STATES
 from s2trace.hyp.stage1_walk import HYP_STATES
 from s2trace.hyp.vmemmap import STATES, KernelLayout
+from s2trace.intervals import covering
 
 __all__ = ["HOST_STATE_MAP", "PAGE_STATES", "apply_states", "page_states"]
 
@@ -39,7 +42,7 @@ def _codes(cat: pd.Series | pd.Categorical, names: tuple[str, ...] = STATES) -> 
     return np.take(lut, np.asarray(c.codes, dtype=np.intp))
 
 
-def _cat(codes: np.ndarray, names: tuple[str, ...] = STATES) -> pd.Categorical:
+def _cat(codes: np.ndarray, names: tuple[str, ...] = STATES) -> pd.Categorical[Any]:
     return pd.Categorical.from_codes(
         codes.astype(np.int8), dtype=pd.CategoricalDtype(list(names)), validate=False
     )
@@ -49,18 +52,10 @@ def _na_int(values: np.ndarray, absent: np.ndarray, dtype: str) -> pd.api.extens
     return pd.arrays.IntegerArray(values.astype(np.dtype(dtype.lower())), absent)
 
 
-def _covering(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Index of the (sorted, non-overlapping) range holding each point, -1 when none."""
-    pos = np.searchsorted(starts, points, side="right").astype(np.int64) - 1
-    safe = np.maximum(pos, 0)
-    hit = (pos >= 0) & (points < ends[safe]) if starts.size else np.zeros(points.size, bool)
-    return np.where(hit, pos, -1)
-
-
-def _host_side(host_map: pd.DataFrame, pa: np.ndarray) -> dict[str, object]:
+def _host_side(host_map: pd.DataFrame, pa: np.ndarray) -> dict[str, Any]:
     m = host_map.sort_values("ipa_start", kind="stable")
     start = m["ipa_start"].to_numpy(np.uint64)
-    row = _covering(start, start + m["size"].to_numpy(np.uint64), pa)
+    row = covering(start, start + m["size"].to_numpy(np.uint64), pa)
     has = row >= 0
     r = np.maximum(row, 0)
 
@@ -68,16 +63,20 @@ def _host_side(host_map: pd.DataFrame, pa: np.ndarray) -> dict[str, object]:
         return m[col].iloc[r].reset_index(drop=True)
 
     raw = m["raw"].to_numpy(np.uint64)[r] if len(m) else np.zeros(pa.size, np.uint64)
-    kind = take("kind").astype("string").where(has) if len(m) else None
-    valid = has & kind.isin(["block", "page"]).fillna(False).to_numpy() if len(m) else has
-    owner = take("owner_id").astype("UInt32") if len(m) else None
+    kind: pd.Series | None = None
+    owner: pd.Series | None = None
+    valid = has
+    if len(m):
+        kind = take("kind").astype("string").where(has)
+        valid = has & kind.isin(["block", "page"]).fillna(False).to_numpy()
+        owner = take("owner_id").astype("UInt32")
     pte = np.where(valid, ((raw >> np.uint64(55)) & np.uint64(3)).astype(np.int8), _NA)
     n = pa.size
     return {
         "host_raw": _na_int(raw, ~has, "UInt64"),
         "host_kind": pd.Categorical(kind if kind is not None else [pd.NA] * n, categories=KINDS),
         "host_owner_id": (
-            owner.where(pd.Series(has & ~valid)).array
+            owner.where(has & ~valid).array
             if owner is not None
             else pd.array([pd.NA] * n, dtype="UInt32")
         ),
@@ -96,7 +95,7 @@ def _host_side(host_map: pd.DataFrame, pa: np.ndarray) -> dict[str, object]:
     }
 
 
-def _hyp_side(hyp_map: pd.DataFrame, pa: np.ndarray, page: int) -> dict[str, object]:
+def _hyp_side(hyp_map: pd.DataFrame, pa: np.ndarray, page: int) -> dict[str, Any]:
     """Hyp stage-1 leaves expanded to pages, reduced per PFN (first mapping, alias count,
     min/max state code for conflicts)."""
     n = pa.size
@@ -146,7 +145,9 @@ def _hyp_side(hyp_map: pd.DataFrame, pa: np.ndarray, page: int) -> dict[str, obj
     return {
         "hyp_va": _na_int(va, ~mapped, "UInt64"),
         "hyp_raw": _na_int(hyp_map["raw"].to_numpy(np.uint64)[first_leaf], ~mapped, "UInt64"),
-        "hyp_ap": pd.Categorical(np.where(mapped, ap, None), categories=["rw", "ro"]),
+        "hyp_ap": pd.Categorical(
+            np.where(mapped, ap, np.array(None, dtype=object)), categories=["rw", "ro"]
+        ),
         "hyp_pxn": pd.arrays.BooleanArray(pxn, ~mapped),
         "hyp_aliases": aliases,
         "hyp_pte_state": _cat(pte, HYP_STATES),
@@ -199,7 +200,7 @@ def page_states(
         hyp_eff = np.where(hyp["_mapped"], _codes(hyp["hyp_pte_state"]), _NOPAGE)
     else:
         hyp_eff = vm_hyp
-    cols = {"pa": pa}
+    cols: dict[str, Any] = {"pa": pa}
     cols.update({k: v for k, v in host.items() if not k.startswith("_")})
     cols.update({k: v for k, v in hyp.items() if not k.startswith("_")})
     cols.update(
@@ -284,7 +285,7 @@ def apply_states(map_df: pd.DataFrame, states: pd.DataFrame, page_size: int = 40
     )
     for col, dtype in MAP.dtypes().items():
         if dtype != "category":
-            out[col] = out[col].astype(dtype)
+            out[col] = out[col].astype(pd.api.types.pandas_dtype(dtype))
     HOST_STATE_MAP.check(out)
     return out
 

@@ -38,6 +38,7 @@ from s2trace.jobs.capture import Capture, is_capture, load_capture
 from s2trace.jobs.walk import request_from_capture, walk_dump
 from s2trace.plots import plot_churn, plot_map, plot_owners
 from s2trace.trace.queries import diff_maps, snapshot
+from s2trace.units import fmt_bytes
 from s2trace.walk.ownership import summarize
 
 __all__ = ["Report", "build_report", "render_text", "write_outputs"]
@@ -222,12 +223,6 @@ def write_outputs(report: Report, out_dir: str | Path, *, plots: bool = True) ->
 
 
 # ---------------------------------------------------------------------------------------------
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _union_bytes(intervals: pd.DataFrame) -> int:
@@ -249,7 +244,7 @@ def _owners_line(walk_map: pd.DataFrame) -> str:
         walk_map["page_state"].isna(), "", "/" + walk_map["page_state"].astype("object").fillna("")
     )
     sizes = walk_map["size"].groupby(key.to_numpy()).sum().sort_values(ascending=False)
-    return ", ".join(f"{k} {_human(float(v))}" for k, v in sizes.items())
+    return ", ".join(f"{k} {fmt_bytes(float(v))}" for k, v in sizes.items())
 
 
 def _counts(series: pd.Series) -> str:
@@ -268,7 +263,7 @@ def _ranges(frame: pd.DataFrame, limit: int) -> list[str]:
         exp = f"{r.expected_owner}/{r.expected_state}" if not pd.isna(r.expected_owner) else "-"
         act = f"{r.actual_owner}/{r.actual_state}" if not pd.isna(r.actual_owner) else "-"
         out.append(
-            f"    {int(r.ipa_start):#014x} +{_human(float(r.size)):>9}  trace {exp}  dump {act}"
+            f"    {int(r.ipa_start):#014x} +{fmt_bytes(float(r.size)):>9}  trace {exp}  dump {act}"
         )
     if len(frame) > limit:
         out.append(f"    ... {len(frame) - limit} more (diff.csv)")
@@ -333,22 +328,22 @@ def render_text(report: Report, *, limit: int = 5) -> str:
         )
         for r in a.violations.head(limit).itertuples(index=False):
             lines.append(
-                f"    line {r.line} t={r.ts:.6f} {r.op} {int(r.addr):#x} +{_human(float(r.size))}: "
-                f"{r.check}"
+                f"    line {r.line} t={r.ts:.6f} {r.op} {int(r.addr):#x} "
+                f"+{fmt_bytes(float(r.size))}: {r.check}"
             )
         if len(a.violations) > limit:
             lines.append(f"    ... {len(a.violations) - limit} more (violations.csv)")
         dis, pre = report.disagreements, report.untraced
         lines.append(
             f"diff     trace end vs dump: {len(dis)} disagreement(s) on traced pages"
-            + (f" ({_human(float(dis['size'].sum()))})" if len(dis) else "")
+            + (f" ({fmt_bytes(float(dis['size'].sum()))})" if len(dis) else "")
         )
         lines += _ranges(dis, limit)
         named = _named_by_dump(report)
         if len(pre):
             lines.append(
                 f"         {len(pre) - len(named)} range(s), "
-                f"{_human(float(pre['size'].sum() - named['size'].sum()))}, not host-owned "
+                f"{fmt_bytes(float(pre['size'].sum() - named['size'].sum()))}, not host-owned "
                 "in the dump and never in the trace (set before tracing began, e.g. at boot)"
             )
         lines += _memcache_lines(report, named)

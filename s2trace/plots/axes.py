@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from s2trace.plots.units import decimals, fmt_size
+from s2trace.plots.units import decimals
+from s2trace.units import fmt_bytes
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
@@ -146,7 +147,7 @@ def address_ticks(ax: Axes, axis: AddressAxis, page_size: int) -> None:
     for i in range(len(axis.start)):
         s, e = float(axis.start[i]), float(axis.end[i])
         r0, r1 = float(axis.row[i]), float(axis.row[i + 1])
-        cand = [(r0, f"{int(s):#x} ({fmt_size(e - s)})")]
+        cand = [(r0, f"{int(s):#x} ({fmt_bytes(e - s, compact=True)})")]
         inner = int((r1 - r0) // (min_gap * 2.5))
         if inner >= 1:
             step = max(2.0 ** np.ceil(np.log2((e - s) / (inner + 1))), page_size)

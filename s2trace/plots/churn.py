@@ -12,7 +12,8 @@ from s2trace.plots.axes import window
 from s2trace.plots.figure import empty_note, legend, new_figure, size_ticks
 from s2trace.plots.marks import cursor, faults, lost, rug
 from s2trace.plots.style import CHURN_OPS, OP_COLORS, peer_color, str_values
-from s2trace.plots.units import byte_unit, fmt_duration, nice
+from s2trace.plots.units import fmt_duration, nice
+from s2trace.units import byte_unit
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure

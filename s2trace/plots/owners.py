@@ -12,7 +12,7 @@ from s2trace.plots.axes import window
 from s2trace.plots.figure import empty_note, legend, new_figure, size_ticks
 from s2trace.plots.marks import cursor, faults, lost, rug, with_marks
 from s2trace.plots.style import state_labels
-from s2trace.plots.units import byte_unit
+from s2trace.units import byte_unit
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure

@@ -1,26 +1,11 @@
-"""Readable byte sizes and durations for axis labels and titles (binary units, 1-2-5 steps)."""
+"""Readable durations and 1-2-5 steps for axis labels and titles (byte sizes:
+:mod:`s2trace.units`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["byte_unit", "decimals", "fmt_duration", "fmt_size", "nice"]
-
-
-def byte_unit(maximum: float) -> tuple[float, str]:
-    """Divisor and name of the binary unit that keeps ``maximum`` readable."""
-    for shift, name in ((40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
-        if maximum >= 1 << shift:
-            return float(1 << shift), name
-    return 1.0, "bytes"
-
-
-def fmt_size(n: float) -> str:
-    """``n`` bytes in the unit of :func:`byte_unit` (``"2 MiB"``, ``"1.5 GiB"``, ``"12 B"``)."""
-    div, unit = byte_unit(n)
-    value = n / div
-    text = f"{value:.0f}" if value == int(value) else f"{value:.3g}"
-    return f"{text} {unit}" if unit != "bytes" else f"{text} B"
+__all__ = ["decimals", "fmt_duration", "nice"]
 
 
 def nice(x: float) -> float:

@@ -72,8 +72,9 @@ def build_dump(final: pd.DataFrame, ram: Region = RAM) -> Stage2Builder:
     state differs from their neighbours', not with the number of transitions.
     """
     b = Stage2Builder(profile=PROFILE, table_base=TABLE_BASE)
-    for row in ownership_runs(final, ram).itertuples(index=False):
-        addr, size, state = int(row.addr), int(row.size), str(row.state)
+    runs = ownership_runs(final, ram)
+    for a, s, st in zip(runs["addr"], runs["size"], runs["state"], strict=True):
+        addr, size, state = int(a), int(s), str(st)
         if state == "host_owned":
             b.map(addr, size, state="owned")
         elif state in ("shared_hyp", "shared_ffa"):

@@ -25,15 +25,16 @@ DUMP = "host-s2.elf"
 
 def _planted_toml(planted: pd.DataFrame) -> str:
     out = []
-    for r in planted.itertuples(index=False):
+    for r in planted.to_dict("records"):
+        t_us = int(r["t_us"])
         out.append(
             "\n[[synth.planted]]\n"
-            f"line = {HEADER_LINES + int(r.row) + 1}\n"
-            f'ts = "{int(r.t_us) // 1_000_000}.{int(r.t_us) % 1_000_000:06d}"\n'
-            f'addr = "{int(r.addr):#x}"\n'
-            f'op = "{r.op}"\n'
-            f'check = "{r.check}"\n'
-            f'what = "{r.what}"\n'
+            f"line = {HEADER_LINES + int(r['row']) + 1}\n"
+            f'ts = "{t_us // 1_000_000}.{t_us % 1_000_000:06d}"\n'
+            f'addr = "{int(r["addr"]):#x}"\n'
+            f'op = "{r["op"]}"\n'
+            f'check = "{r["check"]}"\n'
+            f'what = "{r["what"]}"\n'
         )
     return "".join(out)
 

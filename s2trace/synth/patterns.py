@@ -154,11 +154,11 @@ def vm_lifecycle(
         rows.append((0, 4 + 2 * i, "donate", "host", "hyp", *fixed_don[2 + i][1:]))
     rows += [(1, 0, "donate", "host", "hyp", off, n) for _, off, n in donations[len(fixed_don) :]]
     k = 0
-    for _, off, n in reversed(donations):
-        rows.append((2, k, "reclaim", "hyp", "host", off, n))
+    for _, first, n in reversed(donations):
+        rows.append((2, k, "reclaim", "hyp", "host", first, n))
         k += 1
-    for _, off, n in reversed(shares):  # vCPUs first, then struct kvm
-        rows.append((2, k, "unshare", "host", "hyp", off, n))
+    for _, first, n in reversed(shares):  # vCPUs first, then struct kvm
+        rows.append((2, k, "unshare", "host", "hyp", first, n))
         k += 1
     tmpl = np.array([(r[0], r[1], _OP[r[2]], _CO[r[3]], _CO[r[4]], r[5], r[6]) for r in rows])
     phase, order, op, ini, com, off, npg = (tmpl[:, i] for i in range(7))

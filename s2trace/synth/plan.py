@@ -10,6 +10,7 @@ time order; ties keep generation order, so a page's own events never swap.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,10 +60,10 @@ class Part:
     check the replay must report), ``what`` (a sentence).  ``tasks``: (comm, pid) pairs.
     """
 
-    cols: dict[str, np.ndarray]
+    cols: dict[str, Any]  # arrays, or scalars broadcast to arrays by __post_init__
     tasks: list[tuple[str, int]]
     final: list[tuple[int, int, str]] = field(default_factory=list)
-    planted: list[dict[str, object]] = field(default_factory=list)
+    planted: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = len(self.cols["t_us"])
@@ -103,7 +104,7 @@ def merge(parts: list[Part]) -> Plan:
                 tasks.append(t)
             remap.append(tasks.index(t))
         for name in _COLUMNS:
-            value = part.cols[name]
+            value = np.asarray(part.cols[name])
             cols[name].append(np.asarray(remap, np.int16)[value] if name == "task" else value)
         for p in part.planted:
             planted.append({**p, "row": int(p["row"]) + offset})

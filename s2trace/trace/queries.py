@@ -15,6 +15,7 @@ import pandas as pd
 
 from s2trace.columns import INTERVALS, MAP, MAP_DIFF
 from s2trace.errors import InputError
+from s2trace.intervals import covering
 from s2trace.trace.replay import ASSUMED, PRECONDITION, Timeline
 from s2trace.trace.replay.rows import TRACE_BASIS
 
@@ -255,9 +256,9 @@ def _side(
     bounds: np.ndarray, start: np.ndarray, end: np.ndarray, owner: np.ndarray, state: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(covered, owner, state) of each elementary segment starting at ``bounds``."""
-    i = np.searchsorted(start, bounds, "right") - 1
+    i = covering(start, end, bounds)
     j = np.maximum(i, 0)
-    covered = (i >= 0) & (bounds < end[j]) if len(start) else np.zeros(len(bounds), dtype=bool)
+    covered = i >= 0
     o = np.where(covered, owner[j] if len(start) else None, None)
     s = np.where(covered, state[j] if len(start) else None, None)
     return covered, o, s

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.columns import MAP
+from s2trace.units import fmt_bytes
 from s2trace.walk.result import WalkResult
 
 __all__ = ["ATTRIBUTES", "Summary", "coalesce", "summarize"]
@@ -108,17 +109,9 @@ class Summary:
         return "\n".join(out) + "\n"
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _fmt_bytes_table(df: pd.DataFrame) -> str:
     shown = df.copy()
-    shown["human"] = [_human(int(b)) for b in shown["bytes"]]
+    shown["human"] = [fmt_bytes(int(b)) for b in shown["bytes"]]
     return shown.to_string(index=False)
 
 

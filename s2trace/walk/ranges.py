@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from s2trace.intervals import covering
+
 __all__ = ["clip_map"]
 
 
@@ -35,15 +37,8 @@ def clip_map(frame: pd.DataFrame, cover: pd.DataFrame) -> pd.DataFrame:
         )
     seg_s, seg_e = bounds[:-1], bounds[1:]
 
-    def inside(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        i = np.searchsorted(starts, seg_s, side="right") - 1
-        j = np.maximum(i, 0)
-        ok = (i >= 0) & (seg_s < ends[j]) if starts.size else np.zeros(seg_s.size, bool)
-        return ok, j
-
-    in_f, row = inside(fs, fe)
-    in_c, _ = inside(cs, ce)
-    keep = np.flatnonzero(in_f & in_c)
+    row = covering(fs, fe, seg_s)
+    keep = np.flatnonzero((row >= 0) & (covering(cs, ce, seg_s) >= 0))
     take = row[keep]
     return pd.DataFrame(
         {

@@ -296,7 +296,7 @@ def perfetto_trace(
     events += _instants(violations, "violation", lo, hi)
     events += _instants(faults, "access fault", lo, hi)
     events += _instants(lost, "lost events", lo, hi)
-    other = {"generator": "s2trace", "window_s": [lo, hi]}
+    other: dict[str, object] = {"generator": "s2trace", "window_s": [lo, hi]}
     other.update({k: v for k, v in (meta or {}).items() if isinstance(v, str | int | float)})
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
 

@@ -248,7 +248,7 @@ def find_guests(
         size = max([lay.size for lay in HYP_VM_LAYOUTS.values()] + [0x2000])
         words = _read_words(memory, hyp, vm_va, size // 8)
         lay = locate_layout(words, vm_va, hyp, kernel) if words is not None else None
-        if lay is None:
+        if words is None or lay is None:
             what = "not in the dump" if words is None else "no layout verifies"
             log.add(Problem("vm_unreadable", int(vm_pa[0]), f"VM {handle:#x}: {what}", 0))
             row["status"] = what
@@ -369,7 +369,7 @@ def _vms_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
             out[c.name] = pd.Categorical(out[c.name].astype(object))
         else:
             out[c.name] = out[c.name].fillna(0) if c.dtype.islower() else out[c.name]
-            out[c.name] = out[c.name].astype(c.dtype)
+            out[c.name] = out[c.name].astype(pd.api.types.pandas_dtype(c.dtype))
     out = out[VMS.names].sort_values("handle", ignore_index=True)
     VMS.check(out)
     return out

@@ -129,7 +129,7 @@ def _categories(config: Stage1Config, hyp_states: str) -> dict[str, list[str]]:
     }
 
 
-def _cat(codes: np.ndarray, names: list[str]) -> pd.Categorical:
+def _cat(codes: np.ndarray, names: list[str]) -> pd.Categorical[Any]:
     return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(names), validate=False)
 
 

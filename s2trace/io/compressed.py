@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import zstandard
 from tqdm import tqdm
@@ -125,13 +125,16 @@ class _Counting:
         return True
 
 
-def _reader(fmt: str, source: _Counting) -> BinaryIO:
+def _reader(
+    fmt: str, source: _Counting
+) -> zstandard.ZstdDecompressionReader | gzip.GzipFile | lzma.LZMAFile:
     """A decompressing reader of ``source`` for ``fmt``; each read returns at most n bytes."""
+    src = cast(BinaryIO, source)  # the readers call only read(), which _Counting has
     if fmt == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+        return zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
     if fmt == "gzip":
-        return gzip.GzipFile(fileobj=source, mode="rb")
-    return lzma.LZMAFile(source)
+        return gzip.GzipFile(fileobj=src, mode="rb")
+    return lzma.LZMAFile(src)
 
 
 def _decompress_stream(src: Path, fmt: str, out: BinaryIO) -> None:

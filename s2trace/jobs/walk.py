@@ -15,13 +15,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from s2trace.arch.registers import config_from_registers, hcr_fwb
+from s2trace.arch.registers import Stage2Config, config_from_registers, hcr_fwb
 from s2trace.errors import InputError
 from s2trace.hyp.check import enrich_with_vmemmap
 from s2trace.hyp.init_params import registers_from_memory
 from s2trace.io import open_memory
-from s2trace.jobs.capture import load_capture
-from s2trace.pkvm.profiles import get_profile, profile_for_kernel
+from s2trace.io.memory import PhysicalMemory
+from s2trace.jobs.capture import Capture, load_capture
+from s2trace.pkvm.profiles import Profile, get_profile, profile_for_kernel
+from s2trace.walk.result import WalkResult
 from s2trace.walk.walker import AUTO, detect_profile, walk
 
 __all__ = ["DumpRequest", "request_from_capture", "walk_dump"]
@@ -35,8 +37,8 @@ class DumpRequest:
     base: int = 0
     vttbr: int | None = None
     vtcr: int | None = None
-    config: Any = None  # an explicit Stage2Config (``--root``), instead of registers
-    profile: Any = None  # a name, a Profile, "auto", or None (kernel version, else auto)
+    config: Stage2Config | None = None  # explicit geometry (``--root``), instead of registers
+    profile: Profile | str | None = None  # a name, a Profile, "auto", or None (kernel, else auto)
     profiles_file: str | None = None
     kernel: str | None = None
     fwb: bool | None = None
@@ -49,7 +51,7 @@ class DumpRequest:
     include_zero: bool = False
     coalesce: bool = False
     strict: bool = False
-    capture: Any = None  # the Capture it came from, if any
+    capture: Capture | None = None  # the Capture it came from, if any
 
 
 def request_from_capture(folder: str | Path, **overrides: Any) -> DumpRequest:
@@ -77,7 +79,7 @@ def request_from_capture(folder: str | Path, **overrides: Any) -> DumpRequest:
     return replace(req, **given)
 
 
-def _profile(req: DumpRequest) -> Any:
+def _profile(req: DumpRequest) -> Profile | str:
 
     spec = req.profile
     if spec is not None and not isinstance(spec, str):
@@ -89,7 +91,7 @@ def _profile(req: DumpRequest) -> Any:
     return get_profile(spec, req.profiles_file)
 
 
-def walk_dump(req: DumpRequest, progress: Callable[[int, int], None] | None = None) -> Any:
+def walk_dump(req: DumpRequest, progress: Callable[[int, int], None] | None = None) -> WalkResult:
     """Open ``req.specs``, walk the host stage 2 and return the WalkResult (map with vmemmap
     page states where they can be read; ``notes`` says what was decided)."""
 
@@ -99,10 +101,12 @@ def walk_dump(req: DumpRequest, progress: Callable[[int, int], None] | None = No
         raise InputError("TTBR0_EL2 and TCR_EL2 go together")
     notes: list[str] = []
     config = req.config
-    if config is None and req.vttbr is not None:
+    if config is None and req.vttbr is not None and req.vtcr is not None:
         config = config_from_registers(req.vttbr, req.vtcr)
     fwb = req.fwb if req.fwb is not None else hcr_fwb(req.hcr_el2)
-    hyp = (req.ttbr0_el2, req.tcr_el2, req.hcr_el2) if req.ttbr0_el2 is not None else None
+    hyp = None
+    if req.ttbr0_el2 is not None and req.tcr_el2 is not None:
+        hyp = (req.ttbr0_el2, req.tcr_el2, req.hcr_el2)
     best_effort = hyp is None
     memory = open_memory(list(req.specs), base=req.base)
     try:
@@ -139,7 +143,7 @@ def walk_dump(req: DumpRequest, progress: Callable[[int, int], None] | None = No
     return result
 
 
-def _profile_mismatch(result: Any) -> list[str]:
+def _profile_mismatch(result: WalkResult) -> list[str]:
     """A profile without the 7.1 type field, chosen by hand, on a dump with 7.1 entries."""
 
     if result.profile.type_bits is None and "profile_reason" not in result.meta:
@@ -153,7 +157,9 @@ def _profile_mismatch(result: Any) -> list[str]:
     return []
 
 
-def _enrich(result: Any, memory: Any, hyp: tuple[int, int, int | None], req: DumpRequest) -> None:
+def _enrich(
+    result: WalkResult, memory: PhysicalMemory, hyp: tuple[int, int, int | None], req: DumpRequest
+) -> None:
     """Replace the map by the map with vmemmap page states (HOST_STATE_MAP columns):
     ``struct hyp_page`` of every page, read through the hyp stage 1, blocks split where the
     states differ; the kernel layout from the kernel version, else guessed from the dump."""

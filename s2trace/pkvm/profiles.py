@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -257,7 +257,7 @@ class Profile:
 
 
 # -- loading ---------------------------------------------------------------------------------
-_KEYS = {f.name for f in Profile.__dataclass_fields__.values()}  # type: ignore[attr-defined]
+_KEYS = {f.name for f in fields(Profile)}
 
 
 def _from_table(name: str, table: Mapping[str, Any], origin: str) -> Profile:

@@ -519,7 +519,7 @@ def rule_table(version: Version, extra_states: Iterable[PageState] = ()) -> Rule
 
 def _precondition(r: int, rule: Rule, fail: np.ndarray) -> int:
     """The first state rule ``r`` accepts (-1: none, or a marker that changes nothing)."""
-    ok = np.flatnonzero(fail[r] == 0) if rule.result is not None else []
+    ok = np.flatnonzero(fail[r] == 0) if rule.result is not None else np.zeros(0, np.intp)
     return int(ok[0]) if len(ok) else -1
 
 

@@ -82,6 +82,7 @@ def plot_map(
     winner = np.argmax(np.concatenate([untouched[None], area]), axis=0)
 
     from matplotlib.colors import to_rgb
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
     from matplotlib.patches import Patch
 
     palette = np.array([to_rgb(c) for c in (UNTOUCHED[1], *colors)])
@@ -135,5 +136,7 @@ def plot_map(
         ha="left",
         va="bottom",
     )
-    fig.get_layout_engine().set(h_pad=0.25)
+    engine = fig.get_layout_engine()
+    if isinstance(engine, ConstrainedLayoutEngine):
+        engine.set(h_pad=0.25)
     return fig

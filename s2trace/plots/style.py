@@ -6,6 +6,8 @@ violations and access faults use the same markers everywhere.  No matplotlib her
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -52,13 +54,13 @@ STATES: dict[tuple[str, str, str], tuple[str, str]] = {
 }
 EXTRA_COLORS = ("#bab0ac", "#9c755f", "#ff9da7", "#76b7b2", "#e15759", "#edc948")
 UNTOUCHED = ("not touched (host owned)", "#f3f3f3")
-VIOLATION_STYLE = {
+VIOLATION_STYLE: dict[str, Any] = {
     "marker": "X",
     "color": "#d62728",
     "markeredgecolor": "white",
     "ms": 9,
 }
-FAULT_STYLE = {"marker": "v", "color": "black", "markeredgecolor": "white", "ms": 8}
+FAULT_STYLE: dict[str, Any] = {"marker": "v", "color": "black", "markeredgecolor": "white", "ms": 8}
 FIGSIZE = (11.0, 6.0)
 
 

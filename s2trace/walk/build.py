@@ -155,9 +155,11 @@ class Stage2Builder:
 
     def _level_for(self, ipa: int, oa: int, size: int) -> int:
         g = self.geometry
+        start = self.start_level
+        assert start is not None  # set by __post_init__
         for level in sorted(g.block_levels | {3}):
             span = g.span(level)
-            if level >= self.start_level and ipa % span == 0 and oa % span == 0 and size >= span:
+            if level >= start and ipa % span == 0 and oa % span == 0 and size >= span:
                 return level
         raise InputError(f"ipa {ipa:#x}: not aligned to the {self._page:#x} granule")
 
@@ -344,7 +346,7 @@ class Stage2Builder:
         frame = pd.DataFrame(rows, columns=MAP.names)
         for col, dtype in MAP.dtypes().items():
             frame[col] = (
-                frame[col].astype(dtype)
+                frame[col].astype(pd.api.types.pandas_dtype(dtype))
                 if dtype != "category"
                 else frame[col].astype(object).astype("category")
             )

@@ -268,7 +268,7 @@ def _check_entries(
     raw, kind, addr, ipa = chunk.raw, chunk.decoded.kind, chunk.decoded.addr, chunk.ipa
     level = chunk.level
 
-    def where(pos: int) -> int:
+    def where(pos: int | np.integer) -> int:
         return int(chunk.table_pa[pos]) + 8 * int(chunk.index[pos])
 
     for pos in np.flatnonzero(kind == _RESERVED):

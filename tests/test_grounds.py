@@ -17,8 +17,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from s2trace.cli.main import main
 from s2trace.jobs.analyze import analyze
 from s2trace.trace.queries import explain, owner_at
 from s2trace.trace.replay import ASSUMED, PRECONDITION, replay
@@ -101,3 +103,71 @@ def test_vm_donation_is_bracketed_by_create_hyp_vm():
     iv = a.intervals
     hyp = iv[iv["owner"].astype(str) == "hyp"]
     assert np.all(hyp["t_earliest"].to_numpy() <= hyp["t_start"].to_numpy())
+
+
+# -- the kernel family ---------------------------------------------------------------------------
+def test_bare_lifecycle_trace_infers_its_family(tmp_path, capsys):
+    bare = tmp_path / "ftrace.txt"
+    shutil.copy(LIFE / "ftrace.txt", bare)
+    a = analyze(bare, use_cache=False)
+    folder = analyze(LIFE, use_cache=False)
+    assert (
+        a.kernel == "7.0"
+        and "unshare_pfn_hyp (10 events) exists from 7.0" in (a.meta["kernel_family"])
+    )
+    assert a.meta["linear_map"] == "0xffff000000000000=0x40000000"  # from the trace itself
+    # the folder's dump and dmesg add rows for pages the trace never touches; the rest agree
+    own = folder.intervals[~folder.intervals["basis"].astype(str).str.match("dump|evidence")]
+    pd.testing.assert_frame_equal(
+        a.intervals.reset_index(drop=True),
+        own.reset_index(drop=True),
+        check_categorical=False,
+    )
+    main(["timeline", str(bare)])
+    out = capsys.readouterr().out
+    assert out.startswith("# kernel_family: 6.14-7.0") and "or 7.1+" in out.splitlines()[0]
+
+
+def test_kernel_contradicting_the_events_exits_2(tmp_path, capsys):
+    bare = tmp_path / "ftrace.txt"
+    shutil.copy(LIFE / "ftrace.txt", bare)
+    assert main(["owner", str(bare), "0x40000000", "--kernel", "6.12"]) == 2
+    err = capsys.readouterr().err
+    assert "--kernel says Linux 6.12" in err and "unshare_pfn_hyp" in err
+
+
+def test_families_that_replay_differently_exit_2(tmp_path, capsys):
+    # a protected VM's guest page is a donation, which only 7.1+ has: 6.14-7.0 would refuse it
+    text = (REPO / "sample-traces" / "qemu-pkvm-7.3" / "ftrace.txt").read_text()
+    bare = tmp_path / "ftrace.txt"
+    bare.write_text(text.replace(" type=0x0", " type=0x80000000"))
+    assert main(["timeline", str(bare)]) == 2
+    assert "give --kernel" in capsys.readouterr().err
+    assert main(["timeline", str(bare), "--kernel", "7.3"]) == 0
+
+
+def test_ignored_events_are_named(tmp_path, capsys):
+    line = (
+        "  kvmpoke-196 [000] d..1.    43.090626: s2_pkvm_pgtable_stage2_map: pgt=0x1 "
+        "addr=0x0 size=0x1000 phys=0x483dd000 prot=0xf\n"
+    )
+    bare = tmp_path / "t.txt"
+    bare.write_text("# tracer: nop\n" + line)
+    assert main(["timeline", str(bare), "--kernel", "6.12"]) == 0
+    err = capsys.readouterr().err
+    assert "ignored for Linux 6.12" in err and "s2_pkvm_pgtable_stage2_map x1" in err
+
+
+def test_diff_bare_trace_with_a_7_3_dump_detects_the_profile(tmp_path, capsys):
+    import zstandard
+
+    s73 = REPO / "sample-traces" / "qemu-pkvm-7.3"
+    shutil.copy(s73 / "ftrace.txt", tmp_path / "ftrace.txt")
+    dump = tmp_path / "host-s2.elf"
+    dump.write_bytes(zstandard.ZstdDecompressor().decompressobj().decompress(
+        (s73 / "host-s2.elf.zst").read_bytes()))  # fmt: skip
+    lm = "0xffff000000000000=0x40000000"
+    rc = main(["diff", str(tmp_path / "ftrace.txt"), str(dump), "--linear-map", lm])
+    out = capsys.readouterr()
+    assert rc == 0, out.out + out.err
+    assert out.out.startswith("agree") and "try --profile" not in out.err

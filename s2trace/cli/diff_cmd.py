@@ -113,8 +113,10 @@ def run_diff(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
 
     if trace is not None and dump is not None:
         expected, meta = _trace_side(trace, kw)
-        if kw.get("kernel") is None and "trace_kernel" in meta:
-            kw = {**kw, "kernel": meta["trace_kernel"]}
+        # a kernel the trace's files state picks the dump's profile; one inferred from the
+        # events only bounds the version, so the dump's profile is detected from the dump
+        if kw.get("kernel") is None and meta.get("trace_kernel_source") != "trace events":
+            kw = {**kw, "kernel": meta.get("trace_kernel")}
         result = _walk_side(dump, kw)
         actual = clip_map(result.map, expected)
         labels = ("trace", "dump")

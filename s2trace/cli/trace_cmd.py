@@ -57,6 +57,13 @@ def _analyze(trace: str, kw: dict[str, Any], *, grounds: bool = True) -> Any:
         use_cache=not kw.get("no_cache"),
         grounds=grounds,
     )
+    ignored = result.meta.get("ignored_events")
+    if ignored:
+        click.echo(
+            f"s2trace: warning: events that recipes of other kernels read are ignored for "
+            f"Linux {result.kernel} ({result.meta.get('kernel_family', '')}): {ignored}",
+            err=True,
+        )
     counts = result.problems.counts()
     if counts:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))

@@ -20,6 +20,13 @@ from s2trace.allocator import release_memory
 from s2trace.errors import InputError, ProblemLog
 from s2trace.jobs.capture import is_capture, load_capture
 from s2trace.jobs.grounds import boot_ranges, dump_map
+from s2trace.trace.family import (
+    choose_kernel,
+    confirm_alike,
+    ignored_events,
+    linear_map_from_trace,
+    stated_version,
+)
 from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import load_recipes, to_transitions
 from s2trace.trace.replay import replay
@@ -126,7 +133,10 @@ def analyze(
     """Read a trace (file or capture folder), derive transitions and replay them.
 
     ``kernel`` picks the hypercall table, the recipes' version conditions and the replay's
-    rules (default: the capture's kernel, else 6.12); ``linear_map`` converts kernel
+    rules (default: the capture's kernel, a dmesg's or the trace header's ``Linux version``,
+    else the version the events need, :func:`~s2trace.trace.family.choose_kernel`; evidence
+    that contradicts itself or fits families that replay the trace differently is an
+    InputError); ``linear_map`` converts kernel
     linear-map addresses (default: the capture's); ``initial`` is an ownership map at the
     start of the trace, when the caller knows it.
 
@@ -142,24 +152,43 @@ def analyze(
     source = Path(path)
     meta: dict[str, Any] = {}
     capture = None
+    given, stated = kernel, None
     if is_capture(source):
         cap = load_capture(source)
         if cap.trace is None:
             raise InputError(f'{source}: the capture names no trace (add trace = "FILE")')
-        kernel = kernel or cap.kernel
         linear_map = linear_map or cap.linear_map
         meta["capture"] = str(cap.folder)
         source = cap.trace
         capture = cap.folder
         dmesg = dmesg or cap.dmesg
+        stated = cap.kernel
     elif not source.exists():
         raise InputError(f"{source}: no such trace file or capture folder")
-    kernel = kernel or "6.12"
     trace = read_trace(source, strict=strict, progress=progress, use_cache=use_cache)
     release_memory()  # each stage's freed temporaries: not held into the next stage's peak
     problems = ProblemLog(strict=strict)
     problems.extend(trace.problems)
-    recipe_set = load_recipes(list(recipes), kernel=kernel)
+    every = load_recipes(list(recipes))
+    choice = choose_kernel(
+        trace.events,
+        every,
+        given=given,
+        capture=stated,
+        dmesg=stated_version(dmesg),
+        header=stated_version(source, head_only=True),
+    )
+    kernel = choice.kernel
+    meta["kernel_family"] = choice.header()
+    meta["kernel_source"] = choice.source
+    recipe_set = every.for_kernel(kernel)
+    ignored = ignored_events(trace.events, every, recipe_set)
+    if ignored:
+        meta["ignored_events"] = ", ".join(f"{e} x{n}" for e, n in sorted(ignored.items()))
+    if linear_map is None:
+        linear_map, how = linear_map_from_trace(trace.events, page_size)
+        if linear_map is not None:
+            meta["linear_map_source"] = f"inferred from the trace: {how}"
     transitions, recipe_problems = to_transitions(
         trace.events,
         recipe_set,
@@ -169,6 +198,7 @@ def analyze(
         strict=strict,
     )
     problems.extend(recipe_problems)
+    confirm_alike(choice, transitions)
     release_memory()
     found = _grounds(capture, tuple(dump), dmesg, page_size, grounds, meta)
     timeline = replay(

@@ -16,7 +16,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["FORMATS", "HEX_COLUMNS", "json_records", "plain_value", "write_frame"]
+__all__ = ["FORMATS", "HEX_COLUMNS", "TABLE_WIDTH", "json_records", "plain_value", "write_frame"]
 
 FORMATS = ("table", "csv", "json", "parquet")
 
@@ -73,11 +73,112 @@ def _hex_frame(df: pd.DataFrame, hex_columns: Iterable[str]) -> pd.DataFrame:
     return out
 
 
-def _table_text(df: pd.DataFrame, hex_columns: Iterable[str]) -> str:
-    shown = _hex_frame(df, hex_columns).astype(object).where(df.notna(), "")
-    if shown.empty:
+#: Text tables fit this many columns; csv, json and parquet keep every value whole.
+TABLE_WIDTH = 120
+_GAP = "  "
+_MIN_TEXT = 12  # a cut text column keeps at least this many characters
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters, broken at spaces where possible."""
+    import textwrap
+
+    return textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
+
+
+def _fit(widths: list[int], text: list[bool], width: int) -> list[int]:
+    """Column widths that fit ``width``: the widest text columns are cut first, evenly, down to
+    ``_MIN_TEXT``; numbers and addresses are never shortened (too many of them: blocks)."""
+    widths = list(widths)
+    while (excess := sum(widths) + len(_GAP) * (len(widths) - 1) - width) > 0:
+        shrinkable = sorted(
+            (j for j, t in enumerate(text) if t and widths[j] > _MIN_TEXT), key=lambda k: -widths[k]
+        )
+        if not shrinkable:
+            break
+        j = shrinkable[0]
+        runner_up = widths[shrinkable[1]] if len(shrinkable) > 1 else _MIN_TEXT
+        widths[j] = max(_MIN_TEXT, widths[j] - excess, min(runner_up, widths[j] - 1))
+    return widths
+
+
+def _blocks(widths: list[int], width: int) -> list[list[int]]:
+    """Columns split into blocks that each fit ``width`` (the first column repeated as the
+    key of every block), for tables with more columns than a line holds."""
+    blocks: list[list[int]] = [[0]]
+    for j in range(1, len(widths)):
+        used = sum(widths[k] + len(_GAP) for k in blocks[-1]) + widths[j]
+        if used > width and len(blocks[-1]) > 1:
+            blocks.append([0])
+        blocks[-1].append(j)
+    return blocks
+
+
+def _table_text(df: pd.DataFrame, hex_columns: Iterable[str], width: int = TABLE_WIDTH) -> str:
+    """A text table that fits ``width`` columns: numbers right-aligned, text left-aligned, long
+    text wrapped (last column) or cut with an ellipsis, and a note saying so; a table with more
+    columns than fit is printed in blocks."""
+    if df.empty:
         return "(no rows)\n"
-    return shown.to_string(index=False) + "\n"
+    shown = _hex_frame(df, hex_columns).astype(object).where(df.notna(), "")
+    names = [str(c) for c in shown.columns]
+    cells = [[str(v) for v in shown[c].to_list()] for c in shown.columns]
+    text = [
+        not (pd.api.types.is_numeric_dtype(df[c].dtype) or pd.api.types.is_bool_dtype(df[c]))
+        and c not in set(hex_columns)
+        for c in df.columns
+    ]
+    natural = [max(len(n), *(len(v) for v in col)) for n, col in zip(names, cells, strict=True)]
+    below = _detail_below(natural, text, width)
+    if below:  # the last column goes on its own wrapped lines under each row
+        names, cells, text, natural = names[:-1], cells[:-1], text[:-1], natural[:-1]
+    widths = _fit(natural, text, width)
+    shortened = widths != natural
+    out: list[str] = []
+    for block in _blocks(widths, width):
+        if out:
+            out.append("")
+        head = [names[j].ljust(widths[j]) if text[j] else names[j].rjust(widths[j]) for j in block]
+        out.append(_GAP.join(head).rstrip())
+        for i in range(len(shown)):
+            parts = [cells[j][i] for j in block]
+            parts = [
+                _cut(v, widths[j]).ljust(widths[j]) if text[j] else v.rjust(widths[j])
+                for j, v in zip(block, parts, strict=True)
+            ]
+            out.append(_GAP.join(parts).rstrip())
+            if below and block[-1] == len(widths) - 1:
+                detail = str(shown.iloc[i, -1])
+                out.extend("    " + line for line in _wrap(detail, width - 4) if detail)
+    if below:
+        out.insert(0, f"(each row's {shown.columns[-1]} is printed under it)")
+    if shortened:
+        out.append(f"(long values cut to {width} columns; csv and json hold them whole)")
+    return "\n".join(out) + "\n"
+
+
+def _detail_below(natural: list[int], text: list[bool], width: int) -> bool:
+    """Whether the last column is long text that gets less than 40 characters beside the
+    others: then it is printed under its row instead."""
+    if len(natural) < 2 or not text[-1]:
+        return False
+    beside = width - sum(natural[:-1]) - len(_GAP) * (len(natural) - 1)
+    return natural[-1] > beside and beside < 40
+
+
+def _meta_text(meta: dict[str, Any], width: int = TABLE_WIDTH) -> str:
+    """``# key: value`` lines, long values wrapped under their key."""
+    lines = []
+    for k, v in meta.items():
+        head = f"# {k}: "
+        body = _wrap(str(v), max(width - len(head), 20))
+        lines.append(head + body[0])
+        lines.extend("#" + " " * (len(head) - 1) + b for b in body[1:])
+    return "".join(line + "\n" for line in lines)
 
 
 def write_frame(
@@ -110,8 +211,7 @@ def write_frame(
     elif fmt == "csv":
         text = _hex_frame(df, hex_columns).to_csv(index=False)
     elif fmt == "table":
-        head = "".join(f"# {k}: {v}\n" for k, v in (meta or {}).items())
-        text = head + _table_text(df, hex_columns)
+        text = _meta_text(meta or {}) + _table_text(df, hex_columns)
     else:
         raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if path is not None:

@@ -14,6 +14,7 @@ from s2trace.arch.geometry import Geometry, Granule
 from s2trace.arch.schema import descriptor_schema
 from s2trace.decode import decode, decode_array, decode_ownership
 from s2trace.decode.build import build_descriptor
+from s2trace.decode.explain import explain, explain_text
 from s2trace.decode.numpy_engine import res0_masks
 from s2trace.pkvm.profiles import profile_names
 
@@ -88,6 +89,27 @@ def test_fast_path_agrees(geometry, level, values, profile):
         owner = codes.owner_names[codes.owner[i]] if codes.owner[i] >= 0 else None
         state = codes.state_names[codes.state[i]] if codes.state[i] >= 0 else None
         assert (owner, state) == (ref.owner, ref.page_state), hex(raw)
+
+
+@pytest.mark.parametrize(("geometry", "level"), CASES, ids=CASE_IDS)
+@settings(max_examples=40, deadline=None)
+@given(raw=descriptor, profile=st.sampled_from(profile_names()), fwb=st.booleans())
+def test_explain_covers_every_bit(geometry, level, raw, profile, fwb):
+    """--explain never fails: its fields tile bits 63..0 once each, their values rebuild the
+    word, and the text names the decoded record (all profiles, granules, levels, FWB)."""
+    fields = explain(raw, geometry, level, profile, fwb)
+    assert fields[0].hi == 63 and fields[-1].lo == 0
+    assert all(a.lo == b.hi + 1 for a, b in zip(fields, fields[1:], strict=False))
+    assert sum(f.value << f.lo for f in fields) == raw
+    assert "decoded: " in explain_text(raw, geometry, level, profile, fwb)
+
+
+@pytest.mark.parametrize("profile", profile_names())
+def test_explain_invalid_annotations_with_high_bits(profile):
+    """Regression: a 7.1-style invalid entry with bits 63:1 >= 16 (the hyp donation
+    s2trace build writes) once indexed MemAttr names with the whole software field."""
+    for raw in (0x2000000000010004, 0x2000000000000002, (1 << 64) - 2):
+        assert explain(raw, profile=profile)[0].name == "software"
 
 
 @pytest.mark.parametrize(("geometry", "level"), CASES, ids=CASE_IDS)

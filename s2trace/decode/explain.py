@@ -7,8 +7,8 @@ flagged; the pKVM reading under the chosen profile closes the listing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from s2trace.arch.attributes import S2AP, SH, XN, memattr_names
 from s2trace.arch.geometry import Geometry
@@ -63,19 +63,28 @@ def _meaning(name: str, value: int, geometry: Geometry, fwb: bool, profile: Prof
         return "RES0" if not value else "RES0 -- set, which the architecture forbids"
     if name.startswith("ignored"):
         return "ignored by hardware"
-    table: dict[str, Any] = {
-        "valid": "valid" if value else "invalid (translation fault)",
-        "memattr": memattr_names(fwb)[value] + (" (HCR_EL2.FWB=1)" if fwb else ""),
-        "s2ap": S2AP[value] if value < 4 else "",
-        "sh": SH[value] if value < 4 else "",
-        "af": "accessed" if value else "not accessed (access-flag fault)",
-        "xn": XN[value] if value < 4 else "",
-        "contiguous": "part of a contiguous run" if value else "",
-        "dbm": "hardware may set S2AP[1] on write (with VTCR_EL2.HD)" if value else "",
-        "sw": _sw_meaning(value, profile),
-        "software": "pKVM annotation (see below)" if value else "zero",
+    # Each reading is computed only for its own field: a value read under another field's
+    # name (the 63-bit software field of an invalid entry) indexes nothing.
+    table: dict[str, Callable[[], str]] = {
+        "valid": lambda: "valid" if value else "invalid (translation fault)",
+        "memattr": lambda: _memattr_meaning(value, fwb),
+        "s2ap": lambda: S2AP[value] if value < len(S2AP) else "",
+        "sh": lambda: SH[value] if value < len(SH) else "",
+        "af": lambda: "accessed" if value else "not accessed (access-flag fault)",
+        "xn": lambda: XN[value] if value < len(XN) else "",
+        "contiguous": lambda: "part of a contiguous run" if value else "",
+        "dbm": lambda: "hardware may set S2AP[1] on write (with VTCR_EL2.HD)" if value else "",
+        "sw": lambda: _sw_meaning(value, profile),
+        "software": lambda: "pKVM annotation (see below)" if value else "zero",
     }
-    return str(table.get(name, ""))
+    reading = table.get(name)
+    return reading() if reading is not None else ""
+
+
+def _memattr_meaning(value: int, fwb: bool) -> str:
+    names = memattr_names(fwb)
+    name = names[value] if value < len(names) else f"MemAttr {value:#x}"
+    return name + (" (HCR_EL2.FWB=1)" if fwb else "")
 
 
 def _sw_meaning(value: int, profile: Profile) -> str:

@@ -1,7 +1,7 @@
 """The two axes of the plots: time (window and readable clock) and compressed addresses.
 
-* :func:`window` picks the plotted time window and its :class:`Clock` (seconds -> an offset
-  in s, ms or µs from a round origin);
+* :func:`window` picks the plotted time window and its :class:`Clock` (the trace's own
+  seconds, with the decimals the span needs);
 * :class:`AddressAxis` maps physical addresses to raster rows with the large gaps between
   touched regions cut out; :func:`address_ticks` labels it in hex.
 
@@ -15,44 +15,48 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from s2trace.plots.units import decimals
-from s2trace.units import fmt_bytes
-
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
 
-__all__ = ["AddressAxis", "Clock", "address_ticks", "window"]
+__all__ = ["AddressAxis", "Clock", "address_ticks", "span_text", "window"]
 
 
 @dataclass(frozen=True)
 class Clock:
-    """Trace seconds -> a readable axis: offset from the window start in s, ms or µs."""
+    """The time axis in the trace's own seconds (never rebased: a violation printed at
+    4.222222 s is drawn at 4.222222), with as many decimals as the window's span needs."""
 
-    t0: float
-    scale: float
-    unit: str
+    digits: int
 
     @classmethod
-    def for_window(cls, lo: float, hi: float, first: float) -> Clock:
-        """Unit from the window's span; origin ``first`` (the first data time, not the padded
-        window start) rounded down to a whole unit, so the label reads ``ms after t =
-        18.537 s`` rather than an arbitrary time."""
-        span = hi - lo
-        for scale, unit, limit in (
-            (1e6, "µs", 2e-3),
-            (1e3, "ms", 2.0),
-            (1.0, "s", np.inf),
-        ):
-            if span < limit:
-                return cls(float(np.floor(first * scale) / scale), scale, unit)
-        raise AssertionError("unreachable")  # pragma: no cover
+    def for_window(cls, lo: float, hi: float) -> Clock:
+        span = max(hi - lo, 1e-9)
+        return cls(int(np.clip(np.ceil(-np.log10(span / 5)), 0, 9)))
 
     def __call__(self, t: Any) -> Any:
-        return (np.asarray(t, dtype=np.float64) - self.t0) * self.scale
+        return np.asarray(t, dtype=np.float64)
 
     @property
     def label(self) -> str:
-        return f"time ({self.unit} after t = {self.t0:.{decimals(self.scale)}f} s)"
+        return "trace time (s)"
+
+    def text(self, t: float) -> str:
+        """``t`` with two decimals more than the ticks (titles, annotations)."""
+        return f"{t:.{min(self.digits + 2, 9)}f}"
+
+    def format(self, ax: Axes) -> None:
+        """Tick labels in plain seconds with the clock's decimals (no offset, no exponent)."""
+        from matplotlib.ticker import FuncFormatter
+
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:.{self.digits}f}"))
+
+
+def span_text(times: np.ndarray, lo: float, hi: float, clock: Clock) -> str:
+    """``t A–B s``: the first and last finite times inside the window (the window itself when
+    none), for titles."""
+    t = times[np.isfinite(times) & (times >= lo) & (times <= hi)]
+    a, b = (float(t.min()), float(t.max())) if len(t) else (lo, hi)
+    return f"t {clock.text(a)}–{clock.text(b)} s"
 
 
 def window(
@@ -70,29 +74,31 @@ def window(
         finite = finite[finite <= t_to]
     lo = float(finite.min()) if len(finite) else (t_from if t_from is not None else 0.0)
     hi = float(finite.max()) if len(finite) else (t_to if t_to is not None else lo + 1.0)
-    first = lo if t_from is None else t_from
     pad = (hi - lo) * 0.04 if hi > lo else max(abs(lo) * 1e-6, 1e-3)
     lo = t_from if t_from is not None else lo - pad
     hi = t_to if t_to is not None else hi + pad
     if hi <= lo:
         raise ValueError(f"empty time window: from {lo} to {hi}")
-    return lo, hi, Clock.for_window(lo, hi, first)
+    return lo, hi, Clock.for_window(lo, hi)
 
 
 @dataclass(frozen=True)
 class AddressAxis:
-    """A compressed address axis: the touched ranges grouped into regions, the large gaps
-    between regions cut out, each region drawn over rows ``[row[i], row[i+1])``.
+    """A compressed address axis: segments drawn over rows ``[row[i], row[i+1])``, the
+    untouched gaps between them cut out.
 
-    Rule: ranges are merged into one region when the gap between them is at most
-    ``max(16 pages, 2% of the touched bytes)``; of the larger gaps at most ``max_cuts`` (the
-    largest) are cut.  Each region gets rows in proportion to its span, but at least a quarter
-    of an equal share, so a one-page region stays visible beside a gigabyte one.
+    Active segments (the touched ranges, grouped when the gap between them is at most 2
+    pages; of the larger gaps at most ``max_cuts``, the largest, are cut) share the rows in
+    proportion to their span, each at least a quarter of an equal share, so a one-page region
+    stays visible beside a gigabyte one.  Folded segments (quiet bands, :mod:`.focus`) and
+    active segments none of whose ranges is ``busy`` get a fixed ``band_share`` of the rows
+    each.
     """
 
-    start: np.ndarray  # region first address (uint64 values as float64-safe ints)
-    end: np.ndarray  # region end address (exclusive)
+    start: np.ndarray  # segment first address (float64: exact below 2^53)
+    end: np.ndarray  # segment end address (exclusive)
     row: np.ndarray  # row boundaries, len(start) + 1, row[-1] == rows
+    folded: np.ndarray  # bool per segment: a folded band
 
     @property
     def rows(self) -> int:
@@ -106,30 +112,49 @@ class AddressAxis:
         rows: int,
         *,
         page_size: int = 4096,
-        max_cuts: int = 11,
+        max_cuts: int = 15,
+        band_start: np.ndarray | None = None,
+        band_end: np.ndarray | None = None,
+        band_share: float = 0.05,
+        busy: np.ndarray | None = None,
     ) -> AddressAxis:
-        if len(start) == 0:
-            return cls(np.array([0.0]), np.array([float(page_size)]), np.array([0, rows]))
-        order = np.argsort(start, kind="stable")
-        s = np.asarray(start, dtype=np.float64)[order]
-        e = np.maximum.accumulate(np.asarray(end, dtype=np.float64)[order])
-        touched = float(np.sum(e - s))
-        gap = s[1:] - e[:-1]
-        limit = max(16.0 * page_size, 0.02 * touched)
-        cut = np.flatnonzero(gap > limit)
-        if len(cut) > max_cuts:
-            cut = np.sort(cut[np.argsort(gap[cut], kind="stable")[-max_cuts:]])
-        r_start = s[np.r_[0, cut + 1]]
-        r_end = np.r_[e[cut], e[-1]]
-        span = r_end - r_start
-        n = len(span)
-        share = 0.25 / n + 0.75 * span / span.sum()  # sums to 1, each >= a quarter of 1/n
+        busy = np.ones(len(start), bool) if busy is None else np.asarray(busy, bool)
+        a_s, a_e, a_busy = _group(
+            np.asarray(start, np.float64),
+            np.asarray(end, np.float64),
+            busy,
+            2.0 * page_size,
+            max_cuts,
+        )
+        b_s = np.zeros(0) if band_start is None else np.asarray(band_start, np.float64)
+        b_e = np.zeros(0) if band_end is None else np.asarray(band_end, np.float64)
+        if len(a_s) + len(b_s) == 0:
+            return cls(
+                np.array([0.0]),
+                np.array([float(page_size)]),
+                np.array([0, rows]),
+                np.array([False]),
+            )
+        seg_s = np.concatenate([a_s, b_s])
+        seg_e = np.concatenate([a_e, b_e])
+        folded = np.r_[np.zeros(len(a_s), bool), np.ones(len(b_s), bool)]
+        wide = np.r_[a_busy, np.zeros(len(b_s), bool)]
+        order = np.argsort(seg_s, kind="stable")
+        seg_s, seg_e, folded, wide = seg_s[order], seg_e[order], folded[order], wide[order]
+        n_wide = int(wide.sum())
+        band = min(band_share, 0.5 / max(int((~wide).sum()), 1)) if n_wide else 1 / len(seg_s)
+        share = np.full(len(seg_s), band)
+        if n_wide:
+            span = (seg_e - seg_s)[wide]
+            rest = 1.0 - band * int((~wide).sum())
+            share[wide] = rest * (0.25 / n_wide + 0.75 * span / span.sum())
         bounds = np.round(np.cumsum(share) * rows).astype(np.int64)
-        bounds = np.maximum(bounds, np.arange(1, n + 1))  # at least one row each
-        return cls(r_start, r_end, np.r_[0, bounds])
+        bounds = np.maximum(bounds, np.arange(1, len(seg_s) + 1))  # at least one row each
+        bounds[-1] = max(rows, len(seg_s))
+        return cls(seg_s, seg_e, np.r_[0, bounds], folded)
 
     def __call__(self, addr: Any) -> np.ndarray:
-        """Fractional row of each address (NaN outside every region)."""
+        """Fractional row of each address (NaN outside every segment)."""
         a = np.asarray(addr, dtype=np.float64)
         i = np.clip(np.searchsorted(self.start, a, side="right") - 1, 0, len(self.start) - 1)
         frac = (a - self.start[i]) / (self.end[i] - self.start[i])
@@ -137,18 +162,42 @@ class AddressAxis:
         inside = (a >= self.start[i]) & (a <= self.end[i])
         return np.where(inside, y, np.nan)
 
+    def gaps(self) -> np.ndarray:
+        """Bytes cut out above each segment but the last (0: the next segment follows on)."""
+        return np.maximum(self.start[1:] - self.end[:-1], 0.0)
+
+
+def _group(
+    s: np.ndarray, e: np.ndarray, busy: np.ndarray, limit: float, max_cuts: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranges grouped into regions: merged across gaps up to ``limit`` bytes, and across the
+    smallest larger gaps until at most ``max_cuts`` remain; a region is busy when any of its
+    ranges is."""
+    if len(s) == 0:
+        return s, e, busy
+    order = np.argsort(s, kind="stable")
+    s = s[order]
+    e = np.maximum.accumulate(e[order])
+    gap = s[1:] - e[:-1]
+    cut = np.flatnonzero(gap > limit)
+    if len(cut) > max_cuts:
+        cut = np.sort(cut[np.argsort(gap[cut], kind="stable")[-max_cuts:]])
+    heads = np.r_[0, cut + 1]
+    return s[heads], np.r_[e[cut], e[-1]], np.maximum.reduceat(busy[order], heads)
+
 
 def address_ticks(ax: Axes, axis: AddressAxis, page_size: int) -> None:
-    """Hex ticks: every region's start (with its size), and round addresses inside tall
-    regions, never closer than 1/22 of the axis to each other."""
+    """Hex ticks, one convention: every tick is the address at its row.  Each segment's
+    first address, round addresses inside tall active segments, and the last segment's end;
+    never closer than 1/22 of the axis to each other."""
     min_gap = axis.rows / 22
     ticks: list[float] = []
     labels: list[str] = []
     for i in range(len(axis.start)):
         s, e = float(axis.start[i]), float(axis.end[i])
         r0, r1 = float(axis.row[i]), float(axis.row[i + 1])
-        cand = [(r0, f"{int(s):#x} ({fmt_bytes(e - s, compact=True)})")]
-        inner = int((r1 - r0) // (min_gap * 2.5))
+        cand = [(r0, f"{int(s):#x}")]
+        inner = 0 if axis.folded[i] else int((r1 - r0) // (min_gap * 2.5))
         if inner >= 1:
             step = max(2.0 ** np.ceil(np.log2((e - s) / (inner + 1))), page_size)
             for a in np.arange(np.ceil(s / step) * step, e, step)[: inner + 1]:

@@ -3,22 +3,23 @@ stacked by operation (top) and by peer (bottom).  Binned with ``np.histogram``."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from s2trace.plots.axes import window
-from s2trace.plots.figure import empty_note, legend, new_figure, size_ticks
+from s2trace.plots.axes import span_text, window
+from s2trace.plots.figure import empty_note, legend, new_figure, size_ticks, title_text
 from s2trace.plots.marks import cursor, faults, lost, rug
 from s2trace.plots.style import CHURN_OPS, OP_COLORS, peer_color, str_values
 from s2trace.plots.units import fmt_duration, nice
-from s2trace.units import byte_unit
+from s2trace.units import byte_unit, fmt_bytes
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure
 
-__all__ = ["default_bin", "plot_churn"]
+__all__ = ["default_bin", "plot_churn", "tall_bins"]
 
 
 def _peers(rows: pd.DataFrame) -> np.ndarray:
@@ -33,6 +34,17 @@ def _peers(rows: pd.DataFrame) -> np.ndarray:
         ids = vm[guest].astype("int64").to_numpy()
         peer[guest] = [f"guest vm {v:#x}" if v > 0xFFFF else f"guest vm {v}" for v in ids]
     return peer
+
+
+def tall_bins(total: np.ndarray, ratio: float = 6.0) -> float | None:
+    """The y limit that keeps the few tallest bins (e.g. the boot donation of the hyp
+    carve-out) from flattening the rest: when one of the three tallest bin totals is more than
+    ``ratio`` times the next, 1.35 × that next one (None: no such jump)."""
+    s = np.sort(total[total > 0])[::-1]
+    for k in range(min(3, len(s) - 1)):
+        if s[k] > ratio * s[k + 1]:
+            return float(1.35 * s[k + 1])
+    return None
 
 
 def default_bin(lo: float, hi: float, target: int = 40) -> float:
@@ -50,6 +62,7 @@ def plot_churn(
     t_to: float | None = None,
     at: float | None = None,
     page_size: int = 4096,
+    meta: Mapping[str, Any] | None = None,
 ) -> Figure:
     """Donations, shares, unshares and reclaims per time bin, stacked by operation (top) and
     by peer (bottom: hyp, ffa, each guest); ``unit`` ``"bytes"`` or ``"pages"``.
@@ -76,7 +89,8 @@ def plot_churn(
     if unit == "pages":
         value = value / page_size
     total = np.histogram(rows["ts"].to_numpy(dtype=np.float64), edges, weights=value)[0]
-    div, uname = byte_unit(float(total.max()) if len(total) else 0.0)
+    cap = tall_bins(total)
+    div, uname = byte_unit(cap if cap else float(total.max()) if len(total) else 0.0)
     if unit == "pages":
         div, uname = 1.0, "pages"
 
@@ -120,10 +134,10 @@ def plot_churn(
         ax.set_ylabel("pages per bin" if unit == "pages" else per_bin)
         ax.yaxis.set_major_formatter("{x:,.0f}" if unit == "pages" else "{x:,g}")
         ax.set_title(f"{title}", loc="left", fontsize=10)
-        ax.set_ylim(
-            0,
-            max(float(bottom.max()) / div * 1.18, 1.0 if unit == "pages" else 0.0) or 1,
-        )
+        top = cap if cap else float(bottom.max()) * 1.18
+        ax.set_ylim(0, max(top / div, 1.0 if unit == "pages" else 0.0) or 1)
+        if cap:
+            _broken(ax, centers, bottom, cap, div, uname, bar_w)
         ax.grid(axis="y", color="#e5e5e5", lw=0.8)
         ax.set_axisbelow(True)
         handles += rug(ax, clock, lo, hi, violations, fault_rows)
@@ -131,6 +145,49 @@ def plot_churn(
         handles += cursor(ax, clock, at)
         legend(ax, handles)
     ax_peer.set_xlim(clock(lo), clock(hi))
+    clock.format(ax_peer)
     ax_peer.set_xlabel(clock.label)
-    fig.suptitle(f"Ownership churn per {fmt_duration(width)} bin", fontsize=12)
+    what = f"Ownership churn per {fmt_duration(width)} bin"
+    fig.suptitle(title_text(what, meta, span_text(ts_all, lo, hi, clock)), fontsize=12)
+    if cap:
+        fig.text(
+            0.01,
+            0.0,
+            "y axis cut: bins taller than the axis (e.g. the boot donation) are drawn broken "
+            "(zigzag) with their value written above, so later churn stays readable.",
+            fontsize=8,
+            color="#555555",
+            ha="left",
+            va="bottom",
+        )
     return fig
+
+
+def _broken(
+    ax: Any, x: np.ndarray, height: np.ndarray, cap: float, div: float, unit: str, w: float
+) -> None:
+    """Mark the bars cut by the y limit: a white zigzag near the top, the value above."""
+    for xi, h in zip(x, height, strict=True):
+        if h <= cap:
+            continue
+        y = cap / div * 0.9
+        ax.plot(
+            [xi - w / 2, xi - w / 6, xi + w / 6, xi + w / 2],
+            [y, y * 1.03, y * 0.97, y],
+            color="white",
+            lw=2.5,
+            zorder=4,
+            clip_on=False,
+        )
+        value = f"{h:,.0f} pages" if unit == "pages" else fmt_bytes(h, compact=True)
+        ax.annotate(
+            f"↑ {value}",
+            (xi, cap / div),
+            xytext=(3, -2),
+            textcoords="offset points",
+            fontsize=8,
+            va="top",
+            ha="left",
+            color="#222222",
+            annotation_clip=False,
+        )

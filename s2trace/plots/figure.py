@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from s2trace.plots.style import FIGSIZE
@@ -11,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["empty_note", "legend", "new_figure", "size_ticks"]
+__all__ = ["empty_note", "legend", "new_figure", "size_ticks", "title_text"]
 
 
 def new_figure(figsize: tuple[float, float] = FIGSIZE) -> Figure:
@@ -68,3 +70,16 @@ def empty_note(ax: Axes, text: str) -> None:
         va="center",
         color="#555555",
     )
+
+
+def title_text(what: str, meta: Mapping[str, Any] | None, span: str) -> str:
+    """``what — capture, kernel K, t A–B s``: the plot, the capture it shows (the folder's or
+    trace file's name), the kernel and the time span, as far as ``meta`` (an analysis's
+    ``meta``) knows them."""
+    meta = meta or {}
+    where = meta.get("capture") or meta.get("trace")
+    parts = [PurePath(str(where)).name] if where else []
+    if meta.get("kernel"):
+        parts.append(f"kernel {meta['kernel']}")
+    parts.append(span)
+    return f"{what} — {', '.join(parts)}"

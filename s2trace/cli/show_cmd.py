@@ -17,7 +17,7 @@ from s2trace.errors import InputError
 
 __all__ = ["PLOT_KINDS", "PLOT_SUFFIXES", "register"]
 
-PLOT_KINDS = ("churn", "owners", "map")
+PLOT_KINDS = ("churn", "owners", "map", "page")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
@@ -28,6 +28,19 @@ def _time(text: str | None, what: str) -> float | None:
         return parse_time(text)
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from None
+
+
+def _range(text: str) -> tuple[int, int]:
+    """``START-END`` (hex or decimal) as two integers."""
+    from s2trace.cli.options import parse_u64
+
+    lo, sep, hi = text.partition("-")
+    if not sep:
+        raise InputError(f"--range {text!r}: expected START-END, e.g. 0x44000000-0x44100000")
+    start, end = parse_u64(lo.strip(), "--range start"), parse_u64(hi.strip(), "--range end")
+    if end <= start:
+        raise InputError(f"--range {text}: END must be above START")
+    return start, end
 
 
 def _event_span(result: Any) -> tuple[float | None, float | None]:
@@ -42,13 +55,15 @@ def _event_span(result: Any) -> tuple[float | None, float | None]:
 def register(cli: click.Group) -> None:
     @cli.command("plot")
     @click.argument("trace")
+    @click.argument("addr", required=False)
     @click.option(
         "--kind",
         type=click.Choice(PLOT_KINDS),
         required=True,
         help="churn: transitions per time bin; owners: bytes per owner/state over time; "
-        "map: address × time raster.",
+        "map: address × time raster; page: the history of the page holding ADDR.",
     )
+    @click.option("--range", "addr_range", help="map: only addresses START-END (hex or decimal).")
     @click.option("--at", "at", help="Mark this time (trace seconds, or with s/ms/us/ns).")
     @click.option("--from", "t_from", help="Start of the plotted window (trace seconds).")
     @click.option("--to", "t_to", help="End of the plotted window (trace seconds).")
@@ -71,7 +86,9 @@ def register(cli: click.Group) -> None:
     @trace_options
     def plot_cmd(
         trace: str,
+        addr: str | None,
         kind: str,
+        addr_range: str | None,
         at: str | None,
         t_from: str | None,
         t_to: str | None,
@@ -81,8 +98,12 @@ def register(cli: click.Group) -> None:
         output: str,
         **kw: Any,
     ) -> None:
-        """Plot a trace's ownership timeline: churn, owners over time or the ownership map."""
+        """Plot a trace's ownership timeline: churn, owners over time, the ownership map, or
+        one page's history (``--kind page ADDR``)."""
         out = Path(output)
+        if (kind == "page") != (addr is not None):
+            raise InputError("ADDR goes with --kind page (and --kind page needs ADDR)")
+        span = _range(addr_range) if addr_range else None
         if out.suffix.lower() not in PLOT_SUFFIXES:
             raise InputError(f"{output}: unknown image type (expected {', '.join(PLOT_SUFFIXES)})")
         window = {
@@ -93,8 +114,11 @@ def register(cli: click.Group) -> None:
         width = _time(bin_width, "--bin")
         r = _analyze(trace, kw, grounds=False)
         from s2trace import plots
+        from s2trace.cli.trace_cmd import _addr
+        from s2trace.jobs.names import object_labels
 
         page_size = kw.get("page_size") or 4096
+        window["meta"] = r.meta
         try:
             if kind == "churn":
                 fig = plots.plot_churn(
@@ -109,12 +133,17 @@ def register(cli: click.Group) -> None:
                 fig = plots.plot_owners(
                     r.intervals, r.violations, transitions=r.transitions, **window
                 )
+            elif kind == "page":
+                page = _addr(str(addr), kw, r) // page_size * page_size
+                fig = plots.plot_page(r.intervals, r.transitions, page, r.violations, **window)
             else:
                 fig = plots.plot_map(
                     r.intervals,
                     r.violations,
                     transitions=r.transitions,
                     page_size=page_size,
+                    addr_range=span,
+                    labels=object_labels(r.transitions),
                     **window,
                 )
         except ValueError as exc:

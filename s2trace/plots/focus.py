@@ -5,8 +5,8 @@ address ranges).  For each piece, a difference array over the pieces counts the 
 start inside the window (its changes) and records the owner/state code alive at the window's
 end.  A piece is *quiet* when it changes at most once in the window and no violation or fault
 names it; neighbouring quiet pieces with the same end state and (nearly) the same change time
-form a run, and runs of at least ``min_bytes`` are *folded* into a band of fixed height ("10
-MiB hyp owned since 0.300 s, unchanged").  Everything else the trace touches, and every
+form a run, and runs of at least ``min_bytes`` (the ``max_bands`` largest) are *folded* into
+a band of fixed height ("10 MiB hyp owned since 0.300 s, unchanged").  Everything else the trace touches, and every
 marked page, is *active* and shares the rest of the axis.  Vectorised: sorts, ``searchsorted``
 and cumulative sums, no loop per interval.
 """
@@ -57,6 +57,7 @@ def focus(
     mark_end: np.ndarray,
     *,
     min_bytes: float = FOLD_MIN_BYTES,
+    max_bands: int = 6,
 ) -> Focus:
     """Split the alive intervals' address space into active ranges and folded bands
     (module docstring).  Addresses as float64 (exact below 2^53)."""
@@ -96,7 +97,11 @@ def focus(
     heads = np.flatnonzero(head)
     run_end = np.zeros(len(heads))
     np.maximum.at(run_end, run[idx], p_end[idx])
-    big = (run_end - p_start[heads]) >= min_bytes
+    size = run_end - p_start[heads]
+    big = size >= min_bytes
+    if big.sum() > max_bands:  # only the largest quiet runs are folded; the rest stay active
+        big &= size >= np.sort(size[big])[-max_bands]
+        big[np.flatnonzero(big)[max_bands:]] = False
     band_start, band_end = p_start[heads][big], run_end[big]
     folded = np.zeros(len(p_start), dtype=bool)
     folded[idx] = big[run[idx]]

@@ -117,7 +117,8 @@ def plot_owners(
     times_all = np.concatenate(
         [intervals["t_start"].to_numpy(np.float64), intervals["t_end"].to_numpy(np.float64)]
     )
-    lo, hi, clock = window(with_marks(times_all, violations, transitions), t_from, t_to, at)
+    marked_times = with_marks(times_all, violations, transitions)
+    lo, hi, clock = window(marked_times, t_from, t_to, at)
     inside = times_all[(times_all > lo) & (times_all < hi)]
     times = np.unique(np.concatenate([[lo], inside, [hi]]))
     marks = [
@@ -159,7 +160,7 @@ def plot_owners(
     clock.format(axes[-1])
     axes[-1].set_xlabel(clock.label)
     fig.suptitle(
-        title_text("Ownership over time", meta, span_text(times_all, lo, hi, clock)), fontsize=12
+        title_text("Ownership over time", meta, span_text(marked_times, lo, hi, clock)), fontsize=12
     )
     legend(axes[0], handles + extra, "owner, state")
     return fig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_explain_covers_every_bit(geometry, level, raw, profile, fwb):
     word, and the text names the decoded record (all profiles, granules, levels, FWB)."""
     fields = explain(raw, geometry, level, profile, fwb)
     assert fields[0].hi == 63 and fields[-1].lo == 0
-    assert all(a.lo == b.hi + 1 for a, b in zip(fields, fields[1:], strict=False))
+    assert all(a.lo == b.hi + 1 for a, b in itertools.pairwise(fields))
     assert sum(f.value << f.lo for f in fields) == raw
     assert "decoded: " in explain_text(raw, geometry, level, profile, fwb)
 

@@ -6,9 +6,9 @@ start inside the window (its changes) and records the owner/state code alive at 
 end.  A piece is *quiet* when it changes at most once in the window and no violation or fault
 names it; neighbouring quiet pieces with the same end state and (nearly) the same change time
 form a run, and runs of at least ``min_bytes`` (the ``max_bands`` largest) are *folded* into
-a band of fixed height ("10 MiB hyp owned since 0.300 s, unchanged").  Everything else the trace touches, and every
-marked page, is *active* and shares the rest of the axis.  Vectorised: sorts, ``searchsorted``
-and cumulative sums, no loop per interval.
+a band of fixed height ("10 MiB hyp owned since 0.300 s, unchanged").  Everything else the
+trace touches, and every marked page, is *active* and shares the rest of the axis.
+Vectorised: sorts, ``searchsorted`` and cumulative sums, no loop per interval.
 """
 
 from __future__ import annotations

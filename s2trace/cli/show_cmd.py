@@ -106,7 +106,7 @@ def register(cli: click.Group) -> None:
         span = _range(addr_range) if addr_range else None
         if out.suffix.lower() not in PLOT_SUFFIXES:
             raise InputError(f"{output}: unknown image type (expected {', '.join(PLOT_SUFFIXES)})")
-        window = {
+        window: dict[str, Any] = {
             "at": _time(at, "--at"),
             "t_from": _time(t_from, "--from"),
             "t_to": _time(t_to, "--to"),

@@ -150,9 +150,10 @@ def plot_map(
         lo_a, hi_a = int(addr_range[0]), int(addr_range[1])
         if hi_a <= lo_a:
             raise ValueError(f"empty address range {lo_a:#x}-{hi_a:#x}")
-        intervals = _in_range(intervals, lo_a, hi_a, "addr_start")
-        if intervals is None:
+        zoomed = _in_range(intervals, lo_a, hi_a, "addr_start")
+        if zoomed is None:
             raise ValueError(f"the trace touches nothing in {lo_a:#x}-{hi_a:#x}")
+        intervals = zoomed
         violations = _in_range(violations, lo_a, hi_a, "addr")
         transitions = _in_range(transitions, lo_a, hi_a, "addr")
     t_start = intervals["t_start"].to_numpy(dtype=np.float64)
@@ -236,7 +237,7 @@ def plot_map(
     if addr_range is not None:
         span += f", {lo_a:#x}–{hi_a:#x}"
     ax.set_title(title_text("Ownership map", meta, span), loc="left", fontsize=11)
-    if named:
+    if labels is not None and named:
         draw_names(fig.add_subplot(grid[0, 1], sharey=ax), axis, labels)
     ax.legend(
         handles=handles,

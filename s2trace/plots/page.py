@@ -87,8 +87,9 @@ def plot_page(
             ).itertuples(index=False)
         ):
             y = 1.25 + (k % 4) * 0.42
-            ax.plot([row.ts, row.ts], [0, y], color="#555555", lw=0.8, zorder=2)
-            ax.text(row.ts, y, _event_text(row), fontsize=7.5, va="bottom", ha="left")
+            t = float(row.ts)  # type: ignore[arg-type]
+            ax.plot([t, t], [0, y], color="#555555", lw=0.8, zorder=2)
+            ax.text(t, y, _event_text(row), fontsize=7.5, va="bottom", ha="left")
     for frame, style, name in (
         (in_window(vio, lo, hi), VIOLATION_STYLE, "violation"),
         (

@@ -86,6 +86,11 @@ class ProblemLog:
         """Number of problems by kind."""
         return Counter(p.kind for p in self.problems)
 
+    def by_kind(self) -> str:
+        """``kind: n, kind: n`` sorted by kind (empty when there are none): the one summary
+        line every command and report prints."""
+        return ", ".join(f"{k}: {n}" for k, n in sorted(self.counts().items()))
+
     def frame(self) -> pd.DataFrame:
         """The problems as a DataFrame (columns ``kind, where, level, detail, source``)."""
         import pandas as pd

@@ -58,9 +58,8 @@ def _walk_side(target: str, kw: dict[str, Any], suffix: str = "") -> Any:
             side[key] = kw.get(key + suffix) or kw.get(key)
     side["coalesce"] = True
     result = open_walk((target,), side)
-    counts = result.problems.counts()
-    if counts:
-        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
+    if len(result.problems):
+        kinds = result.problems.by_kind()
         click.echo(f"s2trace: warning: {target}: problems in the dump ({kinds})", err=True)
     return result
 
@@ -93,6 +92,9 @@ def run_diff(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
 
     kinds = [_kind(t) for t in targets]
     meta: dict[str, Any] = {}
+    trace: str | None
+    dump: str | None
+    labels: tuple[str, str]
     if len(targets) == 1:
         from s2trace.jobs.capture import load_capture
 
@@ -122,7 +124,7 @@ def run_diff(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
         labels = ("trace", "dump")
         meta.update({f"dump_{k}": v for k, v in result.meta.items()})
     else:
-        a, b = _walk_side(targets[0], kw), _walk_side(targets[1], kw, suffix="_b")
+        a, b = _walk_side(targets[0], kw), _walk_side(targets[-1], kw, suffix="_b")
         expected, actual = a.map, b.map
         labels = ("A", "B")
         meta.update({f"a_{k}": v for k, v in a.meta.items()})

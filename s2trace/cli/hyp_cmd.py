@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 from s2trace.cli.options import parse_u64
-from s2trace.errors import InputError
+from s2trace.errors import InputError, ProblemLog
 
 __all__ = ["register"]
 
@@ -152,11 +152,9 @@ def _emit(frame: pd.DataFrame, kw: dict[str, Any], meta: dict[str, Any] | None =
     )
 
 
-def _warn_problems(problems: Any) -> None:
-    counts = problems.counts()
-    if counts:
-        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
-        click.echo(f"s2trace: warning: {sum(counts.values())} problem(s) ({kinds})", err=True)
+def _warn_problems(problems: ProblemLog) -> None:
+    if len(problems):
+        click.echo(f"s2trace: warning: {len(problems)} problem(s) ({problems.by_kind()})", err=True)
 
 
 def run_check(targets: tuple[str, ...], kw: dict[str, Any]) -> int:

@@ -64,13 +64,11 @@ def _analyze(trace: str, kw: dict[str, Any], *, grounds: bool = True) -> Any:
             f"Linux {result.kernel} ({result.meta.get('kernel_family', '')}): {ignored}",
             err=True,
         )
-    counts = result.problems.counts()
-    if counts:
-        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
+    if len(result.problems):
         first = next(iter(result.problems))
         click.echo(
-            f"s2trace: warning: {sum(counts.values())} problem(s) in {result.source} "
-            f"({kinds}); first: {first}",
+            f"s2trace: warning: {len(result.problems)} problem(s) in {result.source} "
+            f"({result.problems.by_kind()}); first: {first}",
             err=True,
         )
     return result

@@ -53,7 +53,7 @@ def request_from_kw(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) ->
             bool(kw.get("ds")),
             bool(kw.get("lpa")),
         )
-    given = dict(
+    given: dict[str, Any] = dict(
         base=parse_int(kw["base"], "--base") if kw.get("base") else None,
         vttbr=num("vttbr", "--vttbr"),
         vtcr=num("vtcr", "--vtcr"),
@@ -93,13 +93,11 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
 
 
 def _report_problems(result: Any) -> None:
-    counts = result.problems.counts()
-    if not counts:
+    if not len(result.problems):
         return
-    total = sum(counts.values())
-    kinds = ", ".join(f"{k}: {n}" for k, n in sorted(counts.items()))
     click.echo(
-        f"s2trace: warning: {total} problem(s) in the dump ({kinds}); first: "
+        f"s2trace: warning: {len(result.problems)} problem(s) in the dump "
+        f"({result.problems.by_kind()}); first: "
         f"{next(iter(result.problems))}",
         err=True,
     )

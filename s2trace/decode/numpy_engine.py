@@ -228,15 +228,15 @@ class _Key:
     def compute(self, w: _Words, kind: np.ndarray, profile: Profile) -> np.ndarray:
         """The key of every descriptor (uint16 when the key space allows)."""
         parts = {"kind": kind}
-        if self.owner_w:
+        if self.owner_w and profile.owner_bits:
             parts["owner"] = w.field(*profile.owner_bits)
-        if self.type_w:
+        if self.type_w and profile.type_bits:
             parts["type"] = w.field(*profile.type_bits)
         if self.zero:
             parts["zero"] = w.raw == 0
-        if self.prot:
+        if self.prot and profile.prot_none_bit is not None:
             parts["prot"] = w.bit(profile.prot_none_bit)
-        if self.state_w:
+        if self.state_w and profile.state_bits:
             parts["state"] = w.field(*profile.state_bits)
         # The key space is small for every shipped profile: 16-bit arithmetic on narrow
         # arrays is several times cheaper than 64-bit (wide spaces fall back to intp).
@@ -245,7 +245,7 @@ class _Key:
         scale = 1
         for name, n in self.digits:
             if name in parts:
-                digit = parts[name].astype(dtype)
+                digit: np.ndarray = parts[name].astype(dtype)
                 if scale != 1:
                     digit *= dtype(scale)
                 key = digit if key is None else np.add(key, digit, out=key)
@@ -366,6 +366,7 @@ def _wide_annotations(
     k = key.compute(w, kind, profile)
     has_id = np.take(tables["has_id"], k)
     state = np.take(tables["state"], k)
+    assert profile.owner_bits is not None  # only profiles with an owner field come here
     field = w.field(*profile.owner_bits).astype(np.uint32)
     invalid = kind == _INVALID
     gated = invalid & has_id
@@ -463,7 +464,7 @@ def _nullable(values: np.ndarray, absent: np.ndarray, dtype: str) -> object:
 def _drop_unused(cat: pd.Categorical) -> pd.Categorical:
     """Remove categories no row uses (one bincount and one lookup over the codes)."""
     codes = cat.codes
-    ucodes = (
+    ucodes: np.ndarray = (
         codes.view(np.uint8 if codes.dtype.itemsize == 1 else np.uint16)
         if codes.dtype.itemsize <= 2
         else codes
@@ -475,7 +476,7 @@ def _drop_unused(cat: pd.Categorical) -> pd.Categorical:
     keep = np.flatnonzero(used)
     remap = np.full(int(ucodes.max()) + 1 if ucodes.size else 1, -1, dtype=codes.dtype)
     remap[keep] = np.arange(len(keep), dtype=codes.dtype)
-    return _cat(np.take(remap, ucodes), [cat.categories[i] for i in keep])
+    return _cat(np.take(remap, ucodes), list(cat.categories[keep]))
 
 
 def decode_array(
@@ -551,8 +552,12 @@ def decode_array(
         "page_state": lambda: _cat(ann()[3], ann()[5]),
         "fnxs": lambda: _nullable(w.bit(11), not_leaf, "boolean"),
     }
+
+    def from_inv(name: str) -> Callable[[], object]:
+        return lambda: inv()[name]
+
     for name in ("locked", "inv_type", "vm_handle", "gfn", "note"):
-        build[name] = lambda name=name: inv()[name]
+        build[name] = from_inv(name)
     frame = pd.DataFrame({c: build[c]() for c in wanted}, copy=False)
     if columns is None:
         DESCRIPTOR.check(frame)
@@ -577,7 +582,7 @@ def _invalid_columns(
         locked = _nullable(inv_type == prof.lock_type, not_invalid, "boolean")
     else:
         locked = _nullable(np.zeros(n, bool), none, "boolean")
-    if inv_type is not None:
+    if inv_type is not None and prof.type_bits is not None:
         top = 1 << (prof.type_bits[0] - prof.type_bits[1] + 1)
         inv_type_col = _lut_cat(
             inv_type, tuple(prof.type_name(v) for v in range(top)), _absent(kind, (_INVALID,))

@@ -29,7 +29,7 @@ from s2trace.trace.family import (
 )
 from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import load_recipes, to_transitions
-from s2trace.trace.replay import replay
+from s2trace.trace.replay import Timeline, replay
 
 __all__ = ["Analysis", "analyze", "parse_linear_map", "parse_time"]
 
@@ -41,7 +41,7 @@ class Analysis:
     source: Path
     events: pd.DataFrame
     transitions: pd.DataFrame
-    timeline: Any  # s2trace.trace.replay.Timeline
+    timeline: Timeline
     problems: ProblemLog
     kernel: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)

@@ -28,18 +28,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from s2trace.errors import InputError
-from s2trace.hyp.check import check_dump
+from s2trace.errors import InputError, ProblemLog
+from s2trace.hyp.check import CheckResult, check_dump
 from s2trace.hyp.guests import find_guests
 from s2trace.hyp.memcache import name_untraced, unnamed_topups
 from s2trace.io import open_memory
-from s2trace.jobs.analyze import analyze
+from s2trace.jobs.analyze import Analysis, analyze
 from s2trace.jobs.capture import Capture, is_capture, load_capture
 from s2trace.jobs.walk import request_from_capture, walk_dump
 from s2trace.plots import plot_churn, plot_map, plot_owners
 from s2trace.trace.queries import diff_maps, snapshot
 from s2trace.units import fmt_bytes
-from s2trace.walk.ownership import summarize
+from s2trace.walk.ownership import Summary, summarize
+from s2trace.walk.result import WalkResult
 
 __all__ = ["Report", "build_report", "render_text", "write_outputs"]
 
@@ -53,11 +54,11 @@ class Report:
     """
 
     capture: Capture
-    walk: Any  # s2trace.walk.walker.WalkResult
-    summary: Any  # s2trace.walk.ownership.Summary
-    analysis: Any | None = None  # s2trace.jobs.analyze.Analysis
+    walk: WalkResult
+    summary: Summary
+    analysis: Analysis | None = None
     diff: pd.DataFrame | None = None
-    check: Any | None = None  # s2trace.hyp.check.CheckResult
+    check: CheckResult | None = None
     notes: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     topups: pd.DataFrame | None = None  # memcache top-ups the trace cannot name
@@ -98,16 +99,18 @@ def _memcache(cap: Capture, report: Report, notes: list[str]) -> tuple[Any, Any]
     stage 2s name (:mod:`s2trace.hyp.memcache`)."""
 
     a = report.analysis
+    assert a is not None  # called only after the trace was analysed
     topups = unnamed_topups(a.events, a.transitions)
-    if not len(topups) or cap.reg("ttbr0_el2") is None or cap.kallsyms is None:
+    ttbr0, tcr = cap.reg("ttbr0_el2"), cap.reg("tcr_el2")
+    if not len(topups) or ttbr0 is None or tcr is None or cap.kallsyms is None:
         return topups, None
 
     try:
         with open_memory(list(cap.dump)) as memory:
             guests = find_guests(
                 memory,
-                cap.reg("ttbr0_el2"),
-                cap.reg("tcr_el2"),
+                ttbr0,
+                tcr,
                 kallsyms=cap.kallsyms,
                 iomem=cap.iomem,
                 host_map=report.walk.map,
@@ -140,7 +143,7 @@ def _check(cap: Capture, notes: list[str]) -> Any | None:
         memory.close()
 
 
-def _diff(analysis: Any, walk_map: pd.DataFrame) -> pd.DataFrame:
+def _diff(analysis: Analysis, walk_map: pd.DataFrame) -> pd.DataFrame:
 
     diff = diff_maps(snapshot(analysis.timeline), walk_map)
     # The final snapshot covers exactly the pages some transition touched, so a range it
@@ -252,19 +255,18 @@ def _counts(series: pd.Series) -> str:
     return ", ".join(f"{k} {v}" for k, v in c.items()) or "none"
 
 
-def _problems(log: Any) -> str:
-    counts = log.counts()
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) if counts else "none"
+def _problems(log: ProblemLog) -> str:
+    return log.by_kind() or "none"
 
 
 def _ranges(frame: pd.DataFrame, limit: int) -> list[str]:
     out = []
-    for r in frame.head(limit).itertuples(index=False):
-        exp = f"{r.expected_owner}/{r.expected_state}" if not pd.isna(r.expected_owner) else "-"
-        act = f"{r.actual_owner}/{r.actual_state}" if not pd.isna(r.actual_owner) else "-"
-        out.append(
-            f"    {int(r.ipa_start):#014x} +{fmt_bytes(float(r.size)):>9}  trace {exp}  dump {act}"
-        )
+    for r in frame.head(limit).to_dict("records"):
+        eo, ao = r["expected_owner"], r["actual_owner"]
+        exp = f"{eo}/{r['expected_state']}" if not pd.isna(eo) else "-"
+        act = f"{ao}/{r['actual_state']}" if not pd.isna(ao) else "-"
+        size = fmt_bytes(float(r["size"]))
+        out.append(f"    {int(r['ipa_start']):#014x} +{size:>9}  trace {exp}  dump {act}")
     if len(frame) > limit:
         out.append(f"    ... {len(frame) - limit} more (diff.csv)")
     return out
@@ -326,10 +328,10 @@ def render_text(report: Report, *, limit: int = 5) -> str:
             f"replay   {len(a.intervals)} intervals over {pages} pages; "
             f"{len(a.violations)} violation(s)"
         )
-        for r in a.violations.head(limit).itertuples(index=False):
+        for r in a.violations.head(limit).to_dict("records"):
             lines.append(
-                f"    line {r.line} t={r.ts:.6f} {r.op} {int(r.addr):#x} "
-                f"+{fmt_bytes(float(r.size))}: {r.check}"
+                f"    line {r['line']} t={r['ts']:.6f} {r['op']} {int(r['addr']):#x} "
+                f"+{fmt_bytes(float(r['size']))}: {r['check']}"
             )
         if len(a.violations) > limit:
             lines.append(f"    ... {len(a.violations) - limit} more (violations.csv)")

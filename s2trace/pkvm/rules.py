@@ -385,7 +385,7 @@ def rules_for(version: Version) -> tuple[Rule, ...]:
     return tuple(r for r in RULES if r.applies_to(version))
 
 
-def _spans_of(key: tuple[str, str | None, str | None]) -> str:
+def _spans_of(key: tuple[str | None, str | None, str | None]) -> str:
     spans = [r.span() for r in RULES if r.key == key]
     return ", ".join(spans)
 
@@ -503,7 +503,7 @@ class RuleTable:
         return text
 
     def unsupported_detail(
-        self, op: str, initiator: str | None, completer: str | None, kernel: str
+        self, op: str | None, initiator: str | None, completer: str | None, kernel: str
     ) -> str:
         """Why a transition the kernel does not have was refused."""
         key = ("reclaim" if op == "donate" and completer == "host" else op, initiator, completer)

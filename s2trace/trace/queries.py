@@ -9,6 +9,7 @@ still makes their answer ``incomplete`` from its time on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,7 +85,7 @@ def _lost_before(timeline: Timeline, addr: int, t: float | None) -> list[float]:
     return out
 
 
-def _na(value: object) -> object:
+def _na(value: Any) -> object:
     return None if pd.isna(value) else value
 
 
@@ -259,8 +260,9 @@ def _side(
     i = covering(start, end, bounds)
     j = np.maximum(i, 0)
     covered = i >= 0
-    o = np.where(covered, owner[j] if len(start) else None, None)
-    s = np.where(covered, state[j] if len(start) else None, None)
+    none = np.array(None, dtype=object)
+    o = np.where(covered, owner[j] if len(start) else none, none)
+    s = np.where(covered, state[j] if len(start) else none, none)
     return covered, o, s
 
 
@@ -382,19 +384,18 @@ def explain(timeline: Timeline, addr: int, t: float | None = None) -> str:
         tmask &= tr["op"].astype("object").to_numpy() != "lost"
         quiet = [
             r
-            for r in tr[tmask].itertuples(index=False)
-            if int(r.event_index) not in causes and int(r.event_index) not in refused
+            for r in tr[tmask].to_dict("records")
+            if int(r["event_index"]) not in causes and int(r["event_index"]) not in refused
         ]
         if quiet:
             lines.append("transitions that changed nothing (markers, counted shares):")
             for r in quiet:
-                lines.append(
-                    f"  {_fmt_t(r.ts):>14}  {_describe_event(timeline, int(r.event_index))}"
-                )
+                event = _describe_event(timeline, int(r["event_index"]))
+                lines.append(f"  {_fmt_t(r['ts']):>14}  {event}")
     if vmask.any():
         lines.append("violations:")
-        for r in vio[vmask].itertuples(index=False):
-            lines.append(f"  {_fmt_t(r.ts):>14}  line {r.line}: {r.check}: {r.detail}")
+        for r in vio[vmask].to_dict("records"):
+            lines.append(f"  {_fmt_t(r['ts']):>14}  line {r['line']}: {r['check']}: {r['detail']}")
     lost = _lost_before(timeline, addr, t)
     if lost:
         lines.append(

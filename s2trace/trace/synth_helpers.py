@@ -90,7 +90,7 @@ def transitions_frame(
         default = [DEFAULT_PARTIES.get(c, (None, None))[which] for c in cats]
         return pd.Categorical(np.asarray(default, dtype=object)[op_cat.codes])
 
-    col = {
+    col: dict[str, Any] = {
         "ts": idx.astype(np.float64) if ts is None else np.asarray(ts, dtype=np.float64),
         "line": idx + 1 if line is None else np.asarray(line, dtype=np.int64),
         "event_index": idx if event_index is None else np.asarray(event_index, dtype=np.int64),
@@ -102,8 +102,12 @@ def transitions_frame(
         "vm": pd.array(np.zeros(n, dtype=np.int64), dtype="Int64").copy(),
         "gfn": pd.array(np.zeros(n, dtype=np.uint64), dtype="UInt64").copy(),
         "counted": np.broadcast_to(np.asarray(counted, dtype=bool), (n,)).copy(),
-        "recipe": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=[recipe]),
-        "basis": pd.Categorical.from_codes(np.zeros(n, dtype=np.int8), categories=["trace"]),
+        "recipe": pd.Categorical.from_codes(
+            np.zeros(n, dtype=np.int8), dtype=pd.CategoricalDtype([recipe])
+        ),
+        "basis": pd.Categorical.from_codes(
+            np.zeros(n, dtype=np.int8), dtype=pd.CategoricalDtype(["trace"])
+        ),
     }
     col["t_earliest"] = col["ts"]
     col["vm"][:] = pd.NA

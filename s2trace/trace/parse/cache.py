@@ -65,7 +65,7 @@ def sorted_categorical(codes: np.ndarray, names: list[str]) -> pd.Categorical:
     rank = np.empty(len(names), np.int64)
     rank[order] = np.arange(len(names))
     new = rank[codes] if len(names) else np.asarray(codes, np.int64)
-    return pd.Categorical.from_codes(new, categories=[names[i] for i in order])
+    return pd.Categorical.from_codes(new, dtype=pd.CategoricalDtype([names[i] for i in order]))
 
 
 # -- tabular files ----------------------------------------------------------------------------
@@ -125,7 +125,7 @@ def conform_events(df: pd.DataFrame, source: str = "") -> pd.DataFrame:
         try:
             if c.dtype == "category":
                 s = s.astype("string")
-            out[c.name] = s.astype(c.dtype)
+            out[c.name] = s.astype(pd.api.types.pandas_dtype(c.dtype))
         except (TypeError, ValueError) as e:
             raise InputError(f"{source}: column {c.name!r} is not {c.dtype} ({e})") from e
     return pd.DataFrame(out)

@@ -14,7 +14,7 @@ import gzip
 import lzma
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 import zstandard
@@ -46,14 +46,15 @@ def _open_stream(src: Path, raw: BinaryIO) -> BinaryIO:
     head = raw.read(8)
     raw.seek(0)
     kind = _compression(head)
+    # The decompressors are binary file objects (read, readinto, close), not typing.BinaryIO.
     if kind == "zstd":
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
     if kind == "xz":
-        return lzma.LZMAFile(raw)
+        return cast(BinaryIO, lzma.LZMAFile(raw))
     if kind == "bzip2":
-        return bz2.BZ2File(raw)
+        return cast(BinaryIO, bz2.BZ2File(raw))
     return raw
 
 
@@ -96,7 +97,7 @@ def read_chunks(src: Path, bar: tqdm, chunk: int = CHUNK_BYTES) -> Iterator[np.n
                     buf = np.zeros(need, np.uint8)
                 at = FRONT + len(carry)
                 buf[FRONT:at] = carry
-                got = _fill(stream, memoryview(buf)[at : at + chunk])
+                got = _fill(stream, buf.data[at : at + chunk])
                 bar.update(raw.tell() - bar.n)
                 n = len(carry) + got
                 if got == 0:

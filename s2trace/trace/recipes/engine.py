@@ -110,6 +110,7 @@ def _problem(log: ProblemLog, ev: EventTable, rows: np.ndarray, kind: str, detai
 
 #: Rows evaluated at once: field text is held only for one batch (bounded memory).
 _EVAL_BATCH = 1 << 20
+_COMPONENTS = pd.CategoricalDtype(list(COMPONENTS))
 
 
 def _apply(
@@ -339,9 +340,13 @@ def _assemble(ev: EventTable, rs: RecipeSet, done: Mapping[str, _Rows]) -> pd.Da
             "ts": ts,
             "line": ev.line[row],
             "event_index": row,
-            "op": pd.Categorical.from_codes(op, categories=OPS),
-            "initiator": pd.Categorical.from_codes(col("initiator", NONE, np.int8), COMPONENTS),
-            "completer": pd.Categorical.from_codes(col("completer", NONE, np.int8), COMPONENTS),
+            "op": pd.Categorical.from_codes(op, dtype=pd.CategoricalDtype(list(OPS))),
+            "initiator": pd.Categorical.from_codes(
+                col("initiator", NONE, np.int8), dtype=_COMPONENTS
+            ),
+            "completer": pd.Categorical.from_codes(
+                col("completer", NONE, np.int8), dtype=_COMPONENTS
+            ),
             "addr": start,
             "size": stop - start,
             "vm": pd.arrays.IntegerArray(col("vm", 0, np.int64), ~col("vm_ok", False, bool)),
@@ -349,9 +354,11 @@ def _assemble(ev: EventTable, rs: RecipeSet, done: Mapping[str, _Rows]) -> pd.Da
             "counted": pd.arrays.BooleanArray(
                 col("counted", False, bool), np.zeros(len(row), bool)
             ),
-            "recipe": pd.Categorical.from_codes(recipe, categories=[*names, LOST_EVENT]),
+            "recipe": pd.Categorical.from_codes(
+                recipe, dtype=pd.CategoricalDtype([*names, LOST_EVENT])
+            ),
             "t_earliest": t_earliest,
-            "basis": pd.Categorical.from_codes(basis, categories=basis_cats),
+            "basis": pd.Categorical.from_codes(basis, dtype=pd.CategoricalDtype(basis_cats)),
         }
     )
     order = np.lexsort((recipe, row))

@@ -152,7 +152,7 @@ def hypercall_names(events: pd.DataFrame, table: Mapping[int, str]) -> pd.Series
         found[inside] = lookup[ids[inside].astype(np.int64)]
         codes[rows] = found
     return pd.Series(
-        pd.Categorical.from_codes(codes, categories=categories),
+        pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(categories)),
         index=events.index,
         name="hypercall",
     )

@@ -264,11 +264,11 @@ def _override(value: Any, where: str) -> Override:
         conds = [conds]
     values = {k: v for k, v in value.items() if k != "where"}
     for k, v in values.items():
-        allowed = {"op": RECIPE_OPS, "initiator": COMPONENTS, "completer": COMPONENTS}.get(k)
+        allowed = {"op": RECIPE_OPS, "initiator": COMPONENTS, "completer": COMPONENTS}.get(k, ())
         if k == "counted":
             _bool(v, where, "when.counted")
         elif not isinstance(v, str) or (v not in allowed and not v.startswith("$")):
-            raise InputError(f"{where}: when.{k} {v!r}: expected one of {', '.join(allowed or ())}")
+            raise InputError(f"{where}: when.{k} {v!r}: expected one of {', '.join(allowed)}")
     return Override(tuple(Condition.parse(c, where) for c in conds), values)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -124,6 +125,7 @@ def pair_rows(ev: EventTable, event: str, anchor: np.ndarray, pair: Pair) -> np.
     entry = step > 0
     ent = pd.DataFrame({"row": rows[entry], "key": key[entry], "level": level[entry]})
     ret = pd.DataFrame({"row": rows[~entry], "key": key[~entry], "level": level[~entry]})
+    direction: Literal["backward", "forward"]
     if pair.side == "before":  # anchor = return: the latest entry before it at its level
         left, right, direction = ret, ent, "backward"
     else:  # anchor = entry: the first return after it at its level

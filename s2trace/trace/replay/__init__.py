@@ -227,13 +227,13 @@ def replay(
         "violations_by_check": violations["check"].value_counts().loc[lambda s: s > 0].to_dict(),
         "lost": [
             {
-                "ts": float(r.ts),
-                "event_index": int(r.event_index),
-                "line": int(r.line),
-                "addr": int(r.addr),
-                "size": int(r.size),
+                "ts": float(r["ts"]),
+                "event_index": int(r["event_index"]),
+                "line": int(r["line"]),
+                "addr": int(r["addr"]),
+                "size": int(r["size"]),
             }
-            for r in lost_rows.itertuples(index=False)
+            for r in lost_rows.to_dict("records")
         ],
         "problems": list(log),
         "sequential_rows": out.sequential_rows,

@@ -10,6 +10,7 @@ page of every row (``np.repeat``), stably sorted by page: each touched page is a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,7 +54,7 @@ def _with_grounds(transitions: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in ("t_earliest", "basis") if c not in transitions]
     if not missing or any(c not in transitions for c in TRANSITIONS.names if c not in missing):
         return transitions
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if "t_earliest" in missing:
         extra["t_earliest"] = transitions["ts"].to_numpy(dtype=np.float64, na_value=np.nan)
     if "basis" in missing:

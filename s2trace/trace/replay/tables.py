@@ -195,7 +195,9 @@ def _intervals(
 def _basis_column(codes: np.ndarray, texts: list[str]) -> pd.Categorical:
     """The basis categorical: equal texts (a rule in two lists) share one category."""
     cats, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
-    return pd.Categorical.from_codes(inverse[codes] if len(codes) else [], categories=list(cats))
+    return pd.Categorical.from_codes(
+        inverse[codes] if len(codes) else [], dtype=pd.CategoricalDtype(list(cats))
+    )
 
 
 def _state_columns(state: np.ndarray, table: RuleTable) -> dict[str, pd.Categorical]:
@@ -214,7 +216,9 @@ def _state_columns(state: np.ndarray, table: RuleTable) -> dict[str, pd.Categori
             [-1 if getattr(s, attr) is None else cats.index(getattr(s, attr)) for s in states],
             dtype=np.int8 if len(cats) < 127 else np.int32,
         )
-        cols[name] = pd.Categorical.from_codes(codes[state] if len(state) else [], categories=cats)
+        cols[name] = pd.Categorical.from_codes(
+            codes[state] if len(state) else [], dtype=pd.CategoricalDtype(cats)
+        )
     return cols
 
 

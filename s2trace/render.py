@@ -64,7 +64,8 @@ def json_records(df: pd.DataFrame) -> Iterator[dict[str, Any]]:
         yield {c: plain_value(v) for c, v in zip(columns, row, strict=True)}
 
 
-def _hex_frame(df: pd.DataFrame, hex_columns: Iterable[str]) -> pd.DataFrame:
+def hex_frame(df: pd.DataFrame, hex_columns: Iterable[str] = HEX_COLUMNS) -> pd.DataFrame:
+    """A copy of ``df`` with its integer address-like columns as ``0x`` text."""
     out = df.copy()
     for col in hex_columns:
         if col in out.columns and pd.api.types.is_integer_dtype(out[col].dtype):
@@ -124,7 +125,7 @@ def _table_text(df: pd.DataFrame, hex_columns: Iterable[str], width: int = TABLE
     columns than fit is printed in blocks."""
     if df.empty:
         return "(no rows)\n"
-    shown = _hex_frame(df, hex_columns).astype(object).where(df.notna(), "")
+    shown = hex_frame(df, hex_columns).astype(object).where(df.notna(), "")
     names = [str(c) for c in shown.columns]
     cells = [[str(v) for v in shown[c].to_list()] for c in shown.columns]
     text = [
@@ -209,7 +210,7 @@ def write_frame(
     if fmt == "json":
         text = "".join(json.dumps(r) + "\n" for r in json_records(df))
     elif fmt == "csv":
-        text = _hex_frame(df, hex_columns).to_csv(index=False)
+        text = hex_frame(df, hex_columns).to_csv(index=False)
     elif fmt == "table":
         text = _meta_text(meta or {}) + _table_text(df, hex_columns)
     else:

@@ -91,7 +91,7 @@ def test_capture_without_trace(tmp_path):
     r = build_report(folder, out_dir=tmp_path / "o")
     assert r.analysis is None and r.diff is None
     assert "nothing to replay" in r.text()
-    assert {p.name for p in r.files} == {"map.csv", "report.txt"}
+    assert {p.name for p in r.files} == {"map.csv", "map.parquet", "report.txt", "report.html"}
 
 
 def test_not_a_capture(tmp_path):

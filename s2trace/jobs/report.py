@@ -35,8 +35,11 @@ from s2trace.hyp.memcache import name_untraced, unnamed_topups
 from s2trace.io import open_memory
 from s2trace.jobs.analyze import Analysis, analyze
 from s2trace.jobs.capture import Capture, is_capture, load_capture
+from s2trace.jobs.names import object_labels
+from s2trace.jobs.report_page import category_meaning, render_page, write_page
 from s2trace.jobs.walk import request_from_capture, walk_dump
-from s2trace.plots import plot_churn, plot_map, plot_owners
+from s2trace.plots import plot_churn, plot_map, plot_owners, plot_page
+from s2trace.render import write_frame
 from s2trace.trace.queries import diff_maps, snapshot
 from s2trace.units import fmt_bytes
 from s2trace.walk.ownership import Summary, summarize
@@ -186,8 +189,53 @@ def build_report(
 
 
 # ---------------------------------------------------------------------------------------------
+def _figures(report: Report, out: Path) -> list[tuple[Path, str]]:
+    """The plots as PNG files, with captions: the map, each violated page's history (up to
+    three pages), churn and owners."""
+    a = report.analysis
+    if a is None or not len(a.intervals):
+        return []
+    labels = object_labels(a.transitions)
+    common: dict[str, Any] = {"meta": a.meta}
+    figures: list[tuple[str, str, Any]] = [
+        (
+            "map",
+            "Ownership map: rows go to the ranges that change and the pages violations name",
+            lambda: plot_map(
+                a.intervals, a.violations, transitions=a.transitions, labels=labels, **common
+            ),
+        )
+    ]
+    pages = pd.unique(a.violations["addr"].to_numpy(np.uint64))[:3] if len(a.violations) else []
+    for page in pages:
+        figures.append(
+            (
+                f"page-{int(page):#x}",
+                f"History of page {int(page):#x}, named by a violation",
+                lambda page=page: plot_page(
+                    a.intervals, a.transitions, int(page), a.violations, **common
+                ),
+            )
+        )
+    figures += [
+        ("churn", "Churn per time bin", lambda: plot_churn(a.transitions, a.violations, **common)),
+        (
+            "owners",
+            "Bytes per owner and state over time",
+            lambda: plot_owners(a.intervals, a.violations, transitions=a.transitions, **common),
+        ),
+    ]
+    made = []
+    for name, caption, make in figures:
+        path = out / f"{name}.png"
+        make().savefig(path, dpi=110)
+        made.append((path, caption))
+    return made
+
+
 def write_outputs(report: Report, out_dir: str | Path, *, plots: bool = True) -> list[Path]:
-    """CSV tables, PNG plots (when there is a trace) and ``report.txt`` in ``out_dir``."""
+    """In ``out_dir``: the tables as CSV (and Parquet for the large ones), the PNG plots (when
+    there is a trace), ``report.txt`` and the self-contained ``report.html``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables: dict[str, pd.DataFrame | None] = {"map": report.walk.map}
@@ -206,22 +254,21 @@ def write_outputs(report: Report, out_dir: str | Path, *, plots: bool = True) ->
         if frame is None:
             continue
         path = out / f"{name}.csv"
-        frame.to_csv(path, index=False)
+        write_frame(frame, "csv", path=path)
         files.append(path)
-    if plots and a is not None and len(a.intervals):
-        figures = {
-            "churn": lambda: plot_churn(a.transitions, a.violations),
-            "owners": lambda: plot_owners(a.intervals, a.violations, transitions=a.transitions),
-            "map": lambda: plot_map(a.intervals, a.violations, transitions=a.transitions),
-        }
-        for name, make in figures.items():
-            path = out / f"{name}.png"
-            make().savefig(path, dpi=110)
-            files.append(path)
-    text = out / "report.txt"
-    files.append(text)
+        if name in ("map", "transitions", "intervals"):
+            files.append(out / f"{name}.parquet")
+            write_frame(frame, "parquet", path=files[-1])
+    tables_written = list(files)
+    images = _figures(report, out) if plots else []
+    files += [p for p, _ in images]
+    text, page = out / "report.txt", out / "report.html"
+    files += [text, page]
     report.files = files
-    text.write_text(render_text(report))
+    body = render_text(report)
+    text.write_text(body)
+    facts = [line for line in body.splitlines() if not line.startswith(("verdict", "outputs"))]
+    write_page(page, render_page(report, verdicts(report), facts, images, tables_written))
     return files
 
 
@@ -299,6 +346,31 @@ def _memcache_lines(report: Report, named: pd.DataFrame) -> list[str]:
     return out
 
 
+def verdicts(report: Report) -> list[str]:
+    """What is wrong, one phrase each (empty: nothing contradicts pKVM's rules)."""
+    out = []
+    a = report.analysis
+    if a is not None and len(a.violations):
+        out.append(f"{len(a.violations)} ownership violation(s) in the trace")
+    if len(report.disagreements):
+        out.append(f"{len(report.disagreements)} range(s) where the dump contradicts the trace")
+    if report.check is not None and not report.check.consistent:
+        out.append("pKVM bookkeeping inconsistent in the dump")
+    return out
+
+
+def _meanings(walk_map: pd.DataFrame) -> list[str]:
+    """A line explaining each owner/state of the map a reader may not know."""
+    keys = set(
+        walk_map["owner"].astype("object").fillna("?")
+        + "/"
+        + walk_map["page_state"].astype("object").fillna("")
+    )
+    return [
+        f"         {k}: {category_meaning(k)}" for k in ("host/unknown", "host/nopage") if k in keys
+    ]
+
+
 def render_text(report: Report, *, limit: int = 5) -> str:
     """One screen: what was read, what was found, where the outputs are, and a verdict."""
     cap, w = report.capture, report.walk
@@ -310,9 +382,10 @@ def render_text(report: Report, *, limit: int = 5) -> str:
         f"{cfg.start_level}; {len(w.map)} ranges, {len(w.tables)} tables, problems "
         f"{_problems(w.problems)}",
         f"owners   {_owners_line(w.map)}",
+        *_meanings(w.map),
     ]
     a = report.analysis
-    verdict = []
+    verdict = verdicts(report)
     if a is not None:
         tr = a.transitions
         ts = tr["ts"].to_numpy(dtype=np.float64)
@@ -349,14 +422,8 @@ def render_text(report: Report, *, limit: int = 5) -> str:
                 "in the dump and never in the trace (set before tracing began, e.g. at boot)"
             )
         lines += _memcache_lines(report, named)
-        if len(a.violations):
-            verdict.append(f"{len(a.violations)} ownership violation(s) in the trace")
-        if len(dis):
-            verdict.append(f"{len(dis)} range(s) where the dump contradicts the trace")
     if report.check is not None:
         lines.append(f"check    {report.check.verdict()}")
-        if not report.check.consistent:
-            verdict.append("pKVM bookkeeping inconsistent in the dump")
     lines += [f"note     {n}" for n in report.notes]
     if report.files:
         folder = report.files[0].parent

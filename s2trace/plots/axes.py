@@ -117,6 +117,7 @@ class AddressAxis:
         band_end: np.ndarray | None = None,
         band_share: float = 0.05,
         busy: np.ndarray | None = None,
+        own_rows: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> AddressAxis:
         busy = np.ones(len(start), bool) if busy is None else np.asarray(busy, bool)
         a_s, a_e, a_busy = _group(
@@ -126,6 +127,9 @@ class AddressAxis:
             2.0 * page_size,
             max_cuts,
         )
+        a_mark = np.zeros(len(a_s), bool)
+        if own_rows is not None and len(own_rows[0]):
+            a_s, a_e, a_busy, a_mark = _split(a_s, a_e, a_busy, *own_rows)
         b_s = np.zeros(0) if band_start is None else np.asarray(band_start, np.float64)
         b_e = np.zeros(0) if band_end is None else np.asarray(band_end, np.float64)
         if len(a_s) + len(b_s) == 0:
@@ -139,8 +143,10 @@ class AddressAxis:
         seg_e = np.concatenate([a_e, b_e])
         folded = np.r_[np.zeros(len(a_s), bool), np.ones(len(b_s), bool)]
         wide = np.r_[a_busy, np.zeros(len(b_s), bool)]
+        mark = np.r_[a_mark, np.zeros(len(b_s), bool)]
         order = np.argsort(seg_s, kind="stable")
         seg_s, seg_e, folded, wide = seg_s[order], seg_e[order], folded[order], wide[order]
+        mark = mark[order]
         n_wide = int(wide.sum())
         band = min(band_share, 0.5 / max(int((~wide).sum()), 1)) if n_wide else 1 / len(seg_s)
         share = np.full(len(seg_s), band)
@@ -148,6 +154,13 @@ class AddressAxis:
             span = (seg_e - seg_s)[wide]
             rest = 1.0 - band * int((~wide).sum())
             share[wide] = rest * (0.25 / n_wide + 0.75 * span / span.sum())
+            if mark.any():  # a marked page keeps at least 3% of the axis
+                floor = min(0.03, 0.5 * rest / int(mark.sum()))
+                lift = np.maximum(floor - share, 0.0) * mark
+                others = wide & ~mark
+                if others.any():
+                    share[others] *= 1 - lift.sum() / share[others].sum()
+                share += lift
         bounds = np.round(np.cumsum(share) * rows).astype(np.int64)
         bounds = np.maximum(bounds, np.arange(1, len(seg_s) + 1))  # at least one row each
         bounds[-1] = max(rows, len(seg_s))
@@ -184,6 +197,27 @@ def _group(
         cut = np.sort(cut[np.argsort(gap[cut], kind="stable")[-max_cuts:]])
     heads = np.r_[0, cut + 1]
     return s[heads], np.r_[e[cut], e[-1]], np.maximum.reduceat(busy[order], heads)
+
+
+def _split(
+    s: np.ndarray, e: np.ndarray, busy: np.ndarray, m_s: np.ndarray, m_e: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Segments cut at the edges of the ranges ``[m_s, m_e)`` (marked pages), which become
+    busy segments of their own: their rows cannot shrink below a share of the axis, so a
+    marker always sits inside its page's rows, never on a boundary."""
+    points = np.unique(np.concatenate([s, e, m_s, m_e]))
+    lo, hi = points[:-1], points[1:]
+    seg = np.searchsorted(s, lo, side="right") - 1
+    inside = (seg >= 0) & (lo < e[np.maximum(seg, 0)])
+    lo, hi, seg = lo[inside], hi[inside], seg[inside]
+    mark = np.sort(m_s)
+    j = np.searchsorted(mark, lo, side="right") - 1
+    marked = (j >= 0) & (hi <= np.sort(m_e)[np.maximum(j, 0)])
+    # merge neighbouring unmarked pieces of the same segment back together
+    head = np.r_[True, (seg[1:] != seg[:-1]) | marked[1:] | marked[:-1]]
+    idx = np.flatnonzero(head)
+    ends = np.r_[hi[idx[1:] - 1], hi[-1]]
+    return lo[idx], ends, busy[seg[idx]] | marked[idx], marked[idx]
 
 
 def address_ticks(ax: Axes, axis: AddressAxis, page_size: int) -> None:

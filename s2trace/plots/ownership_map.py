@@ -192,6 +192,8 @@ def plot_map(
         page_size=page_size,
         band_start=fo.band_start,
         band_end=fo.band_end,
+        busy=fo.active_busy,
+        own_rows=(m_start, m_end) if len(np.unique(m_start)) <= 12 else None,
     )
     dt = (hi - lo) / cols
     x0 = np.clip((t_start[alive] - lo) / dt, 0, cols)

@@ -29,6 +29,13 @@ def _covering(frame: pd.DataFrame | None, col: str, addr: int) -> pd.DataFrame |
     return sub if len(sub) else None
 
 
+def _not_violations(faults: pd.DataFrame, vio: pd.DataFrame | None) -> pd.DataFrame:
+    """Faults that are not themselves violations (those are drawn once, as the violation)."""
+    if vio is None or not len(faults):
+        return faults
+    return faults[~faults["line"].isin(vio["line"])]
+
+
 def _event_text(row: Any) -> str:
     who = f"{row.initiator or '?'}→{row.completer or '?'}" if row.op != "access_fault" else "host"
     where = row.function if getattr(row, "function", None) else row.recipe
@@ -89,7 +96,10 @@ def plot_page(
             y = 1.25 + (k % 4) * 0.42
             t = float(row.ts)  # type: ignore[arg-type]
             ax.plot([t, t], [0, y], color="#555555", lw=0.8, zorder=2)
-            ax.text(t, y, _event_text(row), fontsize=7.5, va="bottom", ha="left")
+            late = t > lo + 0.75 * (hi - lo)  # text to the left of late events: stays inside
+            ax.text(
+                t, y, _event_text(row), fontsize=7.5, va="bottom", ha="right" if late else "left"
+            )
     for frame, style, name in (
         (in_window(vio, lo, hi), VIOLATION_STYLE, "violation"),
         (

@@ -86,10 +86,14 @@ def open_walk(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) -> Any:
     from s2trace.jobs.walk import walk_dump
 
     result = walk_dump(request_from_kw(targets, kw), _progress())
+    _print_notes(result)
+    return result
+
+
+def _print_notes(result: Any) -> None:
     for note in result.notes:
         prefix = "" if note.startswith("warning:") else "note: "
         click.echo(f"s2trace: {prefix}{note}", err=True)
-    return result
 
 
 def _report_problems(result: Any) -> None:
@@ -115,6 +119,20 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
 
     if kw.get("explain"):
         raise InputError("--explain takes descriptor values, not a dump")
+    fmt = kw.get("fmt", "table")
+    labels = kw.get("labels") or (kw.get("labels") is None and kw.get("capture") is not None)
+    if fmt in ("parquet", "csv") and kw.get("output") and not labels and not kw.get("summary"):
+        from s2trace.jobs.walk import can_stream
+
+        req = request_from_kw(targets, kw)
+        if can_stream(req):  # the map straight from the walk: written while walking
+            from s2trace.jobs.walk import write_map
+            from s2trace.render import HEX_COLUMNS
+
+            result = write_map(req, kw["output"], fmt, HEX_COLUMNS, _progress())
+            _print_notes(result)
+            _report_problems(result)
+            return
     result = open_walk(targets, kw)
     _report_problems(result)
     if kw.get("summary"):
@@ -125,7 +143,6 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         _emit(text, kw.get("output"))
         return
     frame = result.map
-    fmt = kw.get("fmt", "table")
     if kw.get("labels") or (
         kw.get("labels") is None and kw.get("capture") is not None and fmt != "ptdump"
     ):

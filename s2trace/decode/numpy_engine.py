@@ -34,6 +34,7 @@ __all__ = [
     "OwnershipCodes",
     "as_descriptors",
     "decode_array",
+    "decode_kinds",
     "decode_ownership",
     "res0_masks",
 ]
@@ -420,6 +421,24 @@ def decode_ownership(
         k = key.compute(w, kind, prof)
         owner, state = np.take(tables["owner"], k), np.take(tables["state"], k)
     return OwnershipCodes(kind, addr, owner, state, tuple(owner_names), tuple(state_names))
+
+
+@dataclass(frozen=True, slots=True)
+class KindCodes:
+    """Kind codes and addresses only (what a traversal needs to follow tables)."""
+
+    kind: np.ndarray
+    addr: np.ndarray
+
+
+def decode_kinds(raw: object, geometry: Geometry | None = None, level: int = 3) -> KindCodes:
+    """Kind and address of every descriptor, nothing else: for walks that only look at the
+    raw values (the profile probe of :func:`s2trace.walk.walker.walk`)."""
+    arr, geometry, _ = _prepare(raw, geometry, level, None)
+    t = _Tables.build(geometry, level)
+    w = _Words(arr)
+    kind = np.take(t.kind_by_low2, w.lo & np.uint16(3))
+    return KindCodes(kind, _addresses(w, kind, t, geometry))
 
 
 # -- the full DataFrame ------------------------------------------------------------------------

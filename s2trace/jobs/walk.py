@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from s2trace.arch.registers import Stage2Config, config_from_registers, hcr_fwb
+from s2trace.columns import MAP
 from s2trace.errors import InputError
+from s2trace.export.table_stream import StreamWriter
 from s2trace.hyp.check import enrich_with_vmemmap
 from s2trace.hyp.init_params import registers_from_memory
 from s2trace.io import open_memory
@@ -26,7 +28,7 @@ from s2trace.pkvm.profiles import Profile, get_profile, profile_for_kernel
 from s2trace.walk.result import WalkResult
 from s2trace.walk.walker import AUTO, detect_profile, walk
 
-__all__ = ["DumpRequest", "request_from_capture", "walk_dump"]
+__all__ = ["DumpRequest", "can_stream", "request_from_capture", "walk_dump", "write_map"]
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,42 @@ def _profile(req: DumpRequest) -> Profile | str:
     return get_profile(spec, req.profiles_file)
 
 
-def walk_dump(req: DumpRequest, progress: Callable[[int, int], None] | None = None) -> WalkResult:
+def can_stream(req: DumpRequest) -> bool:
+    """Whether the map of ``req`` comes straight from the walk, so that :func:`write_map`
+    can write it while walking (no coalescing, no vmemmap page states to merge in)."""
+    return not req.coalesce and req.vmemmap_va is None and req.kallsyms is None
+
+
+def write_map(
+    req: DumpRequest,
+    path: str | Path,
+    fmt: str,
+    hex_columns: Any = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> WalkResult:
+    """Walk ``req`` and write its map to ``path`` as ``fmt`` (parquet or csv) piece by piece,
+    in bounded memory (:mod:`s2trace.export.table_stream`); the WalkResult has an empty map.
+    The rows, their order and the values are those of ``walk_dump(req).map``."""
+    if not can_stream(req):
+        raise ValueError("this map needs the whole walk (coalesced or with vmemmap states)")
+    writer = StreamWriter(path, fmt, MAP, hex_columns)
+    try:
+        result = walk_dump(req, progress, sink=writer.write)
+        writer.close(meta=result.meta)
+    except BaseException:
+        writer.abort()
+        raise
+    return result
+
+
+def walk_dump(
+    req: DumpRequest,
+    progress: Callable[[int, int], None] | None = None,
+    sink: Callable[[dict[str, Any]], None] | None = None,
+) -> WalkResult:
     """Open ``req.specs``, walk the host stage 2 and return the WalkResult (map with vmemmap
-    page states where they can be read; ``notes`` says what was decided)."""
+    page states where they can be read; ``notes`` says what was decided).  ``sink``: the map
+    goes to it piece by piece instead (see :func:`write_map`)."""
 
     if (req.vttbr is None) != (req.vtcr is None):
         raise InputError("VTTBR_EL2 and VTCR_EL2 go together")
@@ -126,6 +161,7 @@ def walk_dump(req: DumpRequest, progress: Callable[[int, int], None] | None = No
             coalesce=req.coalesce,
             strict=req.strict,
             progress=progress,
+            sink=sink,
         )
         notes += _profile_mismatch(result)
         if hyp is not None and (req.vmemmap_va is not None or req.kallsyms is not None):

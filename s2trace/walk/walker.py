@@ -28,10 +28,16 @@ from s2trace.allocator import release_memory
 from s2trace.arch.attributes import KINDS
 from s2trace.arch.registers import Stage2Config
 from s2trace.columns import MAP
-from s2trace.decode.numpy_engine import decode_array, decode_ownership, res0_masks
+from s2trace.decode.numpy_engine import (
+    decode_array,
+    decode_kinds,
+    decode_ownership,
+    res0_masks,
+)
 from s2trace.errors import Problem, ProblemLog
 from s2trace.pkvm.profiles import Profile, get_profile
 from s2trace.walk.ownership import coalesce as merge
+from s2trace.walk.pieces import IpaOrder, Piece
 from s2trace.walk.result import WalkResult
 from s2trace.walk.tables import LevelChunk, Memory, TableWalk
 
@@ -61,6 +67,7 @@ def walk(
     strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
     coalesce: bool = False,
+    sink: Callable[[Piece], None] | None = None,
 ) -> WalkResult:
     """Walk the stage 2 described by ``config`` in ``memory``.
 
@@ -72,7 +79,12 @@ def walk(
     reason is in ``meta["profile_reason"]``).  ``progress(done, levels)`` is called after
     each level.  ``coalesce`` merges equal neighbours into ranges while walking (the same
     result as :func:`s2trace.walk.ownership.coalesce` on the full map, without building it).
+    ``sink`` receives the map piece by piece (dicts of columns, in the map's row order:
+    :class:`~s2trace.walk.pieces.IpaOrder`) instead of the map being built; the result's
+    map is then empty.  Memory stays bounded by a piece (about a million rows).
     """
+    if sink is not None and coalesce:
+        raise ValueError("walk: coalesce builds the map; it cannot stream to a sink")
     if isinstance(profile, str) and profile == AUTO:
         return _walk_auto(
             memory,
@@ -83,6 +95,7 @@ def walk(
             strict=strict,
             progress=progress,
             coalesce=coalesce,
+            sink=sink,
         )
     prof = get_profile(profile) if profile is not None else get_profile()
     g = config.geometry
@@ -94,7 +107,8 @@ def walk(
         log,
         progress=progress,
     )
-    pieces: list[dict[str, Any]] = []
+    pieces: list[Piece] = []
+    order = IpaOrder(sink, g.levels[-1], MAP.names) if sink is not None else None
     counts = np.zeros(len(KINDS) + 1, dtype=np.int64)  # by kind, then zero entries
     for chunk in traversal:
         kind = chunk.decoded.kind
@@ -120,11 +134,17 @@ def walk(
             )
             if sizes is not None:
                 cols["size"] = sizes
-            pieces.append(cols)
+            if order is not None:
+                order.add(chunk.level, {name: cols[name] for name in MAP.names})
+            else:
+                pieces.append(cols)
         _check_entries(log, chunk, config, identity)
     meta = {"profile": prof.name, "fwb": fwb, **config.describe()}
     entry_counts = dict(zip([*KINDS, "zero"], (int(c) for c in counts), strict=True))
     entry_counts["invalid"] -= entry_counts["zero"]
+    if order is not None:
+        order.finish()
+        meta["streamed"] = True
     result_map = _finish(pieces)
     if coalesce:
         result_map = merge(result_map, g.granule.value)
@@ -158,13 +178,38 @@ def detect_profile(map_df: pd.DataFrame) -> tuple[str, str]:
 
 def _walk_auto(memory: Memory, config: Stage2Config, **kw: Any) -> WalkResult:
     """Walk with the 7.1 profile, then re-read with the 6.x one when the dump shows no
-    7.1 entry (:func:`detect_profile`); the choice is in ``meta['profile_reason']``."""
+    7.1 entry (:func:`detect_profile`); the choice is in ``meta['profile_reason']``.
+    With a ``sink``, a light traversal (:func:`_probe_profile`) chooses the profile before
+    the map is streamed once."""
+    if kw.get("sink") is not None:
+        name, reason = _probe_profile(memory, config)
+        result = walk(memory, config, name, **kw)
+        result.meta["profile_reason"] = reason
+        return result
     result = walk(memory, config, _AUTO_7X, **kw)
     name, reason = detect_profile(result.map)
     if name != _AUTO_7X:
         result = walk(memory, config, name, **kw)
     result.meta["profile_reason"] = reason
     return result
+
+
+def _probe_profile(memory: Memory, config: Stage2Config) -> tuple[str, str]:
+    """:func:`detect_profile`'s answer from a traversal that decodes kinds only, and stops
+    at the first typed invalid entry.  Its problems are not kept: the real walk finds them."""
+    g = config.geometry
+    for chunk in TableWalk.of(
+        memory, config, lambda raw, level: decode_kinds(raw, g, level), ProblemLog()
+    ):
+        typed = (chunk.decoded.kind == _INVALID) & ((chunk.raw >> np.uint64(60)) != 0)
+        if typed.any():
+            rows = np.flatnonzero(typed)
+            return _AUTO_7X, (
+                f"auto: 7.1+ (invalid entr{'y' if rows.size == 1 else 'ies'} with a type in "
+                f"bits 63:60, first {int(chunk.raw[rows[0]]):#x} at ipa "
+                f"{int(chunk.ipa[rows[0]]):#x})"
+            )
+    return _AUTO_6X, "auto: no 7.1-style invalid entry (bits 63:60 all 0): 6.x encoding"
 
 
 def _runs(chunk: LevelChunk, sel: Any, span: int, prof: Profile) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,264 @@
+"""Tables written piece by piece: Parquet through pyarrow, CSV through numpy.
+
+A walk of a large map hands its rows over in pieces (dicts of column arrays, in row order);
+:class:`StreamWriter` writes each piece as it comes, so the map is never held whole.
+
+* Parquet: one record batch (a row group) per piece, straight from the arrays; categorical
+  columns become dictionary-encoded columns (pandas reads them back as categoricals).  The
+  schema carries pandas' metadata for the declared dtypes and the caller's ``meta`` as JSON
+  under the key ``s2trace``.
+* CSV: the text :func:`s2trace.render.write_frame` writes for the whole frame (address
+  columns in ``0x`` hex, booleans ``True``/``False``, missing values empty), made for a
+  piece at a time with numpy: each field is laid out at a fixed width in a byte matrix and
+  the padding squeezed out, so there is no Python work per row.
+
+The output goes to a temporary file beside the target, renamed over it when complete
+(:meth:`close`); :meth:`abort` removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from s2trace.columns import Schema
+
+__all__ = ["StreamWriter", "csv_bytes"]
+
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_DEC = np.frombuffer(b"0123456789", dtype=np.uint8)
+_CSV_ROWS = 1 << 18  # rows laid out at once
+
+
+class StreamWriter:
+    """Write a table of ``schema`` to ``path`` as ``fmt`` (``parquet`` or ``csv``), piece by
+    piece: ``write(piece)`` for each, then ``close()``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        fmt: str,
+        schema: Schema,
+        hex_columns: Iterable[str] = (),
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if fmt not in ("parquet", "csv"):
+            raise ValueError(f"streamed output is parquet or csv, not {fmt!r}")
+        self.path, self.fmt, self.schema = Path(path), fmt, schema
+        self.hex_columns = frozenset(hex_columns)
+        self.meta = meta
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent or ".")
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.rows = 0
+        self._arrow_schema = _arrow_schema(schema)
+        self._parquet: pq.ParquetWriter | None = None
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=2)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._csv: Any = None
+        if fmt == "csv":
+            self._csv = open(self.tmp, "wb")  # noqa: SIM115 (closed in close/abort)
+            self._csv.write((",".join(schema.names) + "\n").encode())
+
+    def write(self, piece: dict[str, Any]) -> None:
+        """Append the rows of one piece (columns of ``schema``, any extra ignored)."""
+        self.rows += len(piece[self.schema.names[0]])
+        if self._csv is not None:
+            self._csv.write(csv_bytes(piece, self.schema, self.hex_columns))
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._write_parquet, daemon=True)
+            self._thread.start()
+        self._queue.put(piece)
+        if self._error is not None:
+            raise self._error
+
+    def _write_parquet(self) -> None:
+        """The writer thread: Arrow conversion and Parquet encoding (which release the GIL)
+        overlap the walk that makes the next piece."""
+        try:
+            while (piece := self._queue.get()) is not None:
+                batch = pa.RecordBatch.from_arrays(
+                    [_arrow(piece[n]) for n in self.schema.names], schema=self._arrow_schema
+                )
+                del piece
+                self._parquet_writer().write_batch(batch)
+        except BaseException as exc:  # reported by the next write() or close()
+            self._error = exc
+            while self._queue.get() is not None:  # unblock the producer
+                pass
+
+    def _parquet_writer(self) -> pq.ParquetWriter:
+        if self._parquet is None:
+            schema = self._arrow_schema
+            dictionary = [f.name for f in schema if pa.types.is_dictionary(f.type)]
+            delta = {f.name: "DELTA_BINARY_PACKED" for f in schema if pa.types.is_integer(f.type)}
+            self._parquet = pq.ParquetWriter(
+                self.tmp,
+                schema,
+                use_dictionary=dictionary,
+                column_encoding=delta,
+                write_statistics=[n for n in ("ipa_start", "start") if n in schema.names],
+            )
+        return self._parquet
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def close(self, meta: dict[str, Any] | None = None) -> Path:
+        """Finish the file (``meta`` replaces the constructor's) and rename it into place."""
+        if meta is not None:
+            self.meta = meta
+        if self._csv is not None:
+            self._csv.close()
+        else:
+            self._join()
+            if self._error is not None:
+                raise self._error
+            writer = self._parquet_writer()  # no rows: an empty table with the schema
+            if self.meta:
+                writer.add_key_value_metadata({"s2trace": json.dumps(self.meta, default=str)})
+            writer.close()
+        os.chmod(self.tmp, 0o666 & ~_umask())
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial output."""
+        try:
+            if self._csv is not None:
+                self._csv.close()
+            self._join()
+            if self._parquet is not None:
+                self._parquet.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _arrow_schema(schema: Schema) -> pa.Schema:
+    """The Arrow schema of a declared table (categoricals as dictionary<int32, string>),
+    with pandas' metadata so that pandas reads the declared dtypes back."""
+    empty = pa.Schema.from_pandas(schema.empty(), preserve_index=False)
+    fields = [
+        pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
+        if pa.types.is_dictionary(f.type)
+        else f
+        for f in empty
+    ]
+    return pa.schema(fields, metadata=empty.metadata)
+
+
+def _arrow(values: Any) -> pa.Array:
+    if isinstance(values, pd.Categorical):
+        codes = np.asarray(values.codes, dtype=np.int32)
+        indices = pa.array(codes, mask=codes < 0)
+        return pa.DictionaryArray.from_arrays(
+            indices, pa.array(np.asarray(values.categories, dtype=object), pa.string())
+        )
+    return pa.array(values)
+
+
+# ---- CSV ---------------------------------------------------------------------------------
+
+
+def csv_bytes(piece: dict[str, Any], schema: Schema, hex_columns: frozenset[str]) -> bytes:
+    """The CSV lines of one piece, as pandas' ``to_csv`` writes them after the renderer's
+    hex conversion (no header)."""
+    names = schema.names
+    n = len(piece[names[0]])
+    if n > _CSV_ROWS:  # bound the byte matrices
+        return b"".join(
+            csv_bytes({k: v[lo : lo + _CSV_ROWS] for k, v in piece.items()}, schema, hex_columns)
+            for lo in range(0, n, _CSV_ROWS)
+        )
+    if n == 0:
+        return b""
+    fields = []
+    for i, name in enumerate(names):
+        fields.append(_field_bytes(piece[name], name in hex_columns))
+        fields.append(np.full((n, 1), ord("," if i < len(names) - 1 else "\n"), np.uint8))
+    matrix = np.concatenate(fields, axis=1)
+    return matrix[matrix != 0].tobytes()
+
+
+def _field_bytes(values: Any, hex_column: bool) -> np.ndarray:
+    """An (n, width) uint8 matrix of one column's text, zero bytes as padding."""
+    if isinstance(values, pd.Categorical):
+        words = [str(c).encode() for c in values.categories]
+        width = max([len(w) for w in words] + [1])
+        table = np.zeros((len(words) + 1, width), np.uint8)  # last row: missing -> empty
+        for k, w in enumerate(words):
+            if b"\x00" in w or b"," in w or b'"' in w or b"\n" in w:
+                raise ValueError(f"category {w!r} needs CSV quoting")
+            table[k, : len(w)] = np.frombuffer(w, np.uint8)
+        codes = np.asarray(values.codes, dtype=np.intp)
+        return table[np.where(codes < 0, len(words), codes)]
+    mask = None
+    if isinstance(values, np.ndarray):
+        data = values
+    else:  # pandas masked arrays (UInt64, boolean ...)
+        data, mask = np.asarray(values._data), np.asarray(values._mask)
+    if data.dtype == np.bool_:
+        table = np.zeros((3, 5), np.uint8)
+        table[0, :5] = np.frombuffer(b"False", np.uint8)
+        table[1, :4] = np.frombuffer(b"True", np.uint8)
+        pick = data.astype(np.intp)
+        if mask is not None:
+            pick = np.where(mask, 2, pick)
+        return table[pick]
+    if data.dtype.kind not in "iu":
+        raise TypeError(f"no CSV layout for dtype {data.dtype}")
+    if data.dtype.kind == "i" and (data < 0).any():
+        raise ValueError("negative integers are not laid out")
+    out = _hex_digits(data) if hex_column else _dec_digits(data)
+    if mask is not None:
+        out[mask] = 0
+    return out
+
+
+def _hex_digits(data: np.ndarray) -> np.ndarray:
+    """``0x``-prefixed lowercase hex without leading zeros (``0x0`` for zero)."""
+    v = data.astype(np.uint64)
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    nibbles = ((v[:, None] >> shifts[None, :]) & np.uint64(15)).astype(np.intp)
+    digits = _HEX[nibbles]
+    lead = np.cumsum(nibbles != 0, axis=1) == 0
+    lead[:, -1] = False
+    digits[lead] = 0
+    prefix = np.empty((len(v), 2), np.uint8)
+    prefix[:, 0], prefix[:, 1] = ord("0"), ord("x")
+    return np.concatenate([prefix, digits], axis=1)
+
+
+def _dec_digits(data: np.ndarray) -> np.ndarray:
+    """Decimal without leading zeros."""
+    v = data.astype(np.uint64)
+    width = max(1, len(str(int(v.max())))) if len(v) else 1
+    powers = np.array([10**k for k in range(width - 1, -1, -1)], dtype=np.uint64)
+    places = ((v[:, None] // powers[None, :]) % np.uint64(10)).astype(np.intp)
+    digits = _DEC[places]
+    lead = np.cumsum(places != 0, axis=1) == 0
+    lead[:, -1] = False
+    digits[lead] = 0
+    return digits

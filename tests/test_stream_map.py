@@ -1,0 +1,144 @@
+"""The map written while walking: the same rows, in the same order, as the whole map."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from s2trace.arch.geometry import Geometry, Granule
+from s2trace.cli.main import main
+from s2trace.columns import MAP
+from s2trace.export.table_stream import StreamWriter
+from s2trace.io import open_memory
+from s2trace.render import HEX_COLUMNS, write_frame
+from s2trace.walk.build import Stage2Builder
+from s2trace.walk.pieces import IpaOrder, concat_pieces
+from s2trace.walk.walker import AUTO, walk
+
+
+def _mixed(profile: str = "linux-7.1") -> Stage2Builder:
+    """Blocks at levels 1 and 2 between pages, annotations, a guest donation, a hole."""
+    b = Stage2Builder(Geometry(Granule.K4), ia_bits=40, profile=profile)
+    b.map(0x4000_0000, 0x4000_0000, level=1)
+    b.map(0x8000_0000, 0x3000)
+    b.map(0x8020_0000, 0x20_0000, level=2)
+    b.map(0x8040_0000, 0x1000, s2ap="ro")
+    b.annotate(0x8040_1000, 0x2000, owner="hyp")
+    if profile == "linux-7.1":
+        b.annotate(0x8050_0000, 0x3000, owner="guest", vm_handle=0x1000, gfn=0x10)
+    b.map(0x9000_0000, 0x20_0000, level=2)
+    b.map(0x9020_0000, 0x5000)
+    return b
+
+
+def _streamed(memory, config, profile, batch_rows=None, **kw):
+    pieces = []
+    result = walk(memory, config, profile, sink=pieces.append, **kw)
+    assert result.map.empty and result.meta["streamed"]
+    if not pieces:
+        return MAP.empty(), result
+    whole = concat_pieces(pieces, MAP.names)
+    return pd.DataFrame(whole)[MAP.names], result
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert len(a) == len(b)
+    for col in MAP.names:
+        x = a[col].astype(object).where(a[col].notna(), None).tolist()
+        y = b[col].astype(object).where(b[col].notna(), None).tolist()
+        assert x == y, col
+
+
+@pytest.mark.parametrize("profile", ["linux-7.1", "linux-5.15", AUTO])
+def test_sink_gets_the_whole_map_in_order(tmp_path, profile):
+    b = _mixed("linux-7.1" if profile == AUTO else profile)
+    path = b.write_elf(tmp_path / "dump.elf")
+    with open_memory([str(path)]) as memory:
+        whole = walk(memory, b.config, profile, include_zero=True)
+        got, result = _streamed(memory, b.config, profile, include_zero=True)
+    _same(got, whole.map)
+    assert result.entry_counts == whole.entry_counts
+    assert result.meta.get("profile") == whole.meta.get("profile")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.lists(st.integers(0, 200), max_size=8))))
+def test_ipa_order_equals_a_stable_sort(parts):
+    """Upper levels held and merged into the last level's stream = the sorted concatenation,
+    for any pieces in walk order (levels ascending; a level's rows in increasing IPA)."""
+    parts = sorted(parts, key=lambda p: p[0])
+    pieces = []
+    offset = 0
+    for level, ipas in parts:
+        ipa = np.array(sorted(set(ipas)), dtype=np.uint64)
+        if level == 3:  # the last level's pieces follow each other
+            ipa += np.uint64(offset)
+            offset += 201
+        tag = np.full(len(ipa), level, dtype=np.int64)
+        pieces.append((level, {"ipa_start": ipa, "tag": tag, "k": np.arange(len(ipa))}))
+    out = []
+    order = IpaOrder(out.append, 3, ["ipa_start", "tag", "k"])
+    for level, piece in pieces:
+        order.add(level, piece)
+    order.finish()
+    names = ["ipa_start", "tag", "k"]
+    flat = [p for _, p in pieces if len(p["ipa_start"])]
+    if not flat:
+        assert not out
+        return
+    full = concat_pieces(flat, names)
+    want = np.argsort(full["ipa_start"], kind="stable")
+    got = concat_pieces(out, names)
+    for n in names:
+        assert got[n].tolist() == full[n][want].tolist()
+
+
+def test_ipa_order_refuses_rows_out_of_order():
+    order = IpaOrder(lambda p: None, 3, ["ipa_start"])
+    order.add(3, {"ipa_start": np.array([5, 6], np.uint64)})
+    with pytest.raises(RuntimeError, match="out of IPA order"):
+        order.add(3, {"ipa_start": np.array([1], np.uint64)})
+
+
+def _cli_map(tmp_path, b, fmt):
+    path = b.write_elf(tmp_path / "dump.elf")
+    out = tmp_path / f"map.{fmt}"
+    regs = ["--vttbr", hex(b.vttbr), "--vtcr", hex(b.vtcr), "--profile", "linux-7.1"]
+    assert main(["decode", str(path), *regs, "--format", fmt, "-o", str(out)]) == 0
+    with open_memory([str(path)]) as memory:
+        whole = walk(memory, b.config, b.profile)
+    return out, whole
+
+
+def test_cli_csv_is_byte_identical_to_the_whole_frame(tmp_path):
+    out, whole = _cli_map(tmp_path, _mixed(), "csv")
+    text = io.StringIO()
+    write_frame(whole.map, "csv", out=text)
+    assert out.read_text() == text.getvalue()
+    assert not list(tmp_path.glob(".map.csv.*"))  # the temporary file was renamed
+
+
+def test_cli_parquet_holds_the_same_data(tmp_path):
+    out, whole = _cli_map(tmp_path, _mixed(), "parquet")
+    back = pd.read_parquet(out)
+    assert list(back.columns) == MAP.names
+    assert isinstance(back["kind"].dtype, pd.CategoricalDtype)  # dictionary-encoded
+    assert str(back["oa"].dtype) == "UInt64"
+    _same(back, whole.map)
+    meta = pq.ParquetFile(out).metadata.metadata
+    assert b'"profile": "linux-7.1"' in meta[b"s2trace"]
+
+
+def test_empty_and_aborted_outputs(tmp_path):
+    w = StreamWriter(tmp_path / "e.parquet", "parquet", MAP, HEX_COLUMNS)
+    w.close()
+    assert pd.read_parquet(tmp_path / "e.parquet").empty
+    w = StreamWriter(tmp_path / "x.csv", "csv", MAP, HEX_COLUMNS)
+    w.abort()
+    assert list(tmp_path.iterdir()) == [tmp_path / "e.parquet"]

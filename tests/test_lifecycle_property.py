@@ -1,0 +1,265 @@
+"""Property: random legal VM lifecycles, traced as the host kprobes show them, replay to the
+state a slow one-event-at-a-time model of the kernel gives, at every event time.
+
+The generator writes 6.12-style ftrace text: concurrent VMs (one VMM task each, steps
+interleaved), vCPU structs packed back to back so that one page holds parts of two vCPUs (of the
+same or of different VMs: the host's per-PFN share count, docs/kernel-facts.md §KF-3.4), struct
+kvm and donated pages reused after a teardown, and teardowns traced with and without the
+``free_pages`` probe.  The model below is written from the kernel's behaviour (§KF-3.4, §KF-3.5),
+not from s2trace's code: a page is "host", "shared" (share count > 0) or "hyp"; a share counts
+at its return probe, an unshare at its entry; pages donated under ``pkvm_create_hyp_vm`` are the
+hypervisor's from its return; every page donated for a ``struct kvm`` is the host's again from
+the first ``free_hyp_memcache`` after ``pkvm_destroy_hyp_vm`` (the teardown hypercall returned);
+``free_pages`` changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from s2trace.jobs.analyze import analyze
+from s2trace.trace.queries import owner_at
+
+PAGE = 0x1000
+LM_VA, LM_PA = 0xFFFF000000000000, 0x40000000
+VCPU_SIZE = 0x1B90  # a 6.12 struct kvm_vcpu is about this size (the sample: 0x...b720-0x...d2b0)
+
+
+def va(pa: int) -> int:
+    return pa - LM_PA + LM_VA
+
+
+@dataclass
+class _Vm:
+    pid: int
+    kvm: int  # PA of its struct kvm
+    vcpus: list[tuple[int, int]]  # [from, to) PAs of each vCPU struct
+    steps: list[list[tuple[str, str]]] = field(default_factory=list)
+
+
+@dataclass
+class _Gen:
+    rng: np.random.Generator
+    free_pages: bool
+    lines: list[str] = field(default_factory=list)
+    ts: float = 10.0
+    pool: list[int] = field(default_factory=list)  # free pages for donations (PAs)
+    kvm_pool: list[int] = field(default_factory=list)
+    vcpu_next: int = 0x48000000 + 0x40
+
+    def emit(self, pid: int, event: str, fields: str) -> None:
+        self.ts += float(self.rng.integers(1, 50)) * 1e-6
+        self.lines.append(f"{'vmm':>12}-{pid:<7} [{pid % 2:03d}] d.... {self.ts:12.6f}: {event}: {fields}\n")  # fmt: skip
+
+    def pages(self, n: int) -> int:
+        """n contiguous free pages (first-fit over a sorted pool, else fresh ones)."""
+        self.pool.sort()
+        for i in range(len(self.pool) - n + 1):
+            run = self.pool[i : i + n]
+            if run[-1] - run[0] == (n - 1) * PAGE:
+                del self.pool[i : i + n]
+                return run[0]
+        base = 0x50000000 + 0x1000 * int(self.rng.integers(0, 1 << 12)) * 64
+        while any(base <= p < base + n * PAGE for p in self.pool):
+            base += 64 * PAGE
+        return base
+
+
+def _vm_steps(g: _Gen, vm: _Vm, destroy: bool) -> list:
+    """The VM's events as steps (each a list of (event, fields) emitted together)."""
+    k = va(vm.kvm)
+    steps = [
+        [("s2_kvm_arch_init_vm", f"(kvm_arch_init_vm+0x0/0x198) kvm={k:#x} type=0x0"),
+         ("s2_kvm_share_hyp", f"(kvm_share_hyp+0x0/0x298) from={k:#x} to={k + 0xF70:#x}")],
+        [("s2_kvm_share_hyp_ret", "(kvm_arch_init_vm+0x54/0x198 <- kvm_share_hyp) ret=0")],
+    ]  # fmt: skip
+    for a, b in vm.vcpus:
+        steps.append([("s2_kvm_share_hyp", f"(kvm_share_hyp+0x0/0x298) from={va(a):#x} to={va(b):#x}")])  # fmt: skip
+        steps.append([("s2_kvm_share_hyp_ret", "(kvm_arch_vcpu_create+0xb0/0xf8 <- kvm_share_hyp) ret=0")])  # fmt: skip
+    create = [("s2_pkvm_create_hyp_vm", f"(pkvm_create_hyp_vm+0x0/0x298) host_kvm={k:#x}")]
+    donated = []
+    for n in [1, 2] + [2] * len(vm.vcpus):  # pgd, hyp VM, one hyp vCPU each (6.12)
+        pa = g.pages(n)
+        donated.append((pa, n))
+        create += [
+            (
+                "s2_alloc_pages_exact",
+                f"(alloc_pages_exact_noprof+0x0/0xc8) size={n * PAGE:#x} gfp=0x400cc0",
+            ),  # fmt: skip
+            (
+                "s2_alloc_pages_exact_ret",
+                f"(pkvm_create_hyp_vm+0xb4/0x298 <- alloc_pages_exact_noprof) ret={va(pa):#x}",
+            ),  # fmt: skip
+        ]
+    steps.append(create)
+    steps.append([("s2_pkvm_create_hyp_vm_ret", "(kvm_arch_vcpu_run_pid_change+0x2a4/0x358 <- pkvm_create_hyp_vm) ret=0")])  # fmt: skip
+    if destroy:
+        steps.append([("s2_pkvm_destroy_hyp_vm", f"(pkvm_destroy_hyp_vm+0x0/0xa8) host_kvm={k:#x}")])  # fmt: skip
+        tear = [("s2_free_hyp_memcache", f"(free_hyp_memcache+0x0/0xf8) mc={k + 0xE80:#x}")]
+        if g.free_pages:
+            for pa, n in donated:
+                for i in range(n):
+                    tear.append(("s2_free_pages", f"(free_pages+0x0/0x50) addr={va(pa + i * PAGE):#x} order=0x0 caller=free_hyp_memcache+0x68/0xf8"))  # fmt: skip
+        steps.append(tear)
+        for a, b in vm.vcpus:
+            steps.append([("s2_kvm_unshare_hyp", f"(kvm_unshare_hyp+0x0/0x110) from={va(a):#x} to={va(b):#x}")])  # fmt: skip
+        steps.append([("s2_kvm_unshare_hyp", f"(kvm_unshare_hyp+0x0/0x110) from={k:#x} to={k + 0xF70:#x}")])  # fmt: skip
+        steps.append([("__release__", "")])
+    vm.donated = donated  # type: ignore[attr-defined]
+    return steps
+
+
+def lifecycle_trace(seed: int, nvms: int, free_pages: bool) -> tuple[str, int]:
+    """The ftrace text of ``nvms`` interleaved VM lifecycles (some never destroyed)."""
+    rng = np.random.default_rng(seed)
+    g = _Gen(rng, free_pages, kvm_pool=[0x43900000 + i * 0x2000 for i in range(3)])
+    live: list[_Vm] = []
+    started = 0
+    pid = 100
+    while started < nvms or live:
+        if started < nvms and (not live or rng.random() < 0.3) and g.kvm_pool:
+            kvm = g.kvm_pool.pop(int(rng.integers(0, len(g.kvm_pool))))
+            vcpus = []
+            for _ in range(int(rng.integers(1, 4))):
+                a = g.vcpu_next
+                g.vcpu_next += VCPU_SIZE  # packed: neighbours share pages
+                vcpus.append((a, a + VCPU_SIZE))
+            pid += 1
+            vm = _Vm(pid, kvm, vcpus)
+            vm.steps = _vm_steps(g, vm, destroy=bool(rng.random() < 0.8))
+            live.append(vm)
+            started += 1
+            continue
+        if not live:
+            g.kvm_pool.append(0x43900000 + 0x2000 * len(g.kvm_pool) + 0x100000)
+            continue
+        vm = live[int(rng.integers(0, len(live)))]
+        for event, fields in vm.steps.pop(0):
+            if event == "__release__":  # its struct kvm and pages may be reused
+                g.kvm_pool.append(vm.kvm)
+                for pa, n in vm.donated:  # type: ignore[attr-defined]
+                    g.pool += [pa + i * PAGE for i in range(n)]
+                continue
+            g.emit(vm.pid, event, fields)
+        if not vm.steps:
+            live.remove(vm)
+    return "# tracer: nop\n" + "".join(g.lines), len(g.lines)
+
+
+# -- the slow model -----------------------------------------------------------------------------
+def _num(fields: str, name: str) -> int:
+    return int(fields.split(f"{name}=")[1].split()[0], 0)
+
+
+def slow_model(text: str) -> tuple[list[float], dict[int, list[tuple[float, str]]]]:
+    """Event times, and per page the (time, state) after every change, one event at a time."""
+    count: dict[int, int] = {}
+    state: dict[int, str] = {}
+    history: dict[int, list[tuple[float, str]]] = {}
+    share_from: dict[int, tuple[int, int]] = {}  # pid -> pending kvm_share_hyp range
+    creating: dict[int, list[int]] = {}  # pid -> pages allocated under pkvm_create_hyp_vm
+    creating_kvm: dict[int, int] = {}
+    donated: dict[int, list[int]] = {}  # struct kvm -> pages donated for it
+    tearing: dict[int, int] = {}  # pid -> struct kvm being destroyed
+    alloc_size: dict[int, int] = {}
+    times = []
+
+    def put(page: int, ts: float, new: str) -> None:
+        if state.get(page, "host") != new:
+            state[page] = new
+            history.setdefault(page, []).append((ts, new))
+
+    def pa_pages(lo: int, hi: int) -> range:
+        lo, hi = lo - LM_VA + LM_PA, hi - LM_VA + LM_PA
+        return range(lo - lo % PAGE, -(-hi // PAGE) * PAGE, PAGE)
+
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, event, fields = line.split(": ", 2)
+        pid, ts = int(head.split("-")[1].split()[0]), float(head.split()[-1])
+        times.append(ts)
+        if event == "s2_kvm_share_hyp":
+            share_from[pid] = (_num(fields, "from"), _num(fields, "to"))
+        elif event == "s2_kvm_share_hyp_ret":
+            for p in pa_pages(*share_from.pop(pid)):
+                count[p] = count.get(p, 0) + 1
+                put(p, ts, "shared")
+        elif event == "s2_kvm_unshare_hyp":
+            for p in pa_pages(_num(fields, "from"), _num(fields, "to")):
+                count[p] -= 1
+                if count[p] == 0:
+                    put(p, ts, "host")
+        elif event == "s2_pkvm_create_hyp_vm":
+            creating[pid], creating_kvm[pid] = [], _num(fields, "host_kvm")
+        elif event == "s2_alloc_pages_exact":
+            alloc_size[pid] = _num(fields, "size")
+        elif event == "s2_alloc_pages_exact_ret":
+            start = _num(fields, "ret")
+            creating[pid] += list(pa_pages(start, start + alloc_size.pop(pid)))
+        elif event == "s2_pkvm_create_hyp_vm_ret":
+            pages = creating.pop(pid)
+            donated.setdefault(creating_kvm.pop(pid), []).extend(pages)
+            for p in pages:
+                put(p, ts, "hyp")
+        elif event == "s2_pkvm_destroy_hyp_vm":
+            tearing[pid] = _num(fields, "host_kvm")
+        elif event == "s2_free_hyp_memcache" and pid in tearing:
+            for p in donated.pop(tearing.pop(pid), []):
+                put(p, ts, "host")
+    return times, history
+
+
+def _answer(tl, page: int, t: float) -> str:
+    a = owner_at(tl, page, t)
+    if a.owner == "hyp":
+        return "hyp"
+    return "shared" if a.host_state == "shared_owned" else "host"
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(seed=st.integers(0, 2**32 - 1), nvms=st.integers(1, 7), free_pages=st.booleans())
+def test_random_lifecycles_match_the_slow_model(tmp_path_factory, seed, nvms, free_pages):
+    text, n = lifecycle_trace(seed, nvms, free_pages)
+    path: Path = tmp_path_factory.mktemp("life") / "ftrace.txt"
+    path.write_text(text)
+    a = analyze(path, kernel="6.12", linear_map=(LM_VA, LM_PA), use_cache=False)
+    assert a.violations.empty, a.violations.head().to_string()
+    assert not len(a.problems), list(a.problems)[:3]
+    times, history = slow_model(text)
+    for page, changes in history.items():
+        expect = "host"
+        j = 0
+        for t in times:
+            while j < len(changes) and changes[j][0] <= t:
+                expect = changes[j][1]
+                j += 1
+            assert _answer(a.timeline, page, t) == expect, (hex(page), t, seed)
+        before = owner_at(a.timeline, page, times[0] - 1)
+        assert before.owner == "host"
+
+
+def test_generator_makes_shared_vcpu_pages_and_reuse():
+    text, _ = lifecycle_trace(7, 6, True)
+    _, history = slow_model(text)
+    assert any(len(c) > 2 for c in history.values())  # a page that changed hands again
+    assert "s2_free_pages" in text
+
+
+@pytest.mark.parametrize("free_pages", [True, False])
+def test_teardown_returns_every_donated_page_in_a_big_mix(tmp_path, free_pages):
+    text, _ = lifecycle_trace(11, 7, free_pages)
+    path = tmp_path / "ftrace.txt"
+    path.write_text(text)
+    a = analyze(path, kernel="6.12", linear_map=(LM_VA, LM_PA), use_cache=False)
+    _, history = slow_model(text)
+    end = {p: c[-1][1] for p, c in history.items()}
+    for p, s in end.items():
+        assert _answer(a.timeline, p, None) == s

@@ -5,14 +5,14 @@
 events themselves show: a kprobe on a function that exists only in some kernels
 (:data:`~s2trace.trace.recipes.probes.PROBES` gives each probed function's version range; the
 return probes also name their caller), and the 7.1 hypervisor event format (``hyp_enter`` with
-a ``reason=`` field, docs/kernel-facts.md §KF-4.2).  The result names the family and why; a
+a ``reason=`` field, docs/kernel-facts.md §KF-4.2, §KF-4.5).  The result names the family and why; a
 contradiction, or events that fit several families which would replay them differently, is an
 :class:`~s2trace.errors.InputError` saying which (exit 2).
 
 :func:`ignored_events` counts the events that recipes of other kernels read but the chosen
 one does not; :func:`linear_map_from_trace` finds the kernel linear map from the trace's own
 pairs of a range call and its per-page calls (``kvm_unshare_hyp(from)`` followed by
-``unshare_pfn_hyp(pfn)``, §KF-3.4).
+``unshare_pfn_hyp(pfn)``, §KF-4.5).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ one row that stands for the teardown of the VM keyed by its ``struct kvm`` (colu
 since its previous teardown (VM struct, stage-2 pgd, vCPUs, memcache top-ups: every row with
 ``op`` donate, completer hyp and the same ``vm``), all timed at the teardown row.
 
-Kernel facts (docs/kernel-facts.md, "VM teardown"): ``pkvm_destroy_hyp_vm`` issues the
+Kernel facts (docs/kernel-facts.md §KF-3.5, §KF-3.7): ``pkvm_destroy_hyp_vm`` issues the
 teardown hypercall (``__pkvm_teardown_vm`` up to 7.0; ``__pkvm_finalize_teardown_vm`` after
 ``__pkvm_start_teardown_vm`` in the 7.1-era tree), which donates the hyp VM, the hyp vCPUs,
 the stage-2 pgd, the guest stage-2 tables and the pages left in the vCPUs' memcaches back to

@@ -55,7 +55,8 @@ class _Gen:
 
     def emit(self, pid: int, event: str, fields: str) -> None:
         self.ts += float(self.rng.integers(1, 50)) * 1e-6
-        self.lines.append(f"{'vmm':>12}-{pid:<7} [{pid % 2:03d}] d.... {self.ts:12.6f}: {event}: {fields}\n")  # fmt: skip
+        head = f"{'vmm':>12}-{pid:<7} [{pid % 2:03d}] d.... {self.ts:12.6f}"
+        self.lines.append(f"{head}: {event}: {fields}\n")
 
     def pages(self, n: int) -> int:
         """n contiguous free pages (first-fit over a sorted pool, else fresh ones)."""
@@ -71,45 +72,61 @@ class _Gen:
         return base
 
 
+# kprobe headers as the 6.12 capture prints them (probed function, or caller <- callee)
+_H = {
+    "init": "(kvm_arch_init_vm+0x0/0x198)",
+    "share": "(kvm_share_hyp+0x0/0x298)",
+    "share_ret_vm": "(kvm_arch_init_vm+0x54/0x198 <- kvm_share_hyp) ret=0",
+    "share_ret_vcpu": "(kvm_arch_vcpu_create+0xb0/0xf8 <- kvm_share_hyp) ret=0",
+    "create": "(pkvm_create_hyp_vm+0x0/0x298)",
+    "alloc": "(alloc_pages_exact_noprof+0x0/0xc8)",
+    "alloc_ret": "(pkvm_create_hyp_vm+0xb4/0x298 <- alloc_pages_exact_noprof)",
+    "create_ret": "(kvm_arch_vcpu_run_pid_change+0x2a4/0x358 <- pkvm_create_hyp_vm) ret=0",
+    "destroy": "(pkvm_destroy_hyp_vm+0x0/0xa8)",
+    "free_mc": "(free_hyp_memcache+0x0/0xf8)",
+    "free": "(free_pages+0x0/0x50)",
+    "unshare": "(kvm_unshare_hyp+0x0/0x110)",
+}
+
+
 def _vm_steps(g: _Gen, vm: _Vm, destroy: bool) -> list:
     """The VM's events as steps (each a list of (event, fields) emitted together)."""
     k = va(vm.kvm)
+    kvm_range = f"from={k:#x} to={k + 0xF70:#x}"
     steps = [
-        [("s2_kvm_arch_init_vm", f"(kvm_arch_init_vm+0x0/0x198) kvm={k:#x} type=0x0"),
-         ("s2_kvm_share_hyp", f"(kvm_share_hyp+0x0/0x298) from={k:#x} to={k + 0xF70:#x}")],
-        [("s2_kvm_share_hyp_ret", "(kvm_arch_init_vm+0x54/0x198 <- kvm_share_hyp) ret=0")],
-    ]  # fmt: skip
+        [
+            ("s2_kvm_arch_init_vm", f"{_H['init']} kvm={k:#x} type=0x0"),
+            ("s2_kvm_share_hyp", f"{_H['share']} {kvm_range}"),
+        ],
+        [("s2_kvm_share_hyp_ret", _H["share_ret_vm"])],
+    ]
     for a, b in vm.vcpus:
-        steps.append([("s2_kvm_share_hyp", f"(kvm_share_hyp+0x0/0x298) from={va(a):#x} to={va(b):#x}")])  # fmt: skip
-        steps.append([("s2_kvm_share_hyp_ret", "(kvm_arch_vcpu_create+0xb0/0xf8 <- kvm_share_hyp) ret=0")])  # fmt: skip
-    create = [("s2_pkvm_create_hyp_vm", f"(pkvm_create_hyp_vm+0x0/0x298) host_kvm={k:#x}")]
+        steps.append([("s2_kvm_share_hyp", f"{_H['share']} from={va(a):#x} to={va(b):#x}")])
+        steps.append([("s2_kvm_share_hyp_ret", _H["share_ret_vcpu"])])
+    create = [("s2_pkvm_create_hyp_vm", f"{_H['create']} host_kvm={k:#x}")]
     donated = []
     for n in [1, 2] + [2] * len(vm.vcpus):  # pgd, hyp VM, one hyp vCPU each (6.12)
         pa = g.pages(n)
         donated.append((pa, n))
-        create += [
-            (
-                "s2_alloc_pages_exact",
-                f"(alloc_pages_exact_noprof+0x0/0xc8) size={n * PAGE:#x} gfp=0x400cc0",
-            ),  # fmt: skip
-            (
-                "s2_alloc_pages_exact_ret",
-                f"(pkvm_create_hyp_vm+0xb4/0x298 <- alloc_pages_exact_noprof) ret={va(pa):#x}",
-            ),  # fmt: skip
-        ]
+        create.append(("s2_alloc_pages_exact", f"{_H['alloc']} size={n * PAGE:#x} gfp=0x400cc0"))
+        create.append(("s2_alloc_pages_exact_ret", f"{_H['alloc_ret']} ret={va(pa):#x}"))
     steps.append(create)
-    steps.append([("s2_pkvm_create_hyp_vm_ret", "(kvm_arch_vcpu_run_pid_change+0x2a4/0x358 <- pkvm_create_hyp_vm) ret=0")])  # fmt: skip
+    steps.append([("s2_pkvm_create_hyp_vm_ret", _H["create_ret"])])
     if destroy:
-        steps.append([("s2_pkvm_destroy_hyp_vm", f"(pkvm_destroy_hyp_vm+0x0/0xa8) host_kvm={k:#x}")])  # fmt: skip
-        tear = [("s2_free_hyp_memcache", f"(free_hyp_memcache+0x0/0xf8) mc={k + 0xE80:#x}")]
+        steps.append([("s2_pkvm_destroy_hyp_vm", f"{_H['destroy']} host_kvm={k:#x}")])
+        tear = [("s2_free_hyp_memcache", f"{_H['free_mc']} mc={k + 0xE80:#x}")]
         if g.free_pages:
+            caller = "caller=free_hyp_memcache+0x68/0xf8"
             for pa, n in donated:
                 for i in range(n):
-                    tear.append(("s2_free_pages", f"(free_pages+0x0/0x50) addr={va(pa + i * PAGE):#x} order=0x0 caller=free_hyp_memcache+0x68/0xf8"))  # fmt: skip
+                    addr = va(pa + i * PAGE)
+                    tear.append(
+                        ("s2_free_pages", f"{_H['free']} addr={addr:#x} order=0x0 {caller}")
+                    )
         steps.append(tear)
         for a, b in vm.vcpus:
-            steps.append([("s2_kvm_unshare_hyp", f"(kvm_unshare_hyp+0x0/0x110) from={va(a):#x} to={va(b):#x}")])  # fmt: skip
-        steps.append([("s2_kvm_unshare_hyp", f"(kvm_unshare_hyp+0x0/0x110) from={k:#x} to={k + 0xF70:#x}")])  # fmt: skip
+            steps.append([("s2_kvm_unshare_hyp", f"{_H['unshare']} from={va(a):#x} to={va(b):#x}")])
+        steps.append([("s2_kvm_unshare_hyp", f"{_H['unshare']} {kvm_range}")])
         steps.append([("__release__", "")])
     vm.donated = donated  # type: ignore[attr-defined]
     return steps
@@ -227,7 +244,7 @@ def _answer(tl, page: int, t: float) -> str:
           HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(seed=st.integers(0, 2**32 - 1), nvms=st.integers(1, 7), free_pages=st.booleans())
 def test_random_lifecycles_match_the_slow_model(tmp_path_factory, seed, nvms, free_pages):
-    text, n = lifecycle_trace(seed, nvms, free_pages)
+    text, _ = lifecycle_trace(seed, nvms, free_pages)
     path: Path = tmp_path_factory.mktemp("life") / "ftrace.txt"
     path.write_text(text)
     a = analyze(path, kernel="6.12", linear_map=(LM_VA, LM_PA), use_cache=False)

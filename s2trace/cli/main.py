@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "s2trace.cli.diff_cmd",
     "s2trace.cli.guests_cmd",
     "s2trace.cli.synth_cmd",
+    "s2trace.cli.batch_cmd",
 )
 
 

@@ -3,11 +3,14 @@
 Each module runs one whole job over the lower layers (``walk``, ``trace``, ``hyp``):
 :mod:`~s2trace.jobs.walk` (a dump into its ownership map), :mod:`~s2trace.jobs.analyze` (a trace
 into its timeline), :mod:`~s2trace.jobs.labels` (evidence files into labelled ranges),
-:mod:`~s2trace.jobs.report` (all of it for one capture folder).  :mod:`~s2trace.jobs.capture`
-reads a capture folder.  The CLI and the notebooks call the same functions.
+:mod:`~s2trace.jobs.report` (all of it for one capture folder), :mod:`~s2trace.jobs.batch` (a
+fleet of captures on Dask into one dataset: ``s2trace.jobs.batch(inputs, output)``).
+:mod:`~s2trace.jobs.capture` reads a capture folder.  The CLI and the notebooks call the same
+functions.
 """
 
 from s2trace.jobs.analyze import Analysis, analyze, parse_linear_map, parse_time
+from s2trace.jobs.batch import batch
 from s2trace.jobs.capture import Capture, is_capture, load_capture
 from s2trace.jobs.walk import DumpRequest, request_from_capture, walk_dump
 
@@ -16,6 +19,7 @@ __all__ = [
     "Capture",
     "DumpRequest",
     "analyze",
+    "batch",
     "is_capture",
     "load_capture",
     "parse_linear_map",

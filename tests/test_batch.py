@@ -1,0 +1,206 @@
+"""``s2trace batch``: the dataset equals one-at-a-time runs, on a local cluster and on a real
+Dask scheduler with two workers started here (127.0.0.1, free ports, always torn down)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from s2trace.cli.main import main
+from s2trace.errors import InputError
+from s2trace.jobs.batch import TABLES, resolve_batch_inputs, run_capture
+
+pytest.importorskip("dask.distributed")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample-traces"
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Captures of every kind: two real captures, synthetic ones, a dump alone, a trace
+    alone, and a broken trace; and a list file naming some of them."""
+    d = tmp_path_factory.mktemp("fleet")
+    for name in ("boot", "buggy"):
+        shutil.copytree(SAMPLES / "synthetic" / name, d / name)
+    shutil.copytree(SAMPLES / "qemu-pkvm-6.12", d / "real-6.12")
+    shutil.copy(SAMPLES / "synthetic" / "buggy" / "trace.txt", d / "alone-trace.txt")
+    shutil.copy(SAMPLES / "synthetic" / "boot" / "host-s2.elf", d / "alone-dump.elf")
+    (d / "broken.txt").write_text("this is not a trace\n")
+    (d / "list.txt").write_text("# the fleet\nboot\nbuggy\n\nreal-6.12\n")
+    return d
+
+
+def _inputs(fleet):
+    return [str(fleet / "list.txt"), str(fleet / "alone-*"), str(fleet / "broken.txt")]
+
+
+def test_inputs_resolve(fleet):
+    items = resolve_batch_inputs([*_inputs(fleet), str(fleet / "boot")])  # boot twice
+    assert [(Path(i.path).name, i.kind) for i in items] == [
+        ("boot", "capture"),
+        ("buggy", "capture"),
+        ("real-6.12", "capture"),
+        ("alone-dump.elf", "dump"),
+        ("alone-trace.txt", "trace"),
+        ("broken.txt", "trace"),
+    ]
+    assert len({i.capture for i in items}) == len(items)
+    with pytest.raises(InputError, match="matches nothing"):
+        resolve_batch_inputs([str(fleet / "nothing-*")])
+    with pytest.raises(InputError, match="no such"):
+        resolve_batch_inputs([str(fleet / "missing")])
+
+
+def _comparable(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary.drop(columns=["seconds"]).reset_index(drop=True)
+
+
+def _tables(dataset: Path, name: str) -> pd.DataFrame:
+    path = dataset / name
+    if not path.exists():
+        return pd.DataFrame()
+    frame = pd.read_parquet(path)
+    frame["capture"] = frame["capture"].astype(str)
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def local_run(fleet, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "ds"
+    code = main(["batch", *_inputs(fleet), "-o", str(out), "--workers", "2", "--kernel", "6.12"])
+    assert code == 0
+    return out
+
+
+def test_local_batch_equals_one_at_a_time(fleet, local_run):
+    summary = pd.read_parquet(local_run / "summary.parquet")
+    items = resolve_batch_inputs(_inputs(fleet))
+    assert list(summary["capture"]) == [i.capture for i in items]
+    for item in items:
+        alone = run_capture(item, kernel="6.12")
+        row = summary[summary["capture"] == item.capture].iloc[0]
+        for key, value in alone.summary.items():
+            if key == "seconds":
+                continue
+            got = row[key]
+            assert (pd.isna(got) and value is None) or got == value, (item.capture, key)
+        for name in TABLES:
+            if name == "timings":
+                continue
+            frame = alone.tables.get(name)
+            part = local_run / name / f"capture={item.capture}" / "part-0.parquet"
+            if frame is None or frame.empty:
+                assert not part.exists()
+                continue
+            back = pd.read_parquet(part)
+            assert len(back) == len(frame), (item.capture, name)
+            for col in frame.columns:
+                want = frame[col].astype(object).where(frame[col].notna(), None).tolist()
+                have = back[col].astype(object).where(back[col].notna(), None).tolist()
+                want = [str(v) if isinstance(v, str) else v for v in want]
+                assert have == want, (item.capture, name, col)
+
+
+def test_a_failing_capture_is_a_row(local_run):
+    summary = pd.read_parquet(local_run / "summary.parquet")
+    bad = summary[summary["path"].str.endswith("broken.txt")].iloc[0]
+    assert bad["status"] == "error" and "broken.txt" in bad["error"]
+    dump = summary[summary["path"].str.endswith("alone-dump.elf")].iloc[0]
+    assert dump["status"] == "error" and "--vttbr" in dump["error"]  # no registers to find
+    assert (summary["status"] == "ok").sum() == 4
+    buggy = summary[summary["path"].str.endswith("buggy")].iloc[0]
+    assert buggy["violations"] > 0
+    violations = pd.read_parquet(local_run / "violations")
+    assert set(violations["capture"].astype(str)) >= {buggy["capture"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1."""
+    from dask.distributed import Client
+
+    dask_bin = shutil.which("dask") or str(Path(sys.executable).parent / "dask")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = []
+    logs = []
+
+    def start(*args):
+        log = open(tmp_path / f"dask-{len(procs)}.log", "w")  # noqa: SIM115
+        logs.append(log)
+        procs.append(subprocess.Popen([dask_bin, *args], stdout=log, stderr=log, env=env))
+
+    try:
+        start("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
+        for _ in range(2):
+            start(
+                "worker",
+                address,
+                "--host",
+                "127.0.0.1",
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--death-timeout",
+                "60",
+            )
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with Client(address, timeout="5s") as client:
+                    client.wait_for_workers(2, timeout=60)
+                break
+            except (OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield address
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs[::-1]:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for log in logs:
+            log.close()
+
+
+def test_scheduler_batch_equals_local(fleet, local_run, dask_cluster, tmp_path):
+    out = tmp_path / "remote"
+    code = main(
+        ["batch", *_inputs(fleet), "-o", str(out), "--scheduler", dask_cluster, "--kernel", "6.12"]
+    )
+    assert code == 0
+    remote = pd.read_parquet(out / "summary.parquet")
+    local = pd.read_parquet(local_run / "summary.parquet")
+    pd.testing.assert_frame_equal(_comparable(remote), _comparable(local))
+    for name in TABLES:
+        if name == "timings":
+            continue
+        pd.testing.assert_frame_equal(_tables(out, name), _tables(local_run, name))
+    hosts = pd.read_parquet(out / "timings")["pid"].nunique()
+    assert hosts >= 1
+
+
+def test_existing_dataset_is_kept(fleet, local_run):
+    assert main(["batch", str(fleet / "boot"), "-o", str(local_run)]) == 2
+    assert (local_run / "summary.parquet").exists()

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from s2trace.arch.registers import config_from_registers
-from s2trace.hyp.check import enrich_with_vmemmap
+from s2trace.hyp.enrich import enrich_with_vmemmap
 from s2trace.hyp.guests import find_guests
 from s2trace.io import open_memory
 from s2trace.io.compressed import decompressed

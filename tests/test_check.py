@@ -14,15 +14,13 @@ from conftest import REAL, real_core, real_dir
 
 from s2trace.arch.registers import config_from_registers
 from s2trace.cli.main import cli, main
+from s2trace.columns import BREACHES
 from s2trace.hyp.build import HypStage1Builder, VmemmapBuilder, write_machine
-from s2trace.hyp.check import (
-    BREACHES,
-    INVARIANTS,
-    check_dump,
-    enrich_with_vmemmap,
-    guess_kernel,
-)
+from s2trace.hyp.check import check_dump
+from s2trace.hyp.enrich import enrich_with_vmemmap
 from s2trace.hyp.host_state import HOST_STATE_MAP, apply_states, page_states
+from s2trace.hyp.invariants import INVARIANTS
+from s2trace.hyp.kernel_guess import guess_kernel
 from s2trace.hyp.vmemmap import kernel_layout
 from s2trace.io import open_memory
 from s2trace.walk.build import Stage2Builder

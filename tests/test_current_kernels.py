@@ -168,7 +168,7 @@ def test_guest_profile_builder_round_trip(tmp_path: Path) -> None:
 
 # -- decode with vmemmap states -----------------------------------------------------------------
 def _states_map() -> pd.DataFrame:
-    from s2trace.hyp.check import enrich_with_vmemmap
+    from s2trace.hyp.enrich import enrich_with_vmemmap
 
     with open_memory([str(S73 / "host-s2.elf.zst")]) as m:
         r = walk(m, config_from_registers(0x7F609001, 0x802D3590), "linux-7.1", fwb=True)
@@ -261,7 +261,7 @@ def test_cli_half_hyp_registers_is_an_input_error(capsys: pytest.CaptureFixture[
 def test_real_73_core_walk_with_vmemmap() -> None:
     from conftest import real_core, real_dir
 
-    from s2trace.hyp.check import enrich_with_vmemmap
+    from s2trace.hyp.enrich import enrich_with_vmemmap
 
     core, d = real_core("7.3"), real_dir("7.3")
     with open_memory([str(core)]) as m:

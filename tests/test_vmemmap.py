@@ -11,8 +11,8 @@ from conftest import REAL, real_core, real_dir
 
 from s2trace.errors import InputError
 from s2trace.hyp.build import HypStage1Builder, VmemmapBuilder, write_machine
-from s2trace.hyp.check import load_hyp_view
 from s2trace.hyp.evidence import KernelImage, read_iomem, read_kallsyms, read_symbol_u64
+from s2trace.hyp.hyp_view import load_hyp_view
 from s2trace.hyp.stage1_walk import walk_hyp
 from s2trace.hyp.vmemmap import (
     HYP_PAGE_LAYOUTS,

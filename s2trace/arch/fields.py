@@ -25,6 +25,7 @@ __all__ = [
     "PA_SIZE_BITS",
     "TG0_GRANULE",
     "TG1_GRANULE",
+    "WALK_ATTRIBUTES",
     "Field",
     "Layout",
     "code_of",
@@ -71,6 +72,16 @@ class Field:
         if not 0 <= code < 1 << width:
             raise InputError(f"{register}.{self.name} = {code:#x} does not fit in {width} bits")
         return code << self.lo
+
+
+#: The table-walk attributes at the same place in VTCR_EL2, TCR_EL2 and TCR_EL1: the
+#: cacheability (IRGN0, ORGN0) and shareability (SH0) of walks through TTBR0/VTTBR, and TG0.
+WALK_ATTRIBUTES = (
+    Field("IRGN0", 9, 8),
+    Field("ORGN0", 11, 10),
+    Field("SH0", 13, 12),
+    Field("TG0", 15, 14),
+)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from s2trace.arch.fields import PA_SIZE_BITS, TG0_GRANULE, Field, Layout, code_of
+from s2trace.arch.fields import (
+    PA_SIZE_BITS,
+    TG0_GRANULE,
+    WALK_ATTRIBUTES,
+    Field,
+    Layout,
+    code_of,
+)
 from s2trace.arch.geometry import Geometry, Granule, bits, field_mask
 from s2trace.errors import InputError
 
@@ -40,10 +47,7 @@ VTCR_EL2 = Layout(
     (
         Field("T0SZ", 5, 0),
         Field("SL0", 7, 6),
-        Field("IRGN0", 9, 8),
-        Field("ORGN0", 11, 10),
-        Field("SH0", 13, 12),
-        Field("TG0", 15, 14),
+        *WALK_ATTRIBUTES,
         Field("PS", 18, 16),
         Field("VS", 19, 19),  # FEAT_VMID16
         Field("HA", 21, 21),  # FEAT_HAFDBS

@@ -40,7 +40,15 @@ from functools import cache
 import numpy as np
 
 from s2trace.arch.attributes import KINDS, SH
-from s2trace.arch.fields import PA_SIZE_BITS, TG0_GRANULE, TG1_GRANULE, Field, Layout, code_of
+from s2trace.arch.fields import (
+    PA_SIZE_BITS,
+    TG0_GRANULE,
+    TG1_GRANULE,
+    WALK_ATTRIBUTES,
+    Field,
+    Layout,
+    code_of,
+)
 from s2trace.arch.geometry import Geometry, Granule, bits, field_mask
 from s2trace.arch.registers import hcr_e2h
 from s2trace.errors import InputError
@@ -73,10 +81,7 @@ TCR_EL2_NVHE = Layout(
     "TCR_EL2",
     (
         Field("T0SZ", 5, 0),
-        Field("IRGN0", 9, 8),
-        Field("ORGN0", 11, 10),
-        Field("SH0", 13, 12),
-        Field("TG0", 15, 14),
+        *WALK_ATTRIBUTES,
         Field("PS", 18, 16),
         Field("TBI", 20, 20),
         Field("HA", 21, 21),
@@ -94,10 +99,7 @@ TCR_EL2_E2H = Layout(
     (
         Field("T0SZ", 5, 0),
         Field("EPD0", 7, 7),
-        Field("IRGN0", 9, 8),
-        Field("ORGN0", 11, 10),
-        Field("SH0", 13, 12),
-        Field("TG0", 15, 14),
+        *WALK_ATTRIBUTES,
         Field("T1SZ", 21, 16),
         Field("A1", 22, 22),
         Field("EPD1", 23, 23),

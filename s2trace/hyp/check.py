@@ -3,7 +3,7 @@
 This module runs the whole check on one dump (:func:`check_dump`, :class:`CheckResult`); the
 invariants themselves are in :mod:`s2trace.hyp.invariants`, loading the hyp view in
 :mod:`s2trace.hyp.hyp_view`, the kernel layout guess in :mod:`s2trace.hyp.kernel_guess` and
-:func:`enrich_with_vmemmap` in :mod:`s2trace.hyp.enrich` (all re-exported here).
+:func:`enrich_with_vmemmap` in :mod:`s2trace.hyp.enrich`.
 
 The host stage 2, the hypervisor's stage 1 and ``hyp_vmemmap`` are read into one row per
 physical page (:func:`s2trace.hyp.host_state.page_states`), each side's state taken from where
@@ -23,45 +23,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# Imports written ``name as name`` are not used here: they keep every name that was importable
-# from this module before it was split importable from it still.
 from s2trace.arch.registers import config_from_registers, hcr_fwb
-from s2trace.arch.stage1 import config_from_el2 as config_from_el2
-from s2trace.columns import BREACHES
-from s2trace.errors import InputError as InputError
 from s2trace.errors import ProblemLog
-from s2trace.hyp.enrich import enrich_with_vmemmap
-from s2trace.hyp.evidence import KernelImage as KernelImage
 from s2trace.hyp.evidence import read_iomem, read_kallsyms
-from s2trace.hyp.evidence import read_symbol_u64 as read_symbol_u64
-from s2trace.hyp.host_state import apply_states as apply_states
 from s2trace.hyp.host_state import page_states
 from s2trace.hyp.hyp_view import HypView, load_hyp_view, memory_pfns
-from s2trace.hyp.hyp_view import image_from_hyp_idmap as image_from_hyp_idmap
-from s2trace.hyp.hyp_view import ram_pfns as ram_pfns
 from s2trace.hyp.invariants import INVARIANTS, check_states
-from s2trace.hyp.kernel_guess import guess_kernel, resolve_layout
-from s2trace.hyp.stage1_walk import HypWalkResult as HypWalkResult
-from s2trace.hyp.stage1_walk import walk_hyp as walk_hyp
+from s2trace.hyp.kernel_guess import resolve_layout
 from s2trace.hyp.vmemmap import KernelLayout
-from s2trace.hyp.vmemmap import VmemmapResult as VmemmapResult
-from s2trace.hyp.vmemmap import kernel_layout as kernel_layout
-from s2trace.hyp.vmemmap import read_vmemmap as read_vmemmap
 from s2trace.walk.tables import Memory
 from s2trace.walk.walker import WalkResult, walk
 
-__all__ = [
-    "BREACHES",
-    "INVARIANTS",
-    "CheckResult",
-    "HypView",
-    "check_dump",
-    "check_states",
-    "enrich_with_vmemmap",
-    "guess_kernel",
-    "load_hyp_view",
-    "memory_pfns",
-]
+__all__ = ["CheckResult", "check_dump"]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from s2trace.arch.registers import Stage2Config, config_from_registers, hcr_fwb
 from s2trace.columns import MAP
 from s2trace.errors import InputError
 from s2trace.export.table_stream import StreamWriter
-from s2trace.hyp.check import enrich_with_vmemmap
+from s2trace.hyp.enrich import enrich_with_vmemmap
 from s2trace.hyp.init_params import registers_from_memory
 from s2trace.io import open_memory
 from s2trace.io.memory import PhysicalMemory

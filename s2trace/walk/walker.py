@@ -36,6 +36,7 @@ from s2trace.decode.numpy_engine import (
 )
 from s2trace.errors import Problem, ProblemLog
 from s2trace.pkvm.profiles import Profile, get_profile
+from s2trace.walk.ownership import ATTRIBUTES
 from s2trace.walk.ownership import coalesce as merge
 from s2trace.walk.pieces import IpaOrder, Piece
 from s2trace.walk.result import WalkResult
@@ -270,23 +271,8 @@ def _finish(pieces: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 #: Columns of the map that come from the full decode of the kept entries.
-_DECODED = (
-    "size",
-    "oa",
-    "level",
-    "kind",
-    "owner",
-    "owner_id",
-    "page_state",
-    "s2ap",
-    "memattr_name",
-    "xn",
-    "contiguous",
-    "locked",
-    "inv_type",
-    "vm_handle",
-    "gfn",
-)
+#: Decoded columns a walk keeps: geometry, the attributes rows merge on, and the guest frame.
+_DECODED = ("size", "oa", "level", *ATTRIBUTES, "gfn")
 
 
 def _rows(

@@ -206,7 +206,8 @@ def _figures(report: Report, out: Path) -> list[tuple[Path, str]]:
             ),
         )
     ]
-    pages = pd.unique(a.violations["addr"].to_numpy(np.uint64))[:3] if len(a.violations) else []
+    addrs = a.violations["addr"].to_numpy(np.uint64)
+    pages: np.ndarray = pd.unique(addrs)[:3] if len(addrs) else np.zeros(0, np.uint64)
     for page in pages:
         figures.append(
             (

@@ -285,7 +285,7 @@ def test_map_plot(small):
     # 0x4000-0x8fff is a 5-page gap (> 2 pages): cut, and the cut says so
     assert labels[0] == "0x1000" and labels[-1] == "0xa000" and "0x9000" in labels
     assert all(t.startswith("0x") for t in labels)
-    assert "20 KiB not touched (cut)" in [t.get_text() for t in ax.texts]
+    assert "20 KiB unchanged (cut)" in [t.get_text() for t in ax.texts]
     texts = legend_texts(ax)
     assert {"host owned", "hyp owned", "host, shared with guest"} <= set(texts)
     # the refused access fault is a violation too: drawn once, as the violation
@@ -321,7 +321,7 @@ def test_map_folds_quiet_ranges_and_names_objects():
     )
     fig = plots.plot_map(tl.intervals, transitions=tl.transitions, labels=labels)
     ax, names = fig.axes[0], fig.axes[1]
-    band = [t.get_text() for t in ax.texts if "unchanged" in t.get_text()]
+    band = [t.get_text() for t in ax.texts if "folded" in t.get_text()]
     assert band == ["10 MiB hyp carve-out since t = 0.100 s, unchanged (folded)"]
     assert "struct kvm" in [t.get_text() for t in names.texts]
     # the band is thin: the one changing page has most rows

@@ -190,7 +190,7 @@ def run_check(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
     breaches = label_map(result.breaches, labels, start="pa") if len(labels) else result.breaches
     if kw["fmt"] == "table" and not kw.get("output"):
         click.echo(result.verdict())
-        click.echo(result.counts().to_string(index=False))
+        _emit(result.counts(), kw)
         if len(breaches):
             limit = kw.get("limit") or len(breaches)
             click.echo(f"\nbreaches (first {min(limit, len(breaches))} of {len(breaches)}):")

@@ -75,7 +75,7 @@ def _meaning(name: str, value: int, geometry: Geometry, fwb: bool, profile: Prof
         "contiguous": lambda: "part of a contiguous run" if value else "",
         "dbm": lambda: "hardware may set S2AP[1] on write (with VTCR_EL2.HD)" if value else "",
         "sw": lambda: _sw_meaning(value, profile),
-        "software": lambda: "pKVM annotation (see below)" if value else "zero",
+        "software": lambda: "pKVM annotation (the decoded line below)" if value else "zero",
     }
     reading = table.get(name)
     return reading() if reading is not None else ""

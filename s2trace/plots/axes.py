@@ -45,10 +45,9 @@ class Clock:
         return f"{t:.{min(self.digits + 2, 9)}f}"
 
     def format(self, ax: Axes) -> None:
-        """Tick labels in plain seconds with the clock's decimals (no offset, no exponent)."""
-        from matplotlib.ticker import FuncFormatter
-
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:.{self.digits}f}"))
+        """Tick labels in plain seconds: no offset, no exponent, as many decimals as the tick
+        spacing needs."""
+        ax.ticklabel_format(axis="x", style="plain", useOffset=False)
 
 
 def span_text(times: np.ndarray, lo: float, hi: float, clock: Clock) -> str:
@@ -56,6 +55,8 @@ def span_text(times: np.ndarray, lo: float, hi: float, clock: Clock) -> str:
     none), for titles."""
     t = times[np.isfinite(times) & (times >= lo) & (times <= hi)]
     a, b = (float(t.min()), float(t.max())) if len(t) else (lo, hi)
+    if b - a < 0.5 * (hi - lo):  # a zoom around a few events: name the window
+        a, b = lo, hi
     return f"t {clock.text(a)}–{clock.text(b)} s"
 
 
@@ -174,6 +175,20 @@ class AddressAxis:
         y = self.row[i] + frac * (self.row[i + 1] - self.row[i])
         inside = (a >= self.start[i]) & (a <= self.end[i])
         return np.where(inside, y, np.nan)
+
+    def clip(self, a0: np.ndarray, a1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row spans of the ranges ``[a0, a1)`` cut to the segments (the cut-out parts drop):
+        (first row, end row, index of the range) per piece.  One pass per segment."""
+        y0, y1, which = [], [], []
+        for i in range(len(self.start)):
+            s = np.maximum(a0, self.start[i])
+            e = np.minimum(a1, self.end[i])
+            k = np.flatnonzero(e > s)
+            scale = (self.row[i + 1] - self.row[i]) / (self.end[i] - self.start[i])
+            y0.append(self.row[i] + (s[k] - self.start[i]) * scale)
+            y1.append(self.row[i] + (e[k] - self.start[i]) * scale)
+            which.append(k)
+        return np.concatenate(y0), np.concatenate(y1), np.concatenate(which)
 
     def gaps(self) -> np.ndarray:
         """Bytes cut out above each segment but the last (0: the next segment follows on)."""

@@ -3,11 +3,13 @@
 The intervals alive in the window are cut at every interval edge into *pieces* (elementary
 address ranges).  For each piece, a difference array over the pieces counts the intervals that
 start inside the window (its changes) and records the owner/state code alive at the window's
-end.  A piece is *quiet* when it changes at most once in the window and no violation or fault
-names it; neighbouring quiet pieces with the same end state and (nearly) the same change time
-form a run, and runs of at least ``min_bytes`` (the ``max_bands`` largest) are *folded* into
-a band of fixed height ("10 MiB hyp owned since 0.300 s, unchanged").  Everything else the
-trace touches, and every marked page, is *active* and shares the rest of the axis.
+end.  Pieces that never change in the window and that no violation or fault names are left out
+(cut, like untouched memory).  A piece is *quiet* when it changes at most once, no violation
+or fault names it and it does not end in the ``plain`` state (host owned); neighbouring quiet
+pieces with the same end state and (nearly) the same change time form a run, and runs of at
+least ``min_bytes`` (the ``max_bands`` largest) are *folded* into a band of fixed height ("10
+MiB hyp owned since 0.300 s, unchanged").  The other pieces that change, and every marked
+page, are *active* and share the rest of the axis.
 Vectorised: sorts, ``searchsorted`` and cumulative sums, no loop per interval.
 """
 
@@ -30,7 +32,7 @@ class Focus:
 
     active_start: np.ndarray
     active_end: np.ndarray
-    active_busy: np.ndarray  # bool: changes more than once in the window, or marked
+    active_busy: np.ndarray  # bool per active range (all: every active range changes)
     band_start: np.ndarray
     band_end: np.ndarray
     band_code: np.ndarray
@@ -58,6 +60,7 @@ def focus(
     *,
     min_bytes: float = FOLD_MIN_BYTES,
     max_bands: int = 6,
+    plain: int = -1,
 ) -> Focus:
     """Split the alive intervals' address space into active ranges and folded bands
     (module docstring).  Addresses as float64 (exact below 2^53)."""
@@ -68,7 +71,7 @@ def focus(
         return Focus(mark_start, mark_end, busy, empty, empty, empty.astype(np.int64), empty)
     one = np.ones(len(a_start))
     touched = _cover(bp, a_start, a_end, one) > 0
-    inside = (t_start > lo) & (t_start < hi)
+    inside = (t_start >= lo) & (t_start < hi)
     changes = _cover(bp, a_start, a_end, inside.astype(np.float64))
     at_end = t_end >= hi
     end_code = np.rint(_cover(bp, a_start[at_end], a_end[at_end], code[at_end] + 1.0)) - 1
@@ -78,7 +81,7 @@ def focus(
     ms = np.sort(mark_start)
     me = np.sort(mark_end)
     marked = (np.searchsorted(ms, p_end, side="left") - np.searchsorted(me, p_start, "right")) > 0
-    quiet = touched & (changes <= 1) & ~marked & (end_code >= 0)
+    quiet = touched & (changes <= 1) & ~marked & (end_code >= 0) & (end_code != plain)
     # runs of neighbouring quiet pieces with the same end state and change time
     near = 0.02 * (hi - lo)
     same = (
@@ -105,10 +108,10 @@ def focus(
     band_start, band_end = p_start[heads][big], run_end[big]
     folded = np.zeros(len(p_start), dtype=bool)
     folded[idx] = big[run[idx]]
-    keep = touched & ~folded
+    keep = touched & ~folded & ((changes >= 1) | marked)
     active_start = np.concatenate([p_start[keep], mark_start])
     active_end = np.concatenate([p_end[keep], mark_end])
-    busy = np.concatenate([~quiet[keep], np.ones(len(mark_start), dtype=bool)])
+    busy = np.ones(len(active_start), dtype=bool)
     order = np.argsort(active_start, kind="stable")
     return Focus(
         active_start[order],

@@ -82,7 +82,14 @@ def draw_names(ax: Axes, axis: AddressAxis, labels: pd.DataFrame) -> None:
         mid = (y0[k] + y1[k]) / 2
         if mid - last < min_gap or (text[k] in seen and mid - last < 3 * min_gap):
             continue
-        ax.plot([0.02, 0.02], [y0[k], max(y1[k], y0[k] + 0.3)], color="#444444", lw=1.6)
+        inset = min(0.15 * (y1[k] - y0[k]), axis.rows / 150)
+        top = max(y1[k] - inset, y0[k] + inset + 0.3)
+        ax.plot(
+            [0.05, 0.02, 0.02, 0.05],
+            [y0[k] + inset, y0[k] + inset, top, top],
+            color="#444444",
+            lw=1.2,
+        )
         name = text[k] if len(text[k]) <= 34 else text[k][:33] + "…"
         ax.text(0.06, mid, name, va="center", ha="left", fontsize=7.5, color="#222222")
         last = mid

@@ -48,7 +48,7 @@ def owner_series(
 
 def _quiet(intervals: pd.DataFrame, lo: float, hi: float, marks: list[pd.DataFrame]) -> np.ndarray:
     """Per interval: lies inside a quiet range the map folds (:mod:`.focus`)."""
-    codes, _, _ = state_labels(intervals)
+    codes, names, _ = state_labels(intervals)
     a0 = intervals["addr_start"].to_numpy(np.float64)
     a1 = a0 + intervals["size"].to_numpy(np.float64)
     m0 = np.concatenate([np.zeros(0), *(m["addr"].to_numpy(np.float64) for m in marks)])
@@ -62,6 +62,7 @@ def _quiet(intervals: pd.DataFrame, lo: float, hi: float, marks: list[pd.DataFra
         hi,
         m0,
         m0 + 4096,
+        plain=names.index("host owned") if "host owned" in names else -1,
     )
     if not len(fo.band_start):
         return np.zeros(len(intervals), dtype=bool)

@@ -71,7 +71,7 @@ def _draw_cuts(ax: Axes, axis: AddressAxis) -> None:
             ax.axhline(b, color="white", lw=4, zorder=3)
             ax.axhline(b, color="#555555", lw=0.8, ls=(0, (4, 3)), zorder=3)
             ax.annotate(
-                f"{fmt_bytes(gap, compact=True)} not touched (cut)",
+                f"{fmt_bytes(gap, compact=True)} unchanged (cut)",
                 (1.0 - side, b),
                 xycoords=("axes fraction", "data"),
                 xytext=(-4 if side == 0 else 4, 0),
@@ -184,6 +184,7 @@ def plot_map(
         m_start,
         m_end,
         min_bytes=fold_min_bytes,
+        plain=names.index("host owned") if "host owned" in names else -1,
     )
     axis = AddressAxis.from_ranges(
         fo.active_start,
@@ -198,7 +199,8 @@ def plot_map(
     dt = (hi - lo) / cols
     x0 = np.clip((t_start[alive] - lo) / dt, 0, cols)
     x1 = np.clip((t_end[alive] - lo) / dt, 0, cols)
-    area = rasterize(axis(a_start), axis(a_end), x0, x1, codes, len(names), (axis.rows, cols))
+    y0, y1, keep = axis.clip(a_start, a_end)
+    area = rasterize(y0, y1, x0[keep], x1[keep], codes[keep], len(names), (axis.rows, cols))
     untouched = (area.sum(axis=0) <= 1e-9).astype(np.float64)  # no touched page in the cell
     winner = np.argmax(np.concatenate([untouched[None], area]), axis=0)
 
@@ -257,9 +259,10 @@ def plot_map(
         0.0,
         f"{axis.rows} × {cols} cells; each shows the owner/state covering most of its address × "
         f"time area among the touched pages. Rows go to ranges that change in the window and "
-        "to pages a violation or fault names; quiet ranges of "
+        "to pages a violation or fault names; memory that does not change is cut; ranges "
+        "that change once and end not host owned, of "
         f"{fmt_bytes(fold_min_bytes, compact=True)} or "
-        "more are folded into bands; untouched gaps are cut.",
+        "more are folded into labelled bands.",
         fontsize=7.5,
         color="#555555",
         ha="left",

@@ -140,7 +140,8 @@ def _table_text(df: pd.DataFrame, hex_columns: Iterable[str], width: int = TABLE
     widths = _fit(natural, text, width)
     shortened = widths != natural
     out: list[str] = []
-    for block in _blocks(widths, width):
+    blocks = _blocks(widths, width)
+    for block in blocks:
         if out:
             out.append("")
         head = [names[j].ljust(widths[j]) if text[j] else names[j].rjust(widths[j]) for j in block]
@@ -152,7 +153,7 @@ def _table_text(df: pd.DataFrame, hex_columns: Iterable[str], width: int = TABLE
                 for j, v in zip(block, parts, strict=True)
             ]
             out.append(_GAP.join(parts).rstrip())
-            if below and block[-1] == len(widths) - 1:
+            if below and block is blocks[0]:
                 detail = str(shown.iloc[i, -1])
                 out.extend("    " + line for line in _wrap(detail, width - 4) if detail)
     if below:

@@ -207,6 +207,8 @@ def run_hyp_map(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
     """``s2trace hyp-map``: the hyp stage-1 leaves, labelled by physical address."""
     from s2trace.arch.stage1 import config_from_el2
     from s2trace.hyp.evidence import KernelImage, read_iomem, read_kallsyms
+    from s2trace.hyp.hyp_map import coalesce_hyp, vmemmap_states
+    from s2trace.hyp.hyp_view import load_hyp_view
     from s2trace.hyp.stage1_walk import walk_hyp
     from s2trace.hyp.symbols import label_map
     from s2trace.hyp.vmemmap import kernel_layout
@@ -223,8 +225,28 @@ def run_hyp_map(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         mair=regs.get("mair_el2"),
     )
     memory = open_memory(r["specs"], base=r["base"])
+    vmemmap = None
     try:
-        result = walk_hyp(memory, cfg, hyp_states=states, strict=bool(kw.get("strict")))
+        if states == "vmemmap" and files["kallsyms"]:
+            # v6.16+: the hyp page states live in the hyp_vmemmap, not in the PTEs
+            view = load_hyp_view(
+                memory,
+                regs["ttbr0_el2"],
+                regs["tcr_el2"],
+                kernel_layout(r["kernel"]),
+                hcr=regs.get("hcr_el2"),
+                mair=regs.get("mair_el2"),
+                e2h=kw.get("e2h"),
+                vmemmap_va=r["vmemmap_va"],
+                kallsyms=read_kallsyms(files["kallsyms"]),
+                iomem=read_iomem(files["iomem"]) if files["iomem"] else None,
+                strict=bool(kw.get("strict")),
+            )
+            result, vmemmap = view.hyp, view.vmemmap
+            for note in view.notes:
+                click.echo(f"s2trace: note: {note}", err=True)
+        else:
+            result = walk_hyp(memory, cfg, hyp_states=states, strict=bool(kw.get("strict")))
         image = None
         if files["kallsyms"] and files["iomem"]:
             image = KernelImage.from_evidence(
@@ -242,7 +264,13 @@ def run_hyp_map(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
             "give --kernel for 6.16+, where they are unused",
             err=True,
         )
-    frame = label_map(result.map, labels, start="pa") if len(labels) else result.map
+    hyp_map = result.map
+    if vmemmap is not None:
+        hyp_map = vmemmap_states(hyp_map, vmemmap.frame, cfg.geometry.granule.value)
+        result.meta["hyp_states"] = "vmemmap (read)"
+    frame = label_map(hyp_map, labels, start="pa") if len(labels) else hyp_map
+    if kw.get("coalesce"):
+        frame = coalesce_hyp(frame)
     _emit(frame, kw, meta=result.meta if kw["fmt"] == "table" else None)
 
 
@@ -268,6 +296,9 @@ def register(cli: click.Group) -> None:
     @cli.command("hyp-map")
     @click.argument("targets", nargs=-1, required=True)
     @_evidence_options
+    @click.option(
+        "--coalesce", is_flag=True, help="Merge leaves that continue each other with equal fields."
+    )
     def hyp_map_cmd(targets: tuple[str, ...], **kw: Any) -> None:
         """List the hypervisor's EL2 stage-1 mappings (TTBR0_EL2) in a DUMP.
 

@@ -259,7 +259,7 @@ def test_owners_plot(small):
         meta={"capture": "/x/small", "kernel": "7.3"},
     )
     ax = fig.axes[0]
-    assert ax.get_title(loc="left") == "all pages the trace touches"
+    assert ax.get_title(loc="left") == "pages that are not host owned throughout the window"
     assert fig._suptitle.get_text() == "Ownership over time — small, kernel 7.3, t 0.00–5.00 s"
     assert ax.get_ylabel() == "bytes (KiB)"
     assert ax.get_xlabel() == "trace time (s)"

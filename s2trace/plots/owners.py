@@ -127,6 +127,17 @@ def plot_owners(
         for m in (in_window(violations, lo, hi), in_window(faults(transitions), lo, hi))
         if m is not None
     ]
+    # host-owned memory unchanged over the whole window (the replay's ground truth for pages
+    # the trace never moves) would flatten everything else: left out, and said so
+    host = (intervals["owner"].astype("object") == "host") & (
+        intervals["host_state"].astype("object") == "owned"
+    )
+    still = (
+        host.to_numpy(bool)
+        & (intervals["t_start"].to_numpy(np.float64) <= lo)
+        & (intervals["t_end"].to_numpy(np.float64) >= hi)
+    )
+    intervals = intervals[~still]
     quiet = _quiet(intervals, lo, hi, marks)
     split = bool(quiet.any() and (~quiet).any())
     fig = new_figure((11.0, 7.5) if split else FIGSIZE)
@@ -134,7 +145,9 @@ def plot_owners(
     x = clock(times)
     handles, uname = _panel(axes[0], intervals, times, x)
     axes[0].set_ylabel(f"bytes ({uname})")
-    axes[0].set_title("all pages the trace touches", loc="left", fontsize=10)
+    axes[0].set_title(
+        "pages that are not host owned throughout the window", loc="left", fontsize=10
+    )
     if split:
         rest, rest_unit = _panel(axes[1], intervals[~quiet], times, x)
         size = float(

@@ -64,7 +64,7 @@ CHILD = r"""
 import re, sys, time
 from s2trace.jobs.analyze import analyze
 t = time.perf_counter()
-r = analyze(sys.argv[1], use_cache=False, progress=False)
+r = analyze(sys.argv[1], kernel="6.12", use_cache=False, progress=False)  # states no kernel
 wall = time.perf_counter() - t
 hwm = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1]) // 1024
 print(wall, len(r.events), len(r.transitions), len(r.intervals), len(r.violations), hwm)

@@ -89,14 +89,17 @@ def stated_version(path: str | Path | None, head_only: bool = False) -> str | No
 def _functions(events: pd.DataFrame) -> dict[str, int]:
     """Kernel functions the kprobe events show (the probed function, and the caller a return
     probe went back to), with how many events show them."""
-    names = events["event"].astype("object").to_numpy()
-    text = events["fields"].astype("object").to_numpy()
+    cat = events["event"].astype("category")
+    codes = cat.cat.codes.to_numpy()
+    counts = np.bincount(codes[codes >= 0], minlength=len(cat.cat.categories))
+    text = events["fields"]
     out: dict[str, int] = {}
-    uniq, first, counts = np.unique(names, return_index=True, return_counts=True)
-    for name, i, n in zip(uniq, first, counts, strict=True):
-        if not str(name).startswith("s2_"):
+    for code, name in enumerate(cat.cat.categories):
+        n = int(counts[code])
+        if not str(name).startswith("s2_") or n == 0:
             continue
-        m = _FUNC.match(str(text[i] or ""))
+        i = int(np.argmax(codes == code))
+        m = _FUNC.match(str(text.iloc[i] or ""))
         if m is None:
             continue
         probed = m.group(2) or m.group(1)
@@ -129,8 +132,8 @@ def event_range(events: pd.DataFrame) -> tuple[Version, Version | None, list[str
         if r[1] is not None and (hi is None or r[1] < hi):
             hi = r[1]
             why.append(f"{func} ({n} events) exists before {_v(r[1])}")
-    names = events["event"].astype("object")
-    enter = events["fields"][names.to_numpy() == "hyp_enter"].astype("object")
+    enter = events["fields"][(events["event"].astype("category") == "hyp_enter").to_numpy()]
+    enter = enter.astype("object")
     if len(enter) and enter.str.contains("reason=", regex=False).any() and lo < (7, 1):
         lo = (7, 1)
         why.append("hyp_enter events carry reason= (the 7.1 hypervisor trace format)")
@@ -218,7 +221,7 @@ def choose_kernel(
                 )
         agree = [f"{s} says {t}" for s, t in stated]
         return KernelChoice(str(text), kernel_family(version), source, tuple(agree + why))
-    present = set(events["event"].astype("object").unique())
+    present = {str(e) for e, n in events["event"].astype("category").value_counts().items() if n}
     starts = _families(lo, hi)
     versions = [max(lo, s) for s in starts]
     if len(versions) > 1:
@@ -242,8 +245,8 @@ def ignored_events(events: pd.DataFrame, every: RecipeSet, chosen: RecipeSet) ->
     """Events that a recipe of another kernel reads but none of ``chosen`` does, counted."""
     mine = {r.event for r in chosen}
     others = {r.event for r in every} - mine
-    counts = events["event"].astype("object").value_counts()
-    return {str(e): int(n) for e, n in counts.items() if e in others}
+    counts = events["event"].astype("category").value_counts()
+    return {str(e): int(n) for e, n in counts.items() if e in others and n}
 
 
 _PAIRS = (("s2_kvm_unshare_hyp", "s2_unshare_pfn_hyp"), ("s2_kvm_share_hyp", "s2_share_pfn_hyp"))
@@ -254,20 +257,26 @@ def linear_map_from_trace(
 ) -> tuple[tuple[int, int] | None, str]:
     """(VA, PA) of the kernel linear map from a range call followed, on the same task, by its
     first per-page call (``from`` page = ``pfn``), when every such pair agrees; and why."""
-    names = events["event"].astype("object").to_numpy()
+    cat = events["event"].astype("category")
+    wanted = [c for pair in _PAIRS for c in pair if c in cat.cat.categories]
+    if not wanted:
+        return None, "no kvm_(un)share_hyp call followed by its per-page call"
+    rows_all = np.flatnonzero(cat.isin(wanted).to_numpy())[:40000]
+    names = np.full(len(events), None, dtype=object)
+    names[rows_all] = cat.iloc[rows_all].astype("object").to_numpy()
     pid = events["pid"].to_numpy(dtype="float64", na_value=np.nan)
-    text = events["fields"].astype("object").to_numpy()
+    text = events["fields"]
     offsets: dict[int, int] = {}
     for outer, inner in _PAIRS:
-        rows = np.flatnonzero(np.isin(names, [outer, inner]))
+        rows = rows_all[np.isin(names[rows_all], [outer, inner])]
         last_from: dict[float, int] = {}
         for i in rows[:20000]:  # a sample is plenty: every pair must agree
             if names[i] == outer:
-                m = re.search(r"\bfrom=(0x[0-9a-fA-F]+)", str(text[i]))
+                m = re.search(r"\bfrom=(0x[0-9a-fA-F]+)", str(text.iloc[i]))
                 if m:
                     last_from[pid[i]] = int(m.group(1), 16)
                 continue
-            m = re.search(r"\bpfn=(0x[0-9a-fA-F]+|\d+)", str(text[i]))
+            m = re.search(r"\bpfn=(0x[0-9a-fA-F]+|\d+)", str(text.iloc[i]))
             va = last_from.pop(pid[i], None)
             if m and va is not None:
                 off = (va - va % page_size) - int(m.group(1), 0) * page_size

@@ -38,6 +38,9 @@ def _rank(df: pd.DataFrame) -> np.ndarray:
 def expand_vm_scope(df: pd.DataFrame, scope: Collection[str], page_size: int) -> pd.DataFrame:
     """TRANSITIONS with every row of a ``scope`` recipe replaced by the reclaims it stands for,
     and reclaims of pages a teardown already gave back turned into ``confirm`` rows."""
+    cats = df["recipe"].cat.categories
+    if not len(df) or not any(name in cats for name in scope):  # no copy of a big column
+        return df
     recipe = df["recipe"].astype("object").to_numpy()
     is_scope = np.isin(recipe, list(scope))
     if not is_scope.any():

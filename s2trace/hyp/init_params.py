@@ -52,7 +52,6 @@ What was verified, and against what:
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -69,6 +68,7 @@ from s2trace.arch.registers import (
 )
 from s2trace.arch.stage1 import TCR_EL2_NVHE
 from s2trace.errors import InputError
+from s2trace.hyp.evidence import read_iomem
 from s2trace.io.memory import MemoryFault, PhysicalMemory
 from s2trace.pkvm.kallsyms import Kallsyms, read_kallsyms
 
@@ -388,19 +388,21 @@ def scan_init_params(memory: PhysicalMemory) -> list[RecoveredRegisters]:
 
 # -- kallsyms -------------------------------------------------------------------------------
 
-_IOMEM = re.compile(r"^\s*([0-9a-fA-F]+)-([0-9a-fA-F]+)\s*:\s*(.+?)\s*$", re.MULTILINE)
 
-
-def kernel_resources(text: str, source: str = "iomem") -> dict[str, int]:
-    """Start PAs of ``Kernel code`` and ``Kernel data`` in a ``/proc/iomem`` copy.
+def kernel_resources(iomem: str | Path) -> dict[str, int]:
+    """Start PAs of ``Kernel code`` and ``Kernel data`` in a ``/proc/iomem`` copy (a path, or
+    the text itself; parsed by :func:`s2trace.hyp.evidence.read_iomem`).
 
     InputError when the file lists neither, or lists them at 0 (read without root: the
     kernel then prints every range as ``00000000-00000000``).
     """
+    frame = read_iomem(iomem)
+    source = "iomem" if "\n" in str(iomem) else str(iomem)
     out: dict[str, int] = {}
-    for start, _, name in _IOMEM.findall(text):
-        if name in ("Kernel code", "Kernel data") and name not in out:
-            out[name] = int(start, 16)
+    for name in ("Kernel code", "Kernel data"):
+        starts = frame["start"][frame["name"] == name]
+        if len(starts):
+            out[name] = int(starts.iloc[0])
     if not out:
         raise InputError(f"{source}: no 'Kernel code' line; expected a copy of /proc/iomem")
     if not any(out.values()):
@@ -408,15 +410,6 @@ def kernel_resources(text: str, source: str = "iomem") -> dict[str, int]:
             f"{source}: the kernel ranges read 0 (copied without root); read /proc/iomem as root"
         )
     return out
-
-
-def _read_iomem(path: str | os.PathLike[str]) -> dict[str, int]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise InputError(f"{p}: cannot read ({e.strerror}); expected a copy of /proc/iomem") from e
-    return kernel_resources(text, str(p))
 
 
 def _voffset_holds(memory: PhysicalMemory, kv_va: int, voff: int) -> bool:
@@ -614,7 +607,7 @@ def recover_registers(
     if kallsyms is None:
         return scan_init_params(memory)
     syms = kallsyms if isinstance(kallsyms, Kallsyms) else read_kallsyms(kallsyms)
-    kernel = _read_iomem(iomem) if iomem is not None else {}
+    kernel = kernel_resources(Path(iomem)) if iomem is not None else {}
     return _from_kallsyms(memory, syms, kernel)
 
 

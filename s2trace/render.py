@@ -16,6 +16,9 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from s2trace.errors import InputError
+from s2trace.outputs import output_path, write_text
+
 __all__ = ["FORMATS", "HEX_COLUMNS", "TABLE_WIDTH", "json_records", "plain_value", "write_frame"]
 
 FORMATS = ("table", "csv", "json", "parquet")
@@ -198,14 +201,18 @@ def write_frame(
     """
     if fmt == "parquet":
         if path is None:
-            raise ValueError("parquet output needs -o FILE")
+            raise InputError(
+                "--format parquet needs -o FILE (Parquet is binary: it is not written to "
+                "standard output)"
+            )
         table_df = df.copy()
         for c in table_df.columns:
             if isinstance(table_df[c].dtype, pd.CategoricalDtype):
                 table_df[c] = table_df[c].astype("string")
         if meta:
             table_df.attrs["s2trace"] = json.dumps(meta, default=str)
-        table_df.to_parquet(path, index=False)
+        with output_path(path) as tmp:
+            table_df.to_parquet(tmp, index=False)
         return
     hex_columns = set(hex_columns)
     if fmt == "json":
@@ -217,6 +224,6 @@ def write_frame(
     else:
         raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if path is not None:
-        Path(path).write_text(text)
+        write_text(path, text)
     elif out is not None:
         out.write(text)

@@ -7,6 +7,7 @@ walk options (``--vttbr/--vtcr`` or ``--root ...``), which it hands to the walk 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,10 @@ from typing import Any
 import click
 import numpy as np
 
-from s2trace.cli.options import parse_int, parse_u64, profile_options
+from s2trace.cli.options import StrictInt, parse_int, parse_u64, profile_options
 from s2trace.errors import InputError
+from s2trace.files import input_file, read_bytes
+from s2trace.numbers import is_number, quoted
 
 __all__ = ["register"]
 
@@ -32,12 +35,14 @@ def _profile(name: str | None, extra: str | None) -> Any:
     return get_profile(name or DEFAULT_PROFILE, extra)
 
 
+#: Largest file of raw descriptors ``decode FILE --level N`` reads (8 M descriptors).
+TABLE_FILE_LIMIT = 64 << 20
+
+
 def _read_table_file(path: str) -> np.ndarray:
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    what = "a file of raw little-endian 64-bit descriptors"
+    p = input_file(path, what, limit=TABLE_FILE_LIMIT)
+    size = p.stat().st_size
     if size == 0:
         raise InputError(f"{path}: empty file (expected raw little-endian 64-bit descriptors)")
     if size % 8:
@@ -46,15 +51,11 @@ def _read_table_file(path: str) -> np.ndarray:
             f"little-endian 64-bit descriptors; {size % 8} trailing bytes at "
             f"offset {size - size % 8:#x})"
         )
-    return np.fromfile(p, dtype="<u8").astype(np.uint64)
+    return np.frombuffer(read_bytes(p, what, limit=TABLE_FILE_LIMIT), dtype="<u8").astype(np.uint64)
 
 
 def _is_number(text: str) -> bool:
-    try:
-        int(text.replace("_", ""), 0)
-    except ValueError:
-        return False
-    return True
+    return is_number(text)
 
 
 _WALK_KEYS = (
@@ -94,8 +95,8 @@ def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
         bad = [t for t in targets if not os.path.exists(t) and not _is_number(t)]
         if bad:
             raise InputError(
-                f"{bad[0]}: neither a number nor an existing file (expected a "
-                "64-bit descriptor like 0x4393d7ff or a file of descriptors)"
+                f"{quoted(bad[0])}: neither a number nor an existing file (expected a "
+                "64-bit descriptor like 0x4393d7ff in ASCII digits, or a file of descriptors)"
             )
         if kw["level"] is None:
             raise InputError(
@@ -142,7 +143,7 @@ def register(cli: click.Group) -> None:
     @click.argument("targets", nargs=-1, required=True)
     @click.option(
         "--level",
-        type=int,
+        type=StrictInt(-1, 3),
         default=None,
         help="Lookup level of the descriptors (default 3 for values).",
     )
@@ -168,8 +169,8 @@ def register(cli: click.Group) -> None:
     @click.option("--vttbr", help="VTTBR_EL2: walk the dump from this root.")
     @click.option("--vtcr", help="VTCR_EL2 (with --vttbr).")
     @click.option("--root", help="Explicit root table PA (with --start-level, --ipa-bits).")
-    @click.option("--start-level", type=int, help="Start level for --root.")
-    @click.option("--ipa-bits", type=int, help="IPA size in bits for --root.")
+    @click.option("--start-level", type=StrictInt(-1, 3), help="Start level for --root.")
+    @click.option("--ipa-bits", type=StrictInt(1, 64), help="IPA size in bits for --root.")
     @click.option("--base", help="Physical address of a raw image (default 0).")
     @click.option(
         "--kallsyms",
@@ -227,7 +228,9 @@ def register(cli: click.Group) -> None:
 
     @cli.command("build")
     @click.option("--kind", type=click.Choice(["page", "block", "table", "invalid"]), required=True)
-    @click.option("--level", type=int, default=None, help="Level (default 3; 2 for blocks).")
+    @click.option(
+        "--level", type=StrictInt(-1, 3), default=None, help="Level (default 3; 2 for blocks)."
+    )
     @click.option("--granule", default="4k", show_default=True)
     @click.option("--ds", is_flag=True)
     @click.option("--lpa", is_flag=True)
@@ -332,6 +335,8 @@ def _looks_like_dump(targets: tuple[str, ...]) -> bool:
         if t.endswith((".zst", ".gz", ".xz", ".cmm")) or Path(t).name.lower() == "dump_info.txt":
             return True
         try:
+            if not stat.S_ISREG(os.stat(t).st_mode):
+                continue  # a FIFO or a device: never opened here (it may block)
             with open(t, "rb") as fh:
                 if fh.read(4) == b"\x7fELF":
                     return True

@@ -17,7 +17,7 @@ import click
 if TYPE_CHECKING:
     import pandas as pd
 
-from s2trace.cli.options import parse_u64
+from s2trace.cli.options import StrictInt, parse_u64
 from s2trace.errors import InputError, ProblemLog
 
 __all__ = ["register"]
@@ -280,7 +280,9 @@ def register(cli: click.Group) -> None:
     @click.option("--vttbr", help="VTTBR_EL2 value (host stage-2 root).")
     @click.option("--vtcr", help="VTCR_EL2 value.")
     @_evidence_options
-    @click.option("--limit", type=int, default=50, show_default=True, help="Breaches shown.")
+    @click.option(
+        "--limit", type=StrictInt(0), default=50, show_default=True, help="Breaches shown."
+    )
     def check_cmd(targets: tuple[str, ...], **kw: Any) -> None:
         """Check pKVM's bookkeeping in a DUMP (or a capture folder) for consistency.
 

@@ -8,7 +8,9 @@ exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 
 import click
@@ -51,26 +53,59 @@ _register_all()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit status (2 for unusable input)."""
+    """Run the CLI; return the exit status (2 for unusable input, with one line on stderr)."""
     from s2trace.allocator import keep_freed_memory
 
     keep_freed_memory()
     try:
         rc = cli.main(args=argv, prog_name="s2trace", standalone_mode=False)
+        sys.stdout.flush()  # a full disk behind standard output shows here at the latest
     except InputError as exc:
-        click.echo(f"s2trace: error: {exc}", err=True)
-        return 2
+        return _fail(str(exc))
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except click.UsageError as exc:
+        return _fail(_usage_line(exc))
     except click.ClickException as exc:
-        exc.show()
-        return 2
+        return _fail(exc.format_message())
     except click.exceptions.Abort:
         click.echo("s2trace: aborted", err=True)
         return 130
     except BrokenPipeError:
+        _discard_stdout()  # `s2trace ... | head`: the reader has what it wanted
         return 0
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in _STDOUT_ERRORS:
+            raise
+        _discard_stdout()
+        return _fail(f"standard output: cannot write ({exc.strerror})")
     return rc if isinstance(rc, int) else 0
+
+
+#: Errors of a write to standard output (no file name): full disk, quota, size limit, I/O.
+_STDOUT_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def _fail(message: str) -> int:
+    """Print the one error line (line breaks in a message are shown escaped) and return 2."""
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
+    click.echo(f"s2trace: error: {one_line}", err=True)
+    return 2
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    """A usage error as one line: the command, what is wrong, where to look."""
+    where = exc.ctx.command_path if exc.ctx is not None else "s2trace"
+    return f"{where}: {exc.format_message()} (see '{where} --help')"
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null so the interpreter's last flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def entry() -> None:  # pragma: no cover - console-script shim

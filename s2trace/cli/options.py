@@ -1,4 +1,10 @@
-"""Option parsing shared by the commands: numbers, geometry, profiles, output."""
+"""Option parsing shared by the commands: numbers, geometry, profiles, output.
+
+Numbers are read by the one strict parser (:mod:`s2trace.numbers`), including the integer
+options click would otherwise read with ``int()`` (which takes other scripts' digits and
+misplaced underscores): :func:`int_option_type` gives their click type, with the range each
+option admits.
+"""
 
 from __future__ import annotations
 
@@ -8,26 +14,34 @@ from typing import Any
 
 import click
 
-from s2trace.errors import InputError
+from s2trace.numbers import parse_int, parse_u64, quoted, read_int
 
-__all__ = ["output_options", "parse_int", "parse_u64", "profile_options"]
-
-
-def parse_int(text: str, what: str) -> int:
-    """An integer in hex (0x...), binary, octal or decimal; ``_`` separators allowed."""
-    try:
-        return int(str(text).strip().replace("_", ""), 0)
-    except ValueError:
-        raise InputError(
-            f"{what} {text!r}: not a number (expected hex like 0x7f709001 or decimal)"
-        ) from None
+__all__ = [
+    "StrictInt",
+    "output_options",
+    "parse_int",
+    "parse_u64",
+    "profile_options",
+]
 
 
-def parse_u64(text: str, what: str) -> int:
-    value = parse_int(text, what)
-    if not 0 <= value < 1 << 64:
-        raise InputError(f"{what} {text!r}: does not fit in 64 bits")
-    return value
+class StrictInt(click.ParamType):
+    """An integer option read by :func:`s2trace.numbers.read_int`, within ``[lo, hi]``."""
+
+    name = "integer"
+
+    def __init__(self, lo: int | None = None, hi: int | None = None) -> None:
+        self.lo, self.hi = lo, hi
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = value if isinstance(value, int) else read_int(str(value))
+        if number is None or isinstance(number, bool):
+            self.fail(f"{quoted(value)} is not an integer (ASCII digits, 0x hex)", param, ctx)
+        if (self.lo is not None and number < self.lo) or (self.hi is not None and number > self.hi):
+            lo = "" if self.lo is None else self.lo
+            hi = "" if self.hi is None else self.hi
+            self.fail(f"{number} is not in the range {lo}..{hi}", param, ctx)
+        return number
 
 
 def profile_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,8 +12,10 @@ from typing import Any
 
 import click
 
+from s2trace.cli.options import StrictInt
 from s2trace.cli.trace_cmd import _analyze, trace_options
 from s2trace.errors import InputError
+from s2trace.outputs import output_path
 
 __all__ = ["PLOT_KINDS", "PLOT_SUFFIXES", "register"]
 
@@ -75,7 +77,9 @@ def register(cli: click.Group) -> None:
         show_default=True,
         help="churn: y axis unit.",
     )
-    @click.option("--dpi", type=int, default=150, show_default=True, help="PNG resolution.")
+    @click.option(
+        "--dpi", type=StrictInt(10, 2400), default=150, show_default=True, help="PNG resolution."
+    )
     @click.option(
         "-o",
         "--output",
@@ -117,7 +121,7 @@ def register(cli: click.Group) -> None:
         from s2trace.cli.trace_cmd import _addr
         from s2trace.jobs.names import object_labels
 
-        page_size = kw.get("page_size") or 4096
+        page_size = int(kw.get("page_size") or 4096)
         window["meta"] = r.meta
         try:
             if kind == "churn":
@@ -148,7 +152,8 @@ def register(cli: click.Group) -> None:
                 )
         except ValueError as exc:
             raise InputError(f"{trace}: cannot plot {kind}: {exc}") from None
-        fig.savefig(out, dpi=dpi)
+        with output_path(out, "plot") as tmp:
+            fig.savefig(tmp, dpi=dpi, format=out.suffix.lower()[1:])
         click.echo(f"s2trace: wrote {out}", err=True)
 
     @cli.command("export")

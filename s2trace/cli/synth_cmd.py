@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from s2trace.cli.options import StrictInt
+
 __all__ = ["register"]
 
 
@@ -32,8 +34,8 @@ def register(cli: click.Group) -> None:
         type=click.Path(file_okay=False),
         help="Folder to write (created).",
     )
-    @click.option("--size", type=click.IntRange(min=0), help="About this many trace events.")
-    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--size", type=StrictInt(0, 10**8), help="About this many trace events.")
+    @click.option("--seed", type=StrictInt(0, 2**63 - 1), default=0, show_default=True)
     @click.option(
         "--duration",
         type=click.FloatRange(min=0, min_open=True),

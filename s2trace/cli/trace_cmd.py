@@ -30,7 +30,13 @@ def trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--linear-map", help="Kernel linear map VA=PA, e.g. 0xffff000000000000=0x40000000."
             ),
-            click.option("--page-size", type=int, default=4096, show_default=True),
+            click.option(
+                "--page-size",
+                type=click.Choice(["4096", "16384", "65536"]),
+                default="4096",
+                show_default=True,
+                help="Page size of the traced kernel (4K, 16K or 64K granule).",
+            ),
             click.option(
                 "--strict", is_flag=True, help="Malformed lines and violations are fatal."
             ),
@@ -51,7 +57,7 @@ def _analyze(trace: str, kw: dict[str, Any], *, grounds: bool = True) -> Any:
         recipes=kw.get("recipes") or (),
         kernel=kw.get("kernel"),
         linear_map=parse_linear_map(kw.get("linear_map")),
-        page_size=kw.get("page_size") or 4096,
+        page_size=int(kw.get("page_size") or 4096),
         strict=bool(kw.get("strict")),
         progress=None if sys.stderr.isatty() else False,
         use_cache=not kw.get("no_cache"),

@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
-from s2trace.cli.options import parse_int, parse_u64, profile_options
+from s2trace.cli.options import StrictInt, parse_int, parse_u64, profile_options
 from s2trace.errors import InputError
+from s2trace.outputs import write_text
 
 __all__ = ["open_walk", "register", "request_from_kw", "run_walk", "walk_options"]
 
@@ -190,8 +191,7 @@ def _state_notes(frame: Any) -> list[str]:
 
 def _emit(text: str, path: str | None) -> None:
     if path:
-        with open(path, "w") as fh:
-            fh.write(text)
+        write_text(path, text)
     else:
         click.echo(text, nl=False)
 
@@ -203,8 +203,8 @@ def walk_options(f: Any) -> Any:
             click.option("--vttbr", help="VTTBR_EL2 value."),
             click.option("--vtcr", help="VTCR_EL2 value."),
             click.option("--root", help="Explicit root table PA."),
-            click.option("--start-level", type=int),
-            click.option("--ipa-bits", type=int),
+            click.option("--start-level", type=StrictInt(-1, 3)),
+            click.option("--ipa-bits", type=StrictInt(1, 64)),
             click.option("--granule", default="4k", show_default=True),
             click.option("--ds", is_flag=True),
             click.option("--lpa", is_flag=True),
@@ -258,7 +258,7 @@ def register(cli: click.Group) -> None:
     @cli.command("scan")
     @click.argument("dump", nargs=-1, required=True)
     @click.option("--base", help="Physical address of raw images (default 0).")
-    @click.option("--top", type=int, default=5, show_default=True)
+    @click.option("--top", type=StrictInt(1, 10000), default=5, show_default=True)
     @profile_options
     def scan_cmd(
         dump: tuple[str, ...],

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from s2trace.outputs import open_output
 from s2trace.plots import state_labels
 
 __all__ = ["PERFETTO_PID_BASE", "perfetto_trace", "write_perfetto"]
@@ -304,7 +305,7 @@ def perfetto_trace(
 def write_perfetto(path: str | Path, trace: dict[str, Any]) -> Path:
     """Write ``trace`` (from :func:`perfetto_trace`) as compact JSON; returns the path."""
     out = Path(path)
-    with out.open("w", encoding="utf-8") as fh:
+    with open_output(out, "w", "Perfetto trace", encoding="utf-8") as fh:
         json.dump(trace, fh, separators=(",", ":"), allow_nan=False)
         fh.write("\n")
     return out

@@ -31,6 +31,7 @@ from elftools.elf.elffile import ELFFile
 
 from s2trace.errors import InputError, Problem
 from s2trace.io.memory import Region
+from s2trace.outputs import open_output
 
 __all__ = ["ELF_MAGIC", "elf_core_regions", "elf_note", "write_elf_core"]
 
@@ -181,7 +182,7 @@ def write_elf_core(
         len(rows), 0, 0, 0,
     )  # fmt: skip
     out = Path(path)
-    with open(out, "wb") as f:
+    with open_output(out, "wb", "ELF core") as f:
         f.write(ehdr)
         f.write(b"".join(headers))
         for off, data in placed:

@@ -20,6 +20,14 @@ A capture folder holds a ``capture.toml`` and the files it names::
 
 Everything is optional except the dump; the CLI takes flags over the folder's values.
 
+The keys and what each may hold are declared once, in :data:`SCHEMA`; anything else (an
+unknown key, a value of the wrong type, a number that is not ASCII digits, a file that is not
+UTF-8 TOML) is one InputError line naming ``capture.toml`` and the key.  Paths are relative to
+the folder and stay inside it: an absolute path or a ``..`` component is refused, with a line
+that quotes nothing of what it points to.  A symlink *inside* the folder is the user's own
+choice and is followed.  Every file the folder names must be a regular file (not a FIFO or a
+device), and is remembered as an input, so that no output overwrites it.
+
 A folder without ``capture.toml`` but laid out as the QEMU capture script leaves it
 (``host-s2.elf[.zst]``, ``gdb-regs.txt``, a README naming ``linux-image-X.Y``, ``kallsyms*``,
 ``iomem*``, ``dmesg*``, ``ftrace*``) is read by convention: registers are the first value of
@@ -30,17 +38,26 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from s2trace.arch.registers import hcr_fwb
 from s2trace.errors import InputError
+from s2trace.files import input_file, read_text, shown
+from s2trace.numbers import parse_u64, quoted
 from s2trace.pkvm.profiles import profile_for_kernel
 
-__all__ = ["Capture", "is_capture", "load_capture"]
+__all__ = ["SCHEMA", "Capture", "is_capture", "load_capture"]
 
 CAPTURE_FILE = "capture.toml"
+#: Largest capture.toml read (it is a few hundred bytes).
+CAPTURE_FILE_LIMIT = 1 << 20
+#: Largest gdb-regs.txt / README read from a capture-script folder.
+LAYOUT_TEXT_LIMIT = 16 << 20
+#: The EL2 registers a ``[registers]`` table may hold.
+REGISTERS = ("vttbr_el2", "vtcr_el2", "ttbr0_el2", "tcr_el2", "hcr_el2", "mair_el2", "tpidr_el2")
 
 
 @dataclass(frozen=True)
@@ -72,13 +89,20 @@ class Capture:
 
 
 def is_capture(path: str | Path) -> bool:
-    """A folder with a ``capture.toml``, or laid out as the capture script leaves it."""
+    """A folder with a ``capture.toml``, or laid out as the capture script leaves it (a
+    ``host-s2.elf`` or ``host-s2.elf.zst``; a folder that merely holds ``*.elf`` files is not
+    a capture)."""
     p = Path(path)
-    return p.is_dir() and ((p / CAPTURE_FILE).exists() or _first(p, *_DUMP_NAMES) is not None)
+    try:
+        return p.is_dir() and any(
+            (p / name).exists() or (p / name).is_symlink() for name in (CAPTURE_FILE, *_DUMP_NAMES)
+        )
+    except OSError:  # a name too long, a path through a file
+        return False
 
 
-_DUMP_NAMES = ("host-s2.elf", "host-s2.elf.zst", "*.elf", "*.elf.zst")
-_REG = re.compile(r"^([A-Z][A-Z0-9_]+)\s+(0x[0-9a-fA-F]+)\b", re.M)
+_DUMP_NAMES = ("host-s2.elf", "host-s2.elf.zst")
+_REG = re.compile(r"^([A-Z][A-Z0-9_]+)\s+(0x[0-9a-fA-F]+)\b", re.M | re.ASCII)
 
 
 def _first(folder: Path, *patterns: str) -> Path | None:
@@ -89,103 +113,183 @@ def _first(folder: Path, *patterns: str) -> Path | None:
     return None
 
 
+def _layout_text(path: Path | None, what: str) -> str:
+    return "" if path is None else read_text(path, what, limit=LAYOUT_TEXT_LIMIT, lenient=True)
+
+
 def _from_layout(root: Path) -> Capture:
     """A capture-script folder without ``capture.toml`` (see the module docstring)."""
     dump = _first(root, *_DUMP_NAMES)
     if dump is None:
-        raise InputError(f"{root}: not a capture folder (no {CAPTURE_FILE} and no host-s2.elf)")
-    regs: dict[str, int] = {}
-    gdb = _first(root, "gdb-regs.txt")
-    if gdb is not None:
-        for name, value in _REG.findall(gdb.read_text(errors="replace")):
-            regs.setdefault(name.lower(), int(value, 16))
-    kernel = None
-    readme = _first(root, "README.md", "README*")
-    if readme is not None:
-        m = re.search(r"linux-image-(\d+\.\d+(?:\.\d+)?)", readme.read_text(errors="replace"))
-        kernel = m.group(1) if m else None
-    linear = None
-    if readme is not None:
-        m = re.search(
-            r"virtual (0x[0-9a-f]+) (?:for|is) physical (0x[0-9a-f]+)",
-            readme.read_text(errors="replace"),
+        raise InputError(
+            f"{shown(root)}: not a capture folder (no {CAPTURE_FILE} and no host-s2.elf)"
         )
-        linear = (int(m.group(1), 16), int(m.group(2), 16)) if m else None
-    return Capture(
-        folder=root,
-        dump=(str(dump),),
-        registers=regs,
-        kernel=kernel,
-        trace=_first(root, "ftrace*.txt", "trace*.txt"),
-        kallsyms=_first(root, "kallsyms*.txt", "kallsyms"),
-        iomem=_first(root, "iomem*.txt", "iomem"),
-        dmesg=_first(root, "dmesg*.txt", "dmesg"),
-        linear_map=linear,
-    )
+    input_file(dump, "the capture's dump")
+    regs: dict[str, int] = {}
+    gdb_text = _layout_text(_first(root, "gdb-regs.txt"), "gdb-regs.txt (gdb's info registers)")
+    for name, value in _REG.findall(gdb_text):
+        regs.setdefault(name.lower(), int(value, 16))
+    readme = _layout_text(_first(root, "README.md", "README*"), "the capture's README")
+    m = re.search(r"linux-image-(\d+\.\d+(?:\.\d+)?)", readme, re.ASCII)
+    kernel = m.group(1) if m else None
+    m = re.search(r"virtual (0x[0-9a-f]+) (?:for|is) physical (0x[0-9a-f]+)", readme, re.ASCII)
+    linear = (int(m.group(1), 16), int(m.group(2), 16)) if m else None
+    members = {
+        key: _first(root, *patterns)
+        for key, patterns in (
+            ("trace", ("ftrace*.txt", "trace*.txt")),
+            ("kallsyms", ("kallsyms*.txt", "kallsyms")),
+            ("iomem", ("iomem*.txt", "iomem")),
+            ("dmesg", ("dmesg*.txt", "dmesg")),
+        )
+    }
+    for key, path in members.items():
+        if path is not None:
+            input_file(path, f"the capture's {key}")
+    return Capture(folder=root, dump=(str(dump),), registers=regs, kernel=kernel,
+                   linear_map=linear, **members)  # fmt: skip
 
 
-def _int(value: Any, what: str, origin: str) -> int:
-    if isinstance(value, int):
-        return value
+# -- capture.toml: the schema -------------------------------------------------------------------
+class _Doc:
+    """One capture.toml being read: its folder and name, for paths and messages."""
+
+    def __init__(self, root: Path, path: Path) -> None:
+        self.root, self.origin = root, shown(path)
+
+    def fail(self, key: str, what: str) -> InputError:
+        return InputError(f"{self.origin}: {key}: {what}")
+
+    def member(self, key: str, value: Any, what: str) -> Path:
+        """A file named by ``key``: a relative path that stays inside the folder, naming a
+        regular file there (checked, not opened)."""
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"expected a file name relative to the folder, got {_kind(value)}")
+        rel = PurePosixPath(value)
+        if rel.is_absolute() or value.startswith("~") or ".." in rel.parts or "\0" in value:
+            raise self.fail(
+                key,
+                "the path leaves the capture folder (absolute paths and '..' are refused; a "
+                "symlink made inside the folder is followed)",
+            )
+        path = self.root / rel
+        if not (path.exists() or path.is_symlink()):
+            raise self.fail(key, f"{quoted(value)}: no such file in {shown(self.root)}")
+        return input_file(path, f"{what} ({CAPTURE_FILE} {key})")
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+             list: "an array", dict: "a table"}  # fmt: skip
+    return names.get(type(value), type(value).__name__)
+
+
+def _path(what: str) -> Callable[[_Doc, str, Any], Path]:
+    return lambda doc, key, value: doc.member(key, value, what)
+
+
+def _dumps(doc: _Doc, key: str, value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(d, str) for d in items):
+        raise doc.fail(key, f"expected a file name or an array of them, got {_kind(value)}")
+    out = []
+    for d in items:
+        name, at, pa = d.partition("@")
+        path = doc.member(key, name, "a memory dump")
+        if at:
+            parse_u64(pa, f"{doc.origin}: {key}: physical address")
+        out.append(str(path) + (at + pa if at else ""))
+    return tuple(out)
+
+
+def _kernel(doc: _Doc, key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise doc.fail(key, f'expected a version string like "6.12", got {_kind(value)}')
     try:
-        return int(str(value).replace("_", ""), 0)
-    except ValueError:
-        raise InputError(f"{origin}: {what} = {value!r} is not a number") from None
+        profile_for_kernel(value)
+    except InputError as e:
+        raise doc.fail(key, str(e)) from None
+    return value
 
 
-def _linear(text: str, origin: str) -> tuple[int, int]:
-    va, sep, pa = str(text).partition("=")
-    if not sep:
-        raise InputError(f"{origin}: linear_map {text!r}: expected VA=PA")
-    return _int(va, "linear_map VA", origin), _int(pa, "linear_map PA", origin)
+def _number(doc: _Doc, key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise doc.fail(key, f"expected a number (hex string or integer), got {_kind(value)}")
+    return parse_u64(value, f"{doc.origin}: {key}")
+
+
+def _linear(doc: _Doc, key: str, value: Any) -> tuple[int, int]:
+    if not isinstance(value, str) or value.count("=") != 1:
+        raise doc.fail(key, 'expected "VA=PA", e.g. "0xffff000000000000=0x40000000"')
+    va, pa = value.split("=")
+    return _number(doc, f"{key} VA", va), _number(doc, f"{key} PA", pa)
+
+
+def _registers(doc: _Doc, key: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise doc.fail(key, f"expected a table of register values, got {_kind(value)}")
+    regs = {}
+    for name, v in value.items():
+        if name.lower() not in REGISTERS:
+            raise doc.fail(
+                f"{key}.{quoted(name)}", f"unknown register (known: {', '.join(REGISTERS)})"
+            )
+        regs[name.lower()] = _number(doc, f"{key}.{name}", v)
+    return regs
+
+
+def _table(doc: _Doc, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise doc.fail(key, f"expected a table, got {_kind(value)}")
+    return value
+
+
+#: Every key of capture.toml: how its value is checked and converted (the one place).
+SCHEMA: dict[str, Callable[[_Doc, str, Any], Any]] = {
+    "kernel": _kernel,
+    "dump": _dumps,
+    "trace": _path("a trace"),
+    "kallsyms": _path("a kallsyms listing"),
+    "iomem": _path("an iomem listing"),
+    "dmesg": _path("a dmesg log"),
+    "linear_map": _linear,
+    "registers": _registers,
+    "synth": _table,  # how `s2trace synth` made the folder (free-form, for the record)
+}
 
 
 def load_capture(folder: str | Path) -> Capture:
-    """Read ``capture.toml`` of a capture folder; missing named files are an InputError."""
+    """Read ``capture.toml`` of a capture folder (or a capture-script layout); InputError for
+    anything the schema refuses, a missing named file, or a special file."""
     root = Path(folder).resolve()
     if not root.is_dir():
-        raise InputError(f"{folder}: not a capture folder")
+        raise InputError(f"{shown(folder)}: not a capture folder")
     path = root / CAPTURE_FILE
-    if not path.exists():
+    if not (path.exists() or path.is_symlink()):
         return _from_layout(root)
-    origin = str(path)
+    text = read_text(path, "a capture.toml (UTF-8 TOML)", limit=CAPTURE_FILE_LIMIT)
+    doc = _Doc(root, path)
     try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{root}: not a capture folder (no {CAPTURE_FILE})") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{origin}: not valid TOML: {exc}") from None
-
-    def file(key: str) -> Path | None:
-        if key not in data:
-            return None
-        p = root / str(data[key])
-        if not p.exists():
-            raise InputError(f"{origin}: {key} = {data[key]!r}: no such file in {root}")
-        return p
-
-    dumps = data.get("dump")
-    if not dumps:
-        raise InputError(f"{origin}: 'dump' is required (the dump file or files)")
-    if isinstance(dumps, str):
-        dumps = [dumps]
-    dump_paths = []
-    for d in dumps:
-        name, at, pa = str(d).partition("@")
-        if not (root / name).exists():
-            raise InputError(f"{origin}: dump {name!r}: no such file in {root}")
-        dump_paths.append(str(root / name) + (at + pa if at else ""))
-    regs = {k.lower(): _int(v, k, origin) for k, v in data.get("registers", {}).items()}
-    known = {"kernel", "dump", "trace", "kallsyms", "iomem", "dmesg", "linear_map", "registers"}
+        raise InputError(f"{doc.origin}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{doc.origin}: not valid TOML: nested too deeply") from None
+    unknown = sorted(set(data) - set(SCHEMA))
+    if unknown:
+        raise doc.fail(quoted(unknown[0]), f"unknown key (known: {', '.join(SCHEMA)})")
+    if "dump" not in data:
+        raise doc.fail("dump", "required (the dump file or files)")
+    value = {key: SCHEMA[key](doc, key, v) for key, v in data.items()}
     return Capture(
         folder=root,
-        dump=tuple(dump_paths),
-        registers=regs,
-        kernel=str(data["kernel"]) if "kernel" in data else None,
-        trace=file("trace"),
-        kallsyms=file("kallsyms"),
-        iomem=file("iomem"),
-        dmesg=file("dmesg"),
-        linear_map=_linear(data["linear_map"], origin) if "linear_map" in data else None,
-        extra={k: v for k, v in data.items() if k not in known},
+        dump=value["dump"],
+        registers=value.get("registers", {}),
+        kernel=value.get("kernel"),
+        trace=value.get("trace"),
+        kallsyms=value.get("kallsyms"),
+        iomem=value.get("iomem"),
+        dmesg=value.get("dmesg"),
+        linear_map=value.get("linear_map"),
+        extra={k: v for k, v in data.items() if k == "synth"},
     )

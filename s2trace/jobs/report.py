@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.errors import InputError, ProblemLog
+from s2trace.files import shown
 from s2trace.hyp.check import CheckResult, check_dump
 from s2trace.hyp.guests import find_guests
 from s2trace.hyp.memcache import name_untraced, unnamed_topups
@@ -38,6 +39,7 @@ from s2trace.jobs.capture import Capture, is_capture, load_capture
 from s2trace.jobs.names import object_labels
 from s2trace.jobs.report_page import category_meaning, render_page, write_page
 from s2trace.jobs.walk import request_from_capture, walk_dump
+from s2trace.outputs import output_path, write_text
 from s2trace.plots import plot_churn, plot_map, plot_owners, plot_page
 from s2trace.render import write_frame
 from s2trace.trace.queries import diff_maps, snapshot
@@ -229,7 +231,8 @@ def _figures(report: Report, out: Path) -> list[tuple[Path, str]]:
     made = []
     for name, caption, make in figures:
         path = out / f"{name}.png"
-        make().savefig(path, dpi=110)
+        with output_path(path, "report plot") as tmp:
+            make().savefig(tmp, dpi=110, format="png")
         made.append((path, caption))
     return made
 
@@ -238,7 +241,10 @@ def write_outputs(report: Report, out_dir: str | Path, *, plots: bool = True) ->
     """In ``out_dir``: the tables as CSV (and Parquet for the large ones), the PNG plots (when
     there is a trace), ``report.txt`` and the self-contained ``report.html``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{shown(out)}: cannot create the report folder ({e.strerror})") from None
     tables: dict[str, pd.DataFrame | None] = {"map": report.walk.map}
     a = report.analysis
     if a is not None:
@@ -267,7 +273,7 @@ def write_outputs(report: Report, out_dir: str | Path, *, plots: bool = True) ->
     files += [text, page]
     report.files = files
     body = render_text(report)
-    text.write_text(body)
+    write_text(text, body, "report")
     facts = [line for line in body.splitlines() if not line.startswith(("verdict", "outputs"))]
     write_page(page, render_page(report, verdicts(report), facts, images, tables_written))
     return files

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from s2trace.outputs import write_text
 from s2trace.render import HEX_COLUMNS, hex_frame
 from s2trace.units import fmt_bytes
 
@@ -223,14 +222,7 @@ def render_page(
 
 
 def write_page(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename,
-    so a reader never sees half a page."""
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` to ``path`` whole or not at all (:func:`s2trace.outputs.write_text`:
+    a temporary file in the same folder and a rename)."""
+    write_text(path, text, "report page")
     return path

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -22,6 +22,9 @@ from typing import Any
 
 from s2trace.arch.geometry import bits
 from s2trace.errors import InputError
+from s2trace.files import read_text, shown
+from s2trace.numbers import quoted, read_int
+from s2trace.pkvm.profile_schema import check_table, parse_override
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -175,11 +178,11 @@ class Profile:
                 return k
         if text.startswith("id:"):
             text = text[3:]
-        try:
-            return int(text, 0)
-        except ValueError:
+        number = read_int(text)
+        if number is None or not 0 <= number < 1 << 64:
             known = ", ".join(self.owners.values())
-            raise InputError(f"owner {owner!r}: profile {self.name} knows {known}") from None
+            raise InputError(f"owner {quoted(owner)}: profile {self.name} knows {known}")
+        return number
 
     def encode_invalid(
         self,
@@ -257,43 +260,29 @@ class Profile:
 
 
 # -- loading ---------------------------------------------------------------------------------
-_KEYS = {f.name for f in fields(Profile)}
+#: Largest profiles file read (a profile is a few hundred bytes).
+PROFILES_FILE_LIMIT = 1 << 20
 
 
-def _from_table(name: str, table: Mapping[str, Any], origin: str) -> Profile:
-    unknown = set(table) - _KEYS
-    if unknown:
-        raise InputError(f"{origin}: profile {name}: unknown keys {', '.join(sorted(unknown))}")
-    kw: dict[str, Any] = dict(table)
-    for key in ("owners", "types", "states"):
-        if key in kw:
-            kw[key] = {int(k, 0): str(v) for k, v in kw[key].items()}
-    for key in ("owner_bits", "type_bits", "handle_bits", "gfn_bits", "state_bits"):
-        if key in kw:
-            hi, lo = kw[key]
-            if not 63 >= hi >= lo >= 0:
-                raise InputError(f"{origin}: profile {name}: {key} must be [hi, lo] within 63..0")
-            kw[key] = (int(hi), int(lo))
-    if kw.get("state_source", "pte") not in ("pte", "vmemmap", "none"):
-        raise InputError(f"{origin}: profile {name}: state_source must be pte, vmemmap or none")
-    return Profile(name=name, **kw)
+def _from_table(name: str, table: Any, origin: str) -> Profile:
+    return Profile(name=name, **check_table(name, table, origin))
 
 
 def load_profiles(path: str | Path | None = None) -> dict[str, Profile]:
-    """Profiles from a TOML file (the shipped ``profiles.toml`` when ``path`` is None)."""
+    """Profiles from a TOML file (the shipped ``profiles.toml`` when ``path`` is None), every
+    key checked (:mod:`s2trace.pkvm.profile_schema`)."""
     if path is None:
         text = resources.files("s2trace.pkvm").joinpath("profiles.toml").read_text()
         origin = "profiles.toml"
     else:
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise InputError(f"{path}: cannot read profiles: {exc.strerror}") from None
-        origin = str(path)
+        text = read_text(path, "a profiles file (UTF-8 TOML)", limit=PROFILES_FILE_LIMIT)
+        origin = shown(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{origin}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{origin}: not valid TOML: nested too deeply") from None
     return {name: _from_table(name, table, origin) for name, table in data.items()}
 
 
@@ -321,23 +310,14 @@ def get_profile(spec: str | Profile = DEFAULT_PROFILE, extra: str | Path | None 
         table.update(load_profiles(extra))
     name, *params = [p.strip() for p in spec.split(",")]
     if name not in table:
-        raise InputError(f"profile {name!r}: expected one of {', '.join(table)}")
-    profile = table[name]
-    overrides: dict[str, Any] = {}
-    for param in params:
-        key, sep, value = param.partition("=")
-        if not sep or key not in _KEYS or key in ("owners", "types", "states", "name"):
-            raise InputError(f"profile parameter {param!r}: expected KEY=VALUE with a scalar key")
-        try:
-            overrides[key] = int(value, 0)
-        except ValueError:
-            overrides[key] = value
-    return replace(profile, **overrides) if overrides else profile
+        raise InputError(f"profile {quoted(name)}: expected one of {', '.join(table)}")
+    overrides = dict(parse_override(spec, param) for param in params)
+    return replace(table[name], **overrides) if overrides else table[name]
 
 
 def profile_for_kernel(version: str) -> str:
     """The annotation profile of a mainline kernel version (§KF-2.1)."""
-    m = re.match(r"(\d+)\.(\d+)", version.strip())
+    m = re.match(r"(\d+)\.(\d+)", version.strip(), re.ASCII)
     if not m:
         raise InputError(f"kernel version {version!r}: expected MAJOR.MINOR[...]")
     v = (int(m.group(1)), int(m.group(2)))

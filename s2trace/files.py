@@ -1,0 +1,138 @@
+"""Input files: checked before they are opened, capped in size, remembered as inputs.
+
+Every file s2trace reads on the user's behalf (dumps, traces, capture.toml, profile and recipe
+files, kallsyms, iomem, dmesg, region lists, raw descriptor tables) comes through
+:func:`input_file` first:
+
+* it must be a regular file, checked with ``os.stat`` *before* ``open()``: opening a FIFO with
+  no writer blocks forever, and a device such as ``/dev/zero`` never ends, so both are refused
+  with one line (a symlink to a regular file is fine: ``stat`` follows it);
+* a text input is read whole only up to a cap (:data:`TEXT_LIMIT` unless the caller gives
+  another): a profile file is kilobytes, a full kallsyms some tens of megabytes;
+* text must be UTF-8: a file that is not gets one line with the offset of the first bad byte;
+* it is remembered (device and inode) for the process, so that an output which is the same
+  file as an input can be refused (:mod:`s2trace.outputs`), whatever name the output uses
+  (a symlink, a hard link, ``./x/../``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from s2trace.errors import InputError
+from s2trace.numbers import quoted
+
+__all__ = [
+    "TEXT_LIMIT",
+    "forget_inputs",
+    "input_file",
+    "is_input",
+    "note_input",
+    "read_bytes",
+    "read_text",
+    "shown",
+]
+
+#: Default cap of a text input read whole (bytes).
+TEXT_LIMIT = 256 << 20
+
+_INPUTS: set[tuple[int, int]] = set()
+
+_KINDS = (
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def shown(path: str | os.PathLike[str]) -> str:
+    """A path as messages print it: as is when printable and short, else :func:`quoted`."""
+    text = os.fsdecode(path)
+    return text if text.isprintable() and len(text) <= 200 else quoted(text)
+
+
+def input_file(path: str | os.PathLike[str], what: str, *, limit: int | None = None) -> Path:
+    """``path`` after checking that it is a regular file of at most ``limit`` bytes (no limit
+    when None); recorded as an input.  InputError (one line naming the file and ``what`` was
+    expected) otherwise.  Nothing is opened here."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise InputError(_stat_error(p, e, what)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{shown(p)}: is a directory; expected {what} (a file)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise InputError(
+            f"{shown(p)}: is {kind}; expected {what} (a regular file: special files are refused "
+            "because they may block or never end)"
+        )
+    if limit is not None and st.st_size > limit:
+        raise InputError(
+            f"{shown(p)}: {st.st_size} bytes; expected {what} of at most {limit} bytes"
+        )
+    _INPUTS.add((st.st_dev, st.st_ino))
+    return p
+
+
+def _stat_error(p: Path, e: OSError, what: str) -> str:
+    if e.errno == errno.ENOENT:
+        return f"{shown(p)}: no such file; expected {what}"
+    if e.errno == errno.ENAMETOOLONG:
+        return f"{shown(p)}: file name too long; expected {what}"
+    if e.errno == errno.ENOTDIR:
+        return f"{shown(p)}: a part of the path is not a directory; expected {what}"
+    return f"{shown(p)}: cannot read ({e.strerror}); expected {what}"
+
+
+def note_input(path: str | os.PathLike[str]) -> None:
+    """Remember ``path`` as an input without reading it (a file a capture folder names)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        _INPUTS.add((st.st_dev, st.st_ino))
+
+
+def is_input(st: os.stat_result) -> bool:
+    """Whether the file with this ``stat`` result is one of this process's inputs."""
+    return (st.st_dev, st.st_ino) in _INPUTS
+
+
+def forget_inputs() -> None:
+    """Forget every input seen so far (for long-lived processes such as notebooks)."""
+    _INPUTS.clear()
+
+
+def read_bytes(path: str | os.PathLike[str], what: str, *, limit: int = TEXT_LIMIT) -> bytes:
+    """The content of a regular file of at most ``limit`` bytes (see :func:`input_file`)."""
+    p = input_file(path, what, limit=limit)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise InputError(f"{shown(p)}: cannot read ({e.strerror}); expected {what}") from None
+    if len(data) > limit:  # grew while we looked
+        raise InputError(f"{shown(p)}: more than {limit} bytes; expected {what}")
+    return data
+
+
+def read_text(
+    path: str | os.PathLike[str], what: str, *, limit: int = TEXT_LIMIT, lenient: bool = False
+) -> str:
+    """The UTF-8 text of a regular file of at most ``limit`` bytes (see :func:`input_file`);
+    a byte that is not UTF-8 is an InputError naming its offset (``lenient``: replaced by
+    U+FFFD, for logs such as dmesg whose stray bytes carry no meaning)."""
+    data = read_bytes(path, what, limit=limit)
+    try:
+        return data.decode("utf-8", "replace" if lenient else "strict")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{shown(path)}: byte {e.start:#x} is not UTF-8; expected {what} (UTF-8 text)"
+        ) from None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["InputError", "Problem", "ProblemLog", "StrictError"]
+__all__ = ["CacheWarning", "InputError", "Problem", "ProblemLog", "StrictError"]
 
 
 class InputError(Exception):
@@ -31,6 +31,11 @@ class InputError(Exception):
 
 class StrictError(InputError):
     """A recorded problem that ``--strict`` made fatal."""
+
+
+class CacheWarning(UserWarning):
+    """A cache entry did not match its checksum, version or options and was rebuilt (issued
+    with :func:`warnings.warn`; the CLI prints it as one ``s2trace: warning:`` line)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,18 +18,24 @@ files, kallsyms, iomem, dmesg, region lists, raw descriptor tables) comes throug
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
+
+import numpy as np
 
 from s2trace.errors import InputError
 from s2trace.numbers import quoted
 
 __all__ = [
     "TEXT_LIMIT",
+    "cache_root",
+    "content_digest",
     "forget_inputs",
     "input_file",
     "is_input",
+    "is_regular",
     "note_input",
     "read_bytes",
     "read_text",
@@ -90,6 +96,15 @@ def _stat_error(p: Path, e: OSError, what: str) -> str:
     return f"{shown(p)}: cannot read ({e.strerror}); expected {what}"
 
 
+def is_regular(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a regular file (False for anything else, and for names that
+    cannot be looked up at all, such as one too long)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def note_input(path: str | os.PathLike[str]) -> None:
     """Remember ``path`` as an input without reading it (a file a capture folder names)."""
     try:
@@ -136,3 +151,36 @@ def read_text(
         raise InputError(
             f"{shown(path)}: byte {e.start:#x} is not UTF-8; expected {what} (UTF-8 text)"
         ) from None
+
+
+# -- caches ------------------------------------------------------------------------------------
+def cache_root() -> Path:
+    """Where s2trace keeps its caches: ``$S2TRACE_CACHE``, else ``$XDG_CACHE_HOME/s2trace``,
+    else ``~/.cache/s2trace`` (not created here)."""
+    env = os.environ.get("S2TRACE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):  # the XDG spec: a relative value is to be ignored
+        return Path(xdg) / "s2trace"
+    return Path.home() / ".cache" / "s2trace"
+
+
+_DIGEST_BLOCK = 1 << 20
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """A checksum of a file's content, cheap enough to verify a cache entry on every read:
+    the sum (mod 2^64) of the little-endian 64-bit words of each 1 MiB block, all blocks'
+    sums and the length hashed with sha256.  Any change of one word changes its block's sum.
+    Read at memory speed (numpy), unlike a byte-wise hash."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(_DIGEST_BLOCK):
+            size += len(block)
+            words = np.frombuffer(block[: len(block) // 8 * 8], "<u8")
+            tail = block[len(block) // 8 * 8 :]
+            h.update(np.uint64(words.sum(dtype=np.uint64)).tobytes() + tail)
+    h.update(size.to_bytes(8, "little"))
+    return h.hexdigest()

@@ -12,10 +12,11 @@ import errno
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
-from s2trace.errors import InputError
+from s2trace.errors import CacheWarning, InputError
 
 #: Modules that add commands to the group, in help order.
 COMMAND_MODULES = (
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from s2trace.allocator import keep_freed_memory
 
     keep_freed_memory()
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", CacheWarning)
     try:
         rc = cli.main(args=argv, prog_name="s2trace", standalone_mode=False)
         sys.stdout.flush()  # a full disk behind standard output shows here at the latest
@@ -91,6 +94,21 @@ def _fail(message: str) -> int:
     one_line = message.replace("\r", "\\r").replace("\n", "\\n")
     click.echo(f"s2trace: error: {one_line}", err=True)
     return 2
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """Every warning as one ``s2trace: warning:`` line (s2trace's own without a category)."""
+    text = str(message).replace("\n", " ")
+    if not issubclass(category, CacheWarning):
+        text = f"{category.__name__}: {text}"
+    click.echo(f"s2trace: warning: {text}", err=True)
 
 
 def _usage_line(exc: click.UsageError) -> str:

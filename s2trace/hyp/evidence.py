@@ -16,6 +16,7 @@ import pandas as pd
 
 from s2trace.columns import LABELS
 from s2trace.errors import InputError
+from s2trace.files import read_text, shown
 from s2trace.pkvm.kallsyms import parse_kallsyms
 from s2trace.walk.tables import Memory
 
@@ -37,10 +38,7 @@ def _text(source: str | Path) -> tuple[str, str]:
     """(content, name) of a path or of literal text (anything with a newline)."""
     if isinstance(source, Path) or "\n" not in source:
         p = Path(source)
-        try:
-            return p.read_text(errors="replace"), str(p)
-        except OSError as exc:
-            raise InputError(f"{p}: cannot read: {exc.strerror}") from None
+        return read_text(p, "an evidence file (kallsyms, iomem or dmesg)", lenient=True), shown(p)
     return source, "<text>"
 
 

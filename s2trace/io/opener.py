@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from s2trace.errors import InputError, Problem
+from s2trace.files import input_file, is_regular, shown
 from s2trace.io.compressed import COMPRESSED_SUFFIXES, decompressed, is_compressed, plain_name
 from s2trace.io.elfcore import ELF_MAGIC, elf_core_regions
 from s2trace.io.memory import PhysicalMemory, Region
@@ -61,7 +62,7 @@ def open_memory(specs: Sequence[str | os.PathLike[str]], base: int = 0) -> Physi
 
 def _open_spec(spec: str | os.PathLike[str], base: int) -> tuple[list[Region], list[Problem]]:
     pa: int | None = None
-    if isinstance(spec, str) and "@" in spec and not Path(spec).is_file():
+    if isinstance(spec, str) and "@" in spec and not is_regular(spec):
         text, pa = parse_file_at_pa(spec)
         given = Path(text)
     else:
@@ -127,17 +128,14 @@ def _materialise(given: Path, what: str) -> tuple[Path, str]:
 
     Returns the path to map and the logical file name (without a compression suffix).
     """
-    if not given.exists():
-        raise InputError(f"{given}: no such file; expected {what}")
-    if given.is_dir():
-        raise InputError(f"{given}: is a directory; expected {what} (a file)")
+    input_file(given, what)  # a regular file: a FIFO or a device is refused before open()
     try:
         with open(given, "rb") as f:
             first = f.read(1)
     except OSError as e:
-        raise InputError(f"{given}: cannot read ({e.strerror}); expected {what}") from e
+        raise InputError(f"{shown(given)}: cannot read ({e.strerror}); expected {what}") from e
     if not first:
-        raise InputError(f"{given}: empty file; expected {what}")
+        raise InputError(f"{shown(given)}: empty file; expected {what}")
     if not is_compressed(given):
         return given, given.name
     path = decompressed(given)

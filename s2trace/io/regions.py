@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from s2trace.errors import InputError, Problem
+from s2trace.files import read_text, shown
+from s2trace.numbers import quoted, read_int
 
 __all__ = [
     "RegionEntry",
@@ -49,6 +51,9 @@ _CMM_LOAD = re.compile(r"(?:d|data)\.load\.b(?:inary)?", re.IGNORECASE)
 _CMM_HARMLESS = {"NOCLEAR", "NOSYMBOL", "NOREG", "NOCODE", "BYTE", "WORD", "LONG", "QUAD"}
 _T32_HEX = re.compile(r"0x[0-9a-f]+", re.IGNORECASE)
 _T32_DEC = re.compile(r"[0-9]+\.")
+
+#: Largest region list read (a real one is a few KiB).
+REGION_LIST_LIMIT = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +73,13 @@ class RegionEntry:
 
 
 def parse_number(text: str) -> int:
-    """``0x``-prefixed hex or plain decimal (``_`` separators allowed); ValueError otherwise."""
-    t = text.strip().replace("_", "")
-    if re.fullmatch(r"0[xX][0-9a-fA-F]+", t):
-        return int(t, 16)
-    if re.fullmatch(r"[0-9]+", t):
-        return int(t, 10)
-    raise ValueError(f"not a number: {text!r} (expected 0x-hex or decimal)")
+    """``0x``-prefixed hex or plain decimal (``_`` between digits), below 2^64; ValueError
+    otherwise (:mod:`s2trace.numbers` reads it)."""
+    value = read_int(text)
+    plain = text.strip(" \t")[:2].lower() not in ("0b", "0o") and text.strip(" \t")[:1] not in "+-"
+    if value is None or not plain or not 0 <= value < 1 << 64:
+        raise ValueError(f"not a number: {quoted(text)} (expected 0x-hex or decimal, 64 bits)")
+    return value
 
 
 def _is_number(text: str) -> bool:
@@ -94,8 +99,8 @@ def parse_file_at_pa(spec: str) -> tuple[str, int]:
         return file, parse_number(pa)
     except ValueError:
         raise InputError(
-            f"{spec}: bad physical address {pa!r} after '@'; expected FILE@PA with PA "
-            f"in 0x-hex or decimal"
+            f"{shown(spec)}: bad physical address {quoted(pa)} after '@'; expected FILE@PA with "
+            "PA in 0x-hex or decimal"
         ) from None
 
 
@@ -116,10 +121,7 @@ def _file_path(folder: Path, token: str) -> Path:
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror}); expected a region list") from e
+    return read_text(path, "a region list", limit=REGION_LIST_LIMIT, lenient=True).splitlines()
 
 
 def _skip(line: str) -> bool:

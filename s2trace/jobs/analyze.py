@@ -8,6 +8,7 @@ every stage's output and every problem found on the way, so nothing is dropped s
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from s2trace.allocator import release_memory
 from s2trace.errors import InputError, ProblemLog
 from s2trace.jobs.capture import is_capture, load_capture
 from s2trace.jobs.grounds import boot_ranges, dump_map
+from s2trace.numbers import parse_u64, quoted
 from s2trace.trace.family import (
     choose_kernel,
     confirm_alike,
@@ -56,7 +58,8 @@ class Analysis:
 
 
 def parse_linear_map(text: str | None) -> tuple[int, int] | None:
-    """``VA=PA`` (or ``VA:PA``) of the kernel linear map, e.g. ``0xffff000000000000=0x40000000``."""
+    """``VA=PA`` (or ``VA:PA``) of the kernel linear map, e.g. ``0xffff000000000000=0x40000000``;
+    both 64-bit numbers (:mod:`s2trace.numbers`)."""
     if not text:
         return None
     va, sep, pa = (
@@ -64,27 +67,35 @@ def parse_linear_map(text: str | None) -> tuple[int, int] | None:
     )
     if not sep:
         raise InputError(
-            f"--linear-map {text!r}: expected VA=PA, e.g. 0xffff000000000000=0x40000000"
+            f"--linear-map {quoted(text)}: expected VA=PA, e.g. 0xffff000000000000=0x40000000"
         )
-    try:
-        return int(va, 0), int(pa, 0)
-    except ValueError:
-        raise InputError(f"--linear-map {text!r}: VA and PA must be numbers") from None
+    return parse_u64(va, "--linear-map VA"), parse_u64(pa, "--linear-map PA")
 
 
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+_TIME = re.compile(
+    r"[ \t]*(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|0x[0-9a-fA-F]+)"
+    r"[ \t]*(?P<unit>s|ms|us|ns)?[ \t]*",
+    re.ASCII,
+)
 
 
 def parse_time(text: str | None) -> float | None:
     """A time in the trace's units (seconds, as ftrace prints them), or with a unit suffix
-    (``18.5``, ``18537023us``, ``0x10`` for hex seconds)."""
+    (``18.5``, ``18537023us``, ``0x10`` for hex seconds); finite, ASCII digits."""
     if text is None:
         return None
-    m = re.fullmatch(r"\s*([0-9.eE+-]+|0x[0-9a-fA-F]+)\s*(s|ms|us|ns)?\s*", str(text))
-    if not m:
-        raise InputError(f"time {text!r}: expected seconds like 18.537023 (or with s/ms/us/ns)")
-    value = int(m.group(1), 16) if m.group(1).startswith("0x") else float(m.group(1))
-    return float(value) * _UNITS[m.group(2) or "s"]
+    m = _TIME.fullmatch(str(text))
+    value = None
+    if m is not None:
+        num = m.group("num")
+        value = float(int(num, 16) if num.startswith("0x") else float(num))
+        value *= _UNITS[m.group("unit") or "s"]
+    if value is None or not math.isfinite(value):
+        raise InputError(
+            f"time {quoted(text)}: expected finite seconds like 18.537023 (or with s/ms/us/ns)"
+        )
+    return value
 
 
 def _grounds(

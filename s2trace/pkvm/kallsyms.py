@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from s2trace.errors import InputError
+from s2trace.files import read_text, shown
 
 __all__ = ["Kallsyms", "parse_kallsyms", "read_kallsyms"]
 
@@ -111,12 +112,5 @@ def parse_kallsyms(text: str, source: str = "kallsyms", *, strict: bool = False)
 def read_kallsyms(path: str | os.PathLike[str]) -> Kallsyms:
     """Read and parse a kallsyms file; InputError if it cannot be read."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such file; expected a copy of /proc/kallsyms") from None
-    except IsADirectoryError:
-        raise InputError(f"{p}: is a directory; expected a copy of /proc/kallsyms") from None
-    except OSError as e:
-        raise InputError(f"{p}: cannot read ({e.strerror}); expected /proc/kallsyms") from e
-    return parse_kallsyms(text, str(p))
+    text = read_text(p, "a copy of /proc/kallsyms", lenient=True)
+    return parse_kallsyms(text, shown(p))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,25 @@ SETTINGS = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+
+
+class Cached:
+    """A prepared cache and the answer computed without one (short repr for hypothesis)."""
+
+    def __init__(self, source: Path, cache: Path, want: str) -> None:
+        self.source, self.cache, self.want = source, cache, want
+
+    def __iter__(self):
+        return iter((self.source, self.cache, self.want))
+
+    def __repr__(self) -> str:
+        return f"Cached({self.source.name})"
+
+    def fresh_copy(self, tmp_path: Path) -> Path:
+        """A private copy of the cache (a new one for every hypothesis example)."""
+        dst = Path(tempfile.mkdtemp(dir=tmp_path)) / "cache"
+        shutil.copytree(self.cache, dst)
+        return dst
 
 
 def _entries(cache: Path, pattern: str) -> list[Path]:
@@ -52,7 +72,7 @@ def trace_cache(tmp_path_factory, samples):
     check(fresh, "ok")
     check(first, "ok")
     assert fresh.out == first.out
-    return trace, cache, fresh.out
+    return Cached(trace, cache, fresh.out)
 
 
 @SETTINGS
@@ -60,9 +80,8 @@ def trace_cache(tmp_path_factory, samples):
     flips=st.lists(st.tuples(st.integers(0, 1 << 20), st.integers(0, 255)), min_size=1, max_size=3)
 )
 def test_damaged_trace_cache(flips, trace_cache, tmp_path):
-    trace, pristine, want = trace_cache
-    cache = tmp_path / "cache"
-    shutil.copytree(pristine, cache)
+    trace, _, want = trace_cache
+    cache = trace_cache.fresh_copy(tmp_path)
     (entry,) = _entries(cache, "*.parquet")
     for at, value in flips:
         _flip(entry, at, value)
@@ -130,7 +149,7 @@ def dump_cache(tmp_path_factory, samples):
     cache = root / "cache"
     first = run(["decode", cap, "--format", "csv", "--no-labels"], base_env(cache))
     check(first, "ok")
-    return cap, cache, first.out
+    return Cached(cap, cache, first.out)
 
 
 def _raw_entry(cache: Path) -> Path:
@@ -141,9 +160,8 @@ def _raw_entry(cache: Path) -> Path:
 @SETTINGS
 @given(page=st.integers(0, 40), offset=st.integers(0, 4095), value=st.integers(1, 255))
 def test_damaged_dump_cache(page, offset, value, dump_cache, tmp_path):
-    cap, pristine, want = dump_cache
-    cache = tmp_path / "cache"
-    shutil.copytree(pristine, cache)
+    cap, _, want = dump_cache
+    cache = dump_cache.fresh_copy(tmp_path)
     entry = _raw_entry(cache)
     size = entry.stat().st_size
     _flip(entry, (size - 4096 * (page + 1) + offset) % size, value)

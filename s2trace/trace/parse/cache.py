@@ -5,11 +5,13 @@ converted once (:func:`write_events`) and read back (:func:`read_events`) with t
 CSV keeps <NA> apart from the empty string (<NA> is an empty cell, ``""`` a quoted empty
 string); JSON lines use ``null``.
 
-The cache keeps a parsed trace as Parquet (the events) plus a small JSON (format, line count,
-problems) under ``$S2TRACE_CACHE/traces`` (default ``~/.cache/s2trace/traces``), keyed by the
-sha256 of the file's content, the parser version and the format, so a second read of the same
-file costs one hash and one Parquet read.  Entries are written to a temporary name and renamed
-into place; an unreadable entry is treated as absent.
+The cache keeps a parsed trace as Parquet (the events) plus a small JSON record (format, line
+count, problems, the s2trace version, the Parquet file's checksum and the record's own) under
+``traces`` in the cache root (``$S2TRACE_CACHE``, else ``$XDG_CACHE_HOME/s2trace``, else
+``~/.cache/s2trace``), keyed by the sha256 of the file's content, the parser version and the
+format, so a second read of the same file costs one hash, one checksum and one Parquet read.
+Entries are written to a temporary name and renamed into place; an entry that does not match
+its record is dropped with a warning and the trace parsed again.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,10 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from s2trace import __version__
 from s2trace.columns import EVENTS
-from s2trace.errors import InputError
+from s2trace.errors import CacheWarning, InputError
+from s2trace.files import cache_root, content_digest, shown
 
 __all__ = [
     "TABULAR_FORMATS",
@@ -201,11 +206,14 @@ def read_events(path: str | os.PathLike[str], fmt: str | None = None) -> pd.Data
 
 
 # -- the cache of parsed traces ---------------------------------------------------------------
+#: Layout version of a cache entry (Parquet + JSON record).
+ENTRY_VERSION = 1
+
+
 def cache_dir() -> Path:
-    """``$S2TRACE_CACHE/traces`` or ``~/.cache/s2trace/traces`` (not created here)."""
-    env = os.environ.get("S2TRACE_CACHE")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "s2trace"
-    return root / "traces"
+    """``traces`` under the cache root (:func:`s2trace.files.cache_root`: ``$S2TRACE_CACHE``,
+    else ``$XDG_CACHE_HOME/s2trace``, else ``~/.cache/s2trace``; not created here)."""
+    return cache_root() / "traces"
 
 
 def cache_key(path: Path, fmt: str, parser_version: str) -> str:
@@ -216,32 +224,80 @@ def cache_key(path: Path, fmt: str, parser_version: str) -> str:
             while block := f.read(16 << 20):
                 h.update(block)
     except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from e
+        raise InputError(f"{shown(path)}: cannot read ({e.strerror})") from e
     return f"{h.hexdigest()}-p{parser_version}-{fmt}"
 
 
+def _record_check(meta: dict[str, Any]) -> str:
+    """sha256 of the record without its own check (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "check"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def load(key: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-    """The cached (events, metadata) for ``key``, or None (absent or unreadable)."""
+    """The cached (events, metadata) for ``key``, or None when there is no entry.
+
+    An entry is verified before use: its record's own checksum, the s2trace version, key and
+    layout that wrote it, and the checksum of the Parquet file.  One that does not match is
+    dropped with a :class:`~s2trace.errors.CacheWarning` (the trace is then parsed again and
+    the entry rewritten), so a damaged cache never changes an answer.
+    """
     root = cache_dir()
     meta_path, data_path = root / f"{key}.json", root / f"{key}.parquet"
+    if not (meta_path.exists() or data_path.exists()):
+        return None
     try:
         meta = json.loads(meta_path.read_text())
-        events = _from_arrow(pq.read_table(data_path), str(data_path))
-        int(meta["lines"])
-        for p in meta["problems"]:
-            (p["kind"], int(p["where"]), p["detail"])
-    except (OSError, ValueError, KeyError, TypeError, InputError, pa.ArrowException):
-        return None
-    return events, meta
+        trouble = _trouble(meta, key, data_path)
+        if trouble is None:
+            events = _from_arrow(pq.read_table(data_path), str(data_path))
+            if len(events) != int(meta["rows"]):
+                trouble = "holds a different number of rows than its record"
+    except (OSError, ValueError, KeyError, TypeError, InputError, pa.ArrowException) as e:
+        trouble = f"cannot be read ({type(e).__name__})"
+    if trouble is None:
+        return events, meta
+    warnings.warn(
+        f"parsed-trace cache entry {shown(data_path)} {trouble}; parsing the trace again",
+        CacheWarning,
+        stacklevel=3,
+    )
+    return None
+
+
+def _trouble(meta: Any, key: str, data_path: Path) -> str | None:
+    if not isinstance(meta, dict) or meta.get("check") != _record_check(meta):
+        return "does not match its record's checksum (damaged or edited)"
+    if meta.get("entry_version") != ENTRY_VERSION or meta.get("s2trace") != __version__:
+        return "was written by another version of s2trace"
+    if meta.get("key") != key:
+        return "was written for another file or other options"
+    int(meta["lines"])
+    for p in meta["problems"]:
+        (p["kind"], int(p["where"]), p["detail"])
+    if content_digest(data_path) != meta.get("parquet"):
+        return "does not match its checksum (damaged)"
+    return None
 
 
 def store(key: str, events: pd.DataFrame, meta: dict[str, Any]) -> None:
-    """Cache a parsed trace; failure to write (read-only home, full disk) is not an error."""
+    """Cache a parsed trace with its record (see :func:`load`); failure to write (read-only
+    home, full disk) is not an error."""
     root = cache_dir()
+    data_path = root / f"{key}.parquet"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _atomic(root / f"{key}.parquet", lambda p: pq.write_table(_to_arrow(events), p))
-        _atomic(root / f"{key}.json", lambda p: Path(p).write_text(json.dumps(meta)))
+        _atomic(data_path, lambda p: pq.write_table(_to_arrow(events), p))
+        record = {
+            **meta,
+            "key": key,
+            "rows": len(events),
+            "entry_version": ENTRY_VERSION,
+            "s2trace": __version__,
+            "parquet": content_digest(data_path),
+        }
+        record["check"] = _record_check(record)
+        _atomic(root / f"{key}.json", lambda p: Path(p).write_text(json.dumps(record)))
     except OSError:
         return
 

@@ -60,6 +60,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from s2trace.errors import InputError, Problem, ProblemLog
+from s2trace.files import input_file
 from s2trace.trace.parse import cache
 from s2trace.trace.parse.eventcols import EventCols, events_frame
 from s2trace.trace.parse.field_access import (
@@ -144,9 +145,7 @@ def read_trace(
     (same content, same parser version, same format) is loaded from the cache.
     Raises :class:`~s2trace.errors.InputError` for a missing, unreadable or unrecognisable file.
     """
-    src = Path(path)
-    if not src.is_file():
-        raise InputError(f"{src}: no such trace file")
+    src = input_file(path, "a trace file")  # a FIFO or a device is refused before open()
     if fmt is not None and fmt not in TRACE_FORMATS:
         raise InputError(f"trace format {fmt!r}: expected one of {', '.join(TRACE_FORMATS)}")
     kind = fmt or detect_format(src)

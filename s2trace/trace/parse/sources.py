@@ -21,6 +21,7 @@ import zstandard
 from tqdm import tqdm
 
 from s2trace.errors import InputError
+from s2trace.io.compressed import check_zstd_framing
 from s2trace.trace.parse.chunk import BACK, FRONT, NL, padded
 
 __all__ = ["CHUNK_BYTES", "read_chunks", "read_head"]
@@ -48,6 +49,9 @@ def _open_stream(src: Path, raw: BinaryIO) -> BinaryIO:
     kind = _compression(head)
     # The decompressors are binary file objects (read, readinto, close), not typing.BinaryIO.
     if kind == "zstd":
+        # python-zstandard's reader ends quietly at a cut-off frame: check the framing to the
+        # file's end first (a truncated trace is an error, never a shorter trace).
+        check_zstd_framing(src)
         return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
     if kind == "gzip":
         return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.errors import InputError
+from s2trace.files import read_text
 from s2trace.pkvm.rules import parse_kernel
 from s2trace.trace.parse.readers import as_arrow, extract_fields, parse_uint
 
@@ -52,10 +53,7 @@ def hypercall_table(
     the built-in table of ``kernel`` (its major.minor must match one exactly)."""
     if path is not None:
         src = Path(path)
-        try:
-            text = src.read_text()
-        except OSError as e:
-            raise InputError(f"{src}: cannot read ({e.strerror})") from e
+        text = read_text(src, "a hypercall table (kvm_asm.h or TOML)", limit=16 << 20)
         if src.suffix == ".toml":
             try:
                 names = tomllib.loads(text)["names"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from s2trace.errors import InputError
+from s2trace.files import read_text, shown
 from s2trace.pkvm.rules import COMPONENTS
 from s2trace.trace.recipes.model import (
     RECIPE_OPS,
@@ -99,12 +100,13 @@ def load_recipes(
 
 
 def _load_file(path: Path) -> list[Recipe]:
+    text = read_text(path, "a recipes file (UTF-8 TOML)", limit=16 << 20)
     try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise InputError(f"{path}: cannot read recipes ({e.strerror})") from e
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{path}: not valid TOML ({e})") from e
+        raise InputError(f"{shown(path)}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise InputError(f"{shown(path)}: not valid TOML (nested too deeply)") from None
     extra = set(data) - {"recipe"}
     if extra:
         raise InputError(f"{path}: unknown top-level keys {sorted(extra)} (expected [[recipe]])")

@@ -110,7 +110,7 @@ def register(cli: click.Group) -> None:
         t = read_trace(trace, strict=kw["strict"])
         for p in list(t.problems)[:1]:
             click.echo(
-                f"s2trace: warning: {len(t.problems)} malformed line(s); first: {p}", err=True
+                f"s2trace: warning: {len(t.problems)} problem(s) in the trace; first: {p}", err=True
             )
         _write(t.events, kw, {"trace": trace, "format": t.fmt, "lines": t.lines})
 

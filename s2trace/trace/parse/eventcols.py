@@ -43,6 +43,16 @@ class EventCols:
     def __len__(self) -> int:
         return len(self.line)
 
+    def keep(self, mask: np.ndarray) -> EventCols:
+        """Only the rows where ``mask`` is true."""
+        sel = pa.array(mask)
+        num = {
+            k: getattr(self, k)[mask]
+            for k in ("line", "ts", "cpu", "cpu_ok", "pid", "pid_ok", "lost", "lost_ok")
+        }
+        text = {k: getattr(self, k).filter(sel) for k in ("task", "flags", "event", "fields")}
+        return EventCols(**num, **text)
+
     @staticmethod
     def concat(parts: Sequence[EventCols]) -> EventCols:
         """Rows of ``parts`` together, ordered by line number."""

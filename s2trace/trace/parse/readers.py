@@ -56,6 +56,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -106,7 +107,7 @@ __all__ = [
 ]
 
 #: Bump when parsing changes what a file parses to: it invalidates cached traces.
-PARSER_VERSION = "1"
+PARSER_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -151,7 +152,9 @@ def read_trace(
     kind = fmt or detect_format(src)
     if kind == "parquet":
         events = cache.read_events(src, kind)
-        return Trace(events, ProblemLog(strict=strict), str(src), kind, len(events))
+        log = ProblemLog(strict=strict)
+        _check_whole(events, len(events), str(src), log)
+        return Trace(events, log, str(src), kind, len(events))
     key = cache.cache_key(src, kind, PARSER_VERSION) if use_cache else None
     if key is not None and (hit := cache.load(key)) is not None:
         events, meta = hit
@@ -166,10 +169,37 @@ def read_trace(
         lines = len(events)
     else:
         events, lines = _parse_text(src, kind, log, _show_progress(progress))
+    _check_whole(events, lines, str(src), log)
     if key is not None:
         problems = [{"kind": p.kind, "where": p.where, "detail": p.detail} for p in log]
         cache.store(key, events, {"fmt": kind, "lines": lines, "problems": problems})
     return Trace(events, log, str(src), kind, lines)
+
+
+def _check_whole(events: pd.DataFrame, lines: int, source: str, log: ProblemLog) -> None:
+    """Problems of the trace as a whole: no event at all (an answer from it would be the
+    initial state, silently), and timestamps that go back in time (the replay orders events
+    by time, so the file order is not the order of the answer)."""
+    ts = events["ts"].to_numpy(np.float64)
+    ts = ts[np.isfinite(ts)]
+    if not len(ts):
+        log.add(Problem("empty_trace", 0, f"no event in {lines} line(s)", None, source))
+        return
+    back = np.flatnonzero(ts[1:] < ts[:-1])
+    if len(back):
+        finite = np.flatnonzero(np.isfinite(events["ts"].to_numpy(np.float64)))
+        first = finite[back[0] + 1]
+        line = int(events["line"].iloc[first])
+        log.add(
+            Problem(
+                "unordered_line",
+                line,
+                f"timestamp {ts[back[0] + 1]} is before {ts[back[0]]} on an earlier line "
+                f"({len(back)} such step(s) back); events are replayed in time order",
+                None,
+                source,
+            )
+        )
 
 
 def _show_progress(progress: bool | None) -> bool:
@@ -193,16 +223,9 @@ def _parse_text(src: Path, fmt: str, log: ProblemLog, show: bool) -> tuple[pd.Da
     ) as bar:
         for raw in read_chunks(src, bar, _CHUNK):
             cols, nlines, bad = parse_chunk(raw, next_line, fmt, _FAST)
-            for lineno, text in bad:
-                log.add(
-                    Problem(
-                        "malformed_line",
-                        lineno,
-                        f"not a {fmt} trace line: {text!r}",
-                        None,
-                        str(src),
-                    )
-                )
+            for lineno, text, why in bad:
+                detail = f"not a {fmt} trace line: {text!r}" + (f" ({why})" if why else "")
+                log.add(Problem("malformed_line", lineno, detail, None, str(src)))
             if default_cpu is not None:
                 cols.cpu[~cols.cpu_ok] = default_cpu
                 cols.cpu_ok[:] = True

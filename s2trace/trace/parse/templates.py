@@ -178,6 +178,13 @@ def _valid_events(names: pa.DictionaryArray) -> np.ndarray:
     return good[codes] if len(good) else np.zeros(len(codes), dtype=bool)
 
 
+def _widen(ok: np.ndarray, subset: np.ndarray) -> np.ndarray:
+    """A fit mask over a subset of rows, as a mask over all of them."""
+    out = np.zeros(len(subset), bool)
+    out[subset] = ok
+    return out
+
+
 def _host_rows(
     ch: Chunk, rows: np.ndarray, t: _HostTemplate, first_line: int
 ) -> tuple[np.ndarray, EventCols]:
@@ -188,9 +195,13 @@ def _host_rows(
     without blanks, blanks around it; the timestamp as blanks then digits, '.', digits; then
     ``EVENT:`` (no blank in the name) followed by a blank or the line end.
     """
+    long_enough = ch.en[rows] >= ch.st[rows] + t.colon + 3
+    if not long_enough.all():  # windows past the end of a short last line would leave the pad
+        ok, cols = _host_rows(ch, rows[long_enough], t, first_line)
+        return _widen(ok, long_enough), cols
     buf = ch.buf
     s, en = ch.st[rows], ch.en[rows]
-    ok = en >= s + t.colon + 3
+    ok = np.ones(len(rows), bool)
     for off, byte in (
         (t.dash, DASH),
         (t.lb - 1, SP),
@@ -206,7 +217,7 @@ def _host_rows(
     digit, space, _ = ch.masks(s + t.dash + 1, anchor - t.dash - 1)
     ok_p, plen = digits_then_blanks(digit, space, anchor - t.dash - 1)
     pid, ok_p2 = ch.decimal(s + t.dash + 1 + plen, plen)
-    ok &= ok_c & ok_p & ok_p2 & (pid < 1 << 31)
+    ok &= ok_c & ok_p & ok_p2 & (pid < 1 << 31) & (cpu < 1 << 15)  # wider: the regex pass
     if t.par >= 0:
         width = t.lb - t.par - 3
         digit, space, _ = ch.masks(s + t.par + 1, width)
@@ -260,9 +271,13 @@ def _hyp_rows(
 ) -> tuple[np.ndarray, EventCols]:
     """Lines of ``rows`` that fit the hypervisor template ``t`` (``[CPU]\\tSECS.USECS: EVENT
     FIELDS``): (fit mask, their columns).  The event name ends at the first blank."""
+    long_enough = ch.en[rows] >= ch.st[rows] + t.colon + 3
+    if not long_enough.all():  # as in _host_rows
+        ok, cols = _hyp_rows(ch, rows[long_enough], t, first_line)
+        return _widen(ok, long_enough), cols
     buf = ch.buf
     s, en = ch.st[rows], ch.en[rows]
-    ok = en >= s + t.colon + 3
+    ok = np.ones(len(rows), bool)
     for off, byte in (
         (0, LBR),
         (t.rb, RBR),
@@ -278,7 +293,7 @@ def _hyp_rows(
     _, _, blank = ch.masks(evs, _EVWIN)
     first = ctz(blank)
     elen = np.minimum(first, en - evs)
-    ok &= ok_c & ok_t & (first < _EVWIN) & (elen >= 1)
+    ok &= ok_c & ok_t & (first < _EVWIN) & (elen >= 1) & (cpu < 1 << 15)
     good = np.flatnonzero(ok)
     event = ch.dictionary(evs[good], elen[good])
     valid = _valid_events(event)

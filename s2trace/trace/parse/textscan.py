@@ -29,17 +29,25 @@ __all__ = ["parse_chunk"]
 
 def parse_chunk(
     buf: np.ndarray, first_line: int, fmt: str, fast: Mapping[str, FastPath]
-) -> tuple[EventCols, int, list[tuple[int, str]]]:
-    """Parse one padded chunk: (event rows, number of lines, malformed (line, text) pairs).
+) -> tuple[EventCols, int, list[tuple[int, str, str]]]:
+    """Parse one padded chunk: (event rows, number of lines, malformed lines as
+    (line, text, why) triples; ``why`` is empty when no layout fits the line).
 
     ``fast`` maps a format to its column-template path
     (:data:`s2trace.trace.parse.templates.FAST_PATHS`); formats without one, or an empty mapping,
-    use the regex pass alone.
+    use the regex pass alone.  A line holding a NUL byte, a line holding a second event (a lost
+    line end), and a line whose CPU, pid or lost count does not fit its column are malformed,
+    never cut short or narrowed.
     """
     ch = Chunk(buf)
     n = len(ch.st)
     st, en = ch.st, ch.en
     rest = np.flatnonzero((en > st) & (ch.buf[st] != HASH))
+    bad_rows: list[tuple[np.ndarray, str]] = []
+    nul = _rows_with_nul(ch)
+    if len(nul):
+        bad_rows.append((nul, "it holds a NUL byte"))
+        rest = np.setdiff1d(rest, nul, assume_unique=True)
     parts: list[EventCols] = []
     if fmt in fast:
         learn, apply = fast[fmt]
@@ -49,30 +57,79 @@ def parse_chunk(
             rest = rest[~ok]
             if not len(rest):
                 break
-    bad: list[tuple[int, str]] = []
     if len(rest):
-        slow, unmatched = _slow(ch, rest, first_line, fmt)
+        slow, unmatched, wide = _slow(ch, rest, first_line, fmt)
         parts.append(slow)
-        if len(unmatched):
-            texts = ch.strings(st[unmatched], np.minimum(en[unmatched] - st[unmatched], 120))
-            bad = list(zip((first_line + unmatched).tolist(), texts.to_pylist(), strict=True))
-    return EventCols.concat(parts or [empty_cols()]), n, bad
+        bad_rows.append((unmatched, ""))
+        bad_rows.append((wide, _TOO_WIDE))
+    cols = EventCols.concat(parts or [empty_cols()])
+    cols, doubled = _second_events(cols, fmt, first_line)
+    bad_rows.append((doubled, "it holds a second event (a lost line end?)"))
+    bad: list[tuple[int, str, str]] = []
+    for rows, why in bad_rows:
+        if len(rows):
+            texts = ch.strings(st[rows], np.minimum(en[rows] - st[rows], 120)).to_pylist()
+            bad += [(first_line + int(r), t, why) for r, t in zip(rows, texts, strict=True)]
+    bad.sort()
+    return cols, n, bad
 
 
-def _ints(values: pa.Array, dtype: type[np.integer]) -> tuple[np.ndarray, np.ndarray]:
-    """Decimal strings (null allowed) -> (values, valid)."""
+_TOO_WIDE = "a CPU, pid or lost count too large to keep exactly"
+
+#: A second event inside the fields of a line (``TASK-PID [CPU] FLAGS SECS.USECS: EVENT:`` or
+#: the hypervisor's ``[CPU]<tab>SECS.USECS: EVENT``): the line end between two events was lost.
+_SECOND_EVENT = {
+    "ftrace": r"-[0-9]+\s+(?:\([ 0-9-]+\)\s+)?\[[0-9]+\]\s+(?:\S+\s+)?[0-9]+\.[0-9]+: \S+:",
+    "hyp": r"\[[0-9]+\]\t[0-9]+\.[0-9]+: ",
+    "hyp-early": r"\[\s*[0-9]+\.[0-9]+\] \S",
+}
+_SECOND_EVENT["trace-cmd"] = _SECOND_EVENT["ftrace"]
+
+
+def _rows_with_nul(ch: Chunk) -> np.ndarray:
+    """Rows (line indexes) holding a NUL byte (one vectorised pass over the chunk)."""
+    at = np.flatnonzero(ch.buf[ch.st[0] if len(ch.st) else 0 : ch.end] == 0)
+    if not len(at) or not len(ch.st):
+        return np.zeros(0, np.int64)
+    return np.unique(np.searchsorted(ch.nl, at + ch.st[0]))
+
+
+def _second_events(cols: EventCols, fmt: str, first_line: int) -> tuple[EventCols, np.ndarray]:
+    """``cols`` without the rows whose fields hold another event, and those rows."""
+    pattern = _SECOND_EVENT.get(fmt)
+    if pattern is None or not len(cols):
+        return cols, np.zeros(0, np.int64)
+    hit = pc.match_substring_regex(cols.fields, pattern).fill_null(False)
+    hit = hit.to_numpy(zero_copy_only=False)
+    if not hit.any():
+        return cols, np.zeros(0, np.int64)
+    return cols.keep(~hit), cols.line[hit] - first_line
+
+
+def _ints(values: pa.Array, dtype: type[np.integer]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decimal strings (null allowed) -> (values, valid, fits): ``fits`` is false where a
+    value does not fit ``dtype`` (its value then reads 0; the caller refuses the row)."""
     valid = values.is_valid().to_numpy(zero_copy_only=False)
-    out = pc.cast(values.fill_null("0"), pa.int64()).to_numpy(zero_copy_only=False)
-    return out.astype(dtype), valid
+    filled = values.fill_null("0")
+    huge = pc.greater(pc.utf8_length(filled), 18).to_numpy(zero_copy_only=False)  # > int64
+    safe = pc.if_else(pa.array(huge), pa.scalar("0", filled.type), filled) if huge.any() else filled
+    out = pc.cast(safe, pa.int64()).to_numpy(zero_copy_only=False)
+    info = np.iinfo(dtype)
+    fits = ~huge & (out >= info.min) & (out <= info.max)
+    return np.where(fits, out, 0).astype(dtype), valid, fits | ~valid
 
 
-def _slow(ch: Chunk, rows: np.ndarray, first_line: int, fmt: str) -> tuple[EventCols, np.ndarray]:
-    """Lines the fast path did not take, with Arrow's RE2: (event rows, unmatched rows)."""
+def _slow(
+    ch: Chunk, rows: np.ndarray, first_line: int, fmt: str
+) -> tuple[EventCols, np.ndarray, np.ndarray]:
+    """Lines the fast path did not take, with Arrow's RE2: (event rows, unmatched rows,
+    rows whose numbers do not fit their columns)."""
     lines = ch.lines(rows)
     ignored = pc.match_substring_regex(lines, IGNORED_RE).to_numpy(zero_copy_only=False)
     keep = ~ignored
     rows, lines = rows[keep], lines.filter(pa.array(keep))
     parts: list[EventCols] = []
+    wide: list[np.ndarray] = []
     for pattern in (DATA_RE[fmt], LOST_RE):
         if not len(rows):
             break
@@ -80,13 +137,18 @@ def _slow(ch: Chunk, rows: np.ndarray, first_line: int, fmt: str) -> tuple[Event
         hit = got.is_valid().to_numpy(zero_copy_only=False)
         if hit.any():
             sel = got.filter(pa.array(hit))
-            parts.append(_slow_cols(sel, first_line + rows[hit], lost=pattern is LOST_RE))
+            cols, fits = _slow_cols(sel, first_line + rows[hit], lost=pattern is LOST_RE)
+            parts.append(cols.keep(fits) if not fits.all() else cols)
+            wide.append(rows[hit][~fits])
         rows, lines = rows[~hit], lines.filter(pa.array(~hit))
-    return EventCols.concat(parts or [empty_cols()]), rows
+    too_wide = np.concatenate(wide) if wide else np.zeros(0, np.int64)
+    return EventCols.concat(parts or [empty_cols()]), rows, too_wide
 
 
-def _slow_cols(got: pa.StructArray, line: np.ndarray, *, lost: bool) -> EventCols:
-    """EVENTS columns from the named groups of one regex."""
+def _slow_cols(
+    got: pa.StructArray, line: np.ndarray, *, lost: bool
+) -> tuple[EventCols, np.ndarray]:
+    """EVENTS columns from the named groups of one regex, and which rows' numbers fit."""
     names = {got.type.field(i).name for i in range(got.type.num_fields)}
     m = len(got)
 
@@ -96,10 +158,12 @@ def _slow_cols(got: pa.StructArray, line: np.ndarray, *, lost: bool) -> EventCol
         arr = got.field(name).cast(STR)
         return pc.if_else(pc.equal(arr, ""), pa.scalar(None, STR), arr)
 
-    cpu, cpu_ok = _ints(col("cpu"), np.int16)
-    pid, pid_ok = _ints(col("pid"), np.int32)
+    cpu, cpu_ok, cpu_fits = _ints(col("cpu"), np.int16)
+    pid, pid_ok, pid_fits = _ints(col("pid"), np.int32)
+    fits = cpu_fits & pid_fits
     if lost:
-        n_lost, lost_ok = _ints(pc.coalesce(col("lost"), col("dropped")), np.int64)
+        n_lost, lost_ok, lost_fits = _ints(pc.coalesce(col("lost"), col("dropped")), np.int64)
+        fits &= lost_fits
         ts = np.full(m, np.nan)
         event = pa.DictionaryArray.from_arrays(
             pa.array(np.zeros(m, np.int32)), pa.array([LOST_EVENT])
@@ -114,6 +178,7 @@ def _slow_cols(got: pa.StructArray, line: np.ndarray, *, lost: bool) -> EventCol
         task = pc.utf8_trim_whitespace(col("task")) if "task" in names else col("task")
         task = pc.coalesce(task, pa.scalar("", STR)) if "task" in names else task
         flags = col("flags")
-    return EventCols(
+    cols = EventCols(
         line, ts, cpu, cpu_ok, pid, pid_ok, n_lost, lost_ok, task, flags, event, fields
     )
+    return cols, fits

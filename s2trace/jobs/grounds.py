@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from s2trace.errors import InputError
+from s2trace.files import read_text
 from s2trace.jobs.walk import DumpRequest, request_from_capture, walk_dump
 
 __all__ = ["boot_ranges", "dump_map"]
@@ -49,10 +49,7 @@ def boot_ranges(dmesg: str | Path, page_size: int = 4096) -> pd.DataFrame:
     """Initial ranges (ipa_start, size, owner, page_state, basis) that a dmesg's boot lines
     assign: the hypervisor carve-out is hyp-owned.  Empty when the dmesg says nothing."""
     path = Path(dmesg)
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        raise InputError(f"{dmesg}: cannot read ({exc.strerror})") from None
+    text = read_text(path, "a dmesg log", lenient=True)
     rows = []
     for m in _CARVE_OUT.finditer(text):
         size = int(m.group("n")) << {"K": 10, "M": 20, "G": 30}[m.group("unit")]

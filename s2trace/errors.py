@@ -25,10 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["CacheWarning", "InputError", "Problem", "ProblemLog", "StrictError"]
 
 
-#: Problem kinds about an input as a whole (no line or address to point at).
-WHOLE_INPUT_KINDS = frozenset({"empty_trace"})
-
-
 class InputError(Exception):
     """Input that cannot be used at all; its ``str()`` is the one line the user sees."""
 
@@ -65,8 +61,6 @@ class Problem:
     def __str__(self) -> str:
         lvl = "" if self.level is None else f" level {self.level}"
         src = f"{self.source}: " if self.source else ""
-        if self.kind in WHOLE_INPUT_KINDS:
-            return f"{src}{self.kind}: {self.detail}"
         at = f"line {self.where}" if self.is_line else f"{self.where:#x}"
         return f"{src}{self.kind} at {at}{lvl}: {self.detail}"
 

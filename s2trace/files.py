@@ -10,17 +10,19 @@ files, kallsyms, iomem, dmesg, region lists, raw descriptor tables) comes throug
 * a text input is read whole only up to a cap (:data:`TEXT_LIMIT` unless the caller gives
   another): a profile file is kilobytes, a full kallsyms some tens of megabytes;
 * text must be UTF-8: a file that is not gets one line with the offset of the first bad byte;
-* it is remembered (device and inode) for the process, so that an output which is the same
-  file as an input can be refused (:mod:`s2trace.outputs`), whatever name the output uses
-  (a symlink, a hard link, ``./x/../``).
+* inside :func:`watching_inputs` (the CLI runs every command in one) it is remembered by device
+  and inode, so that an output which is the same file as an input is refused
+  (:mod:`s2trace.outputs`), whatever name the output uses (a symlink, a hard link, ``./x/../``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,6 @@ __all__ = [
     "TEXT_LIMIT",
     "cache_root",
     "content_digest",
-    "forget_inputs",
     "input_file",
     "is_input",
     "is_regular",
@@ -40,12 +41,14 @@ __all__ = [
     "read_bytes",
     "read_text",
     "shown",
+    "watching_inputs",
 ]
 
 #: Default cap of a text input read whole (bytes).
 TEXT_LIMIT = 256 << 20
 
-_INPUTS: set[tuple[int, int]] = set()
+#: Device and inode of every input of the command being run (None: not watching).
+_INPUTS: set[tuple[int, int]] | None = None
 
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO (named pipe)"),
@@ -82,7 +85,8 @@ def input_file(path: str | os.PathLike[str], what: str, *, limit: int | None = N
         raise InputError(
             f"{shown(p)}: {st.st_size} bytes; expected {what} of at most {limit} bytes"
         )
-    _INPUTS.add((st.st_dev, st.st_ino))
+    if _INPUTS is not None:
+        _INPUTS.add((st.st_dev, st.st_ino))
     return p
 
 
@@ -111,18 +115,26 @@ def note_input(path: str | os.PathLike[str]) -> None:
         st = os.stat(path)
     except OSError:
         return
-    if stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(st.st_mode) and _INPUTS is not None:
         _INPUTS.add((st.st_dev, st.st_ino))
 
 
 def is_input(st: os.stat_result) -> bool:
-    """Whether the file with this ``stat`` result is one of this process's inputs."""
-    return (st.st_dev, st.st_ino) in _INPUTS
+    """Whether the file with this ``stat`` result is an input of the command being run."""
+    return _INPUTS is not None and (st.st_dev, st.st_ino) in _INPUTS
 
 
-def forget_inputs() -> None:
-    """Forget every input seen so far (for long-lived processes such as notebooks)."""
-    _INPUTS.clear()
+@contextlib.contextmanager
+def watching_inputs() -> Iterator[None]:
+    """Remember the inputs read inside the block (one command: the CLI runs each command in
+    one), so that :mod:`s2trace.outputs` refuses to write over any of them.  Outside such a
+    block (a notebook regenerating a file it read earlier) nothing is remembered."""
+    global _INPUTS
+    saved, _INPUTS = _INPUTS, set()
+    try:
+        yield
+    finally:
+        _INPUTS = saved
 
 
 def read_bytes(path: str | os.PathLike[str], what: str, *, limit: int = TEXT_LIMIT) -> bytes:

@@ -17,6 +17,7 @@ import warnings
 import click
 
 from s2trace.errors import CacheWarning, InputError
+from s2trace.files import watching_inputs
 
 #: Modules that add commands to the group, in help order.
 COMMAND_MODULES = (
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", CacheWarning)
     try:
-        rc = cli.main(args=argv, prog_name="s2trace", standalone_mode=False)
+        with watching_inputs():  # no output of the command may overwrite one of its inputs
+            rc = cli.main(args=argv, prog_name="s2trace", standalone_mode=False)
         sys.stdout.flush()  # a full disk behind standard output shows here at the latest
     except InputError as exc:
         return _fail(str(exc))

@@ -63,6 +63,8 @@ def _analyze(trace: str, kw: dict[str, Any], *, grounds: bool = True) -> Any:
         use_cache=not kw.get("no_cache"),
         grounds=grounds,
     )
+    if result.meta.get("trace_notes"):
+        click.echo(f"s2trace: warning: {result.source}: {result.meta['trace_notes']}", err=True)
     ignored = result.meta.get("ignored_events")
     if ignored:
         click.echo(
@@ -108,6 +110,8 @@ def register(cli: click.Group) -> None:
         from s2trace.trace.parse.readers import read_trace
 
         t = read_trace(trace, strict=kw["strict"])
+        for note in t.notes:
+            click.echo(f"s2trace: warning: {trace}: {note}", err=True)
         for p in list(t.problems)[:1]:
             click.echo(
                 f"s2trace: warning: {len(t.problems)} problem(s) in the trace; first: {p}", err=True

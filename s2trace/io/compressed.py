@@ -148,7 +148,8 @@ def decompressed(path: str | os.PathLike[str], cache: Path | None = None) -> Pat
         fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{digest}.", suffix=".part")
     except OSError as e:
         raise InputError(
-            f"{shown(root)}: cannot write the cache ({e.strerror}); it holds decompressed "
+            f"{shown(root)}: cannot create cache directory or write to it ({e.strerror}); it "
+            "holds decompressed "
             f"copies of compressed dumps such as {shown(src)} (set S2TRACE_CACHE elsewhere)"
         ) from None
     tmp = Path(tmp_name)

@@ -93,7 +93,7 @@ def parse_time(text: str | None) -> float | None:
         value *= _UNITS[m.group("unit") or "s"]
     if value is None or not math.isfinite(value):
         raise InputError(
-            f"time {quoted(text)}: expected finite seconds like 18.537023 (or with s/ms/us/ns)"
+            f"time {quoted(text)}: expected seconds like 18.537023 (finite; or with s/ms/us/ns)"
         )
     return value
 
@@ -180,6 +180,8 @@ def analyze(
     release_memory()  # each stage's freed temporaries: not held into the next stage's peak
     problems = ProblemLog(strict=strict)
     problems.extend(trace.problems)
+    if trace.notes:
+        meta["trace_notes"] = "; ".join(trace.notes)
     every = load_recipes(list(recipes))
     choice = choose_kernel(
         trace.events,

@@ -61,7 +61,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from s2trace.errors import InputError, Problem, ProblemLog
-from s2trace.files import input_file
+from s2trace.files import input_file, shown
 from s2trace.trace.parse import cache
 from s2trace.trace.parse.eventcols import EventCols, events_frame
 from s2trace.trace.parse.field_access import (
@@ -114,7 +114,8 @@ PARSER_VERSION = "2"
 class Trace:
     """A parsed trace: its EVENTS, the damage found in it, and where it came from.
 
-    ``lines`` is the number of lines read (data rows for tabular files).
+    ``lines`` is the number of lines read (data rows for tabular files); ``notes`` say what
+    an answer from the trace must carry (:func:`trace_notes`: no event, time going back).
     """
 
     events: pd.DataFrame
@@ -122,6 +123,7 @@ class Trace:
     path: str = ""
     fmt: str = ""
     lines: int = 0
+    notes: tuple[str, ...] = ()
 
 
 # How read_trace scans text (module attributes, read at each call, so tests can shrink the
@@ -146,15 +148,18 @@ def read_trace(
     (same content, same parser version, same format) is loaded from the cache.
     Raises :class:`~s2trace.errors.InputError` for a missing, unreadable or unrecognisable file.
     """
+    if not os.path.lexists(path):
+        raise InputError(f"{shown(path)}: no such trace file")
     src = input_file(path, "a trace file")  # a FIFO or a device is refused before open()
     if fmt is not None and fmt not in TRACE_FORMATS:
         raise InputError(f"trace format {fmt!r}: expected one of {', '.join(TRACE_FORMATS)}")
     kind = fmt or detect_format(src)
     if kind == "parquet":
         events = cache.read_events(src, kind)
-        log = ProblemLog(strict=strict)
-        _check_whole(events, len(events), str(src), log)
-        return Trace(events, log, str(src), kind, len(events))
+        return Trace(
+            events, ProblemLog(strict=strict), str(src), kind, len(events),
+            trace_notes(events, len(events)),
+        )  # fmt: skip
     key = cache.cache_key(src, kind, PARSER_VERSION) if use_cache else None
     if key is not None and (hit := cache.load(key)) is not None:
         events, meta = hit
@@ -162,44 +167,39 @@ def read_trace(
         log.extend(
             Problem(p["kind"], p["where"], p["detail"], None, str(src)) for p in meta["problems"]
         )
-        return Trace(events, log, str(src), kind, int(meta["lines"]))
+        lines = int(meta["lines"])
+        return Trace(events, log, str(src), kind, lines, trace_notes(events, lines))
     log = ProblemLog(strict=strict)
     if kind in cache.TABULAR_FORMATS:
         events = cache.read_events(src, kind)
         lines = len(events)
     else:
         events, lines = _parse_text(src, kind, log, _show_progress(progress))
-    _check_whole(events, lines, str(src), log)
     if key is not None:
         problems = [{"kind": p.kind, "where": p.where, "detail": p.detail} for p in log]
         cache.store(key, events, {"fmt": kind, "lines": lines, "problems": problems})
-    return Trace(events, log, str(src), kind, lines)
+    return Trace(events, log, str(src), kind, lines, trace_notes(events, lines))
 
 
-def _check_whole(events: pd.DataFrame, lines: int, source: str, log: ProblemLog) -> None:
-    """Problems of the trace as a whole: no event at all (an answer from it would be the
-    initial state, silently), and timestamps that go back in time (the replay orders events
-    by time, so the file order is not the order of the answer)."""
+def trace_notes(events: pd.DataFrame, lines: int) -> tuple[str, ...]:
+    """What a reader of answers from this trace must know about it as a whole: that it holds
+    no event at all (every answer would be the initial state), or that its timestamps go back
+    in time (events are replayed in time order, not in file order).  Not damage: the
+    ProblemLog and ``--strict`` are for lines that cannot be used."""
     ts = events["ts"].to_numpy(np.float64)
-    ts = ts[np.isfinite(ts)]
-    if not len(ts):
-        log.add(Problem("empty_trace", 0, f"no event in {lines} line(s)", None, source))
-        return
+    finite = np.flatnonzero(np.isfinite(ts))
+    if not len(finite):
+        return (f"the trace holds no event ({lines} line(s) read); answers from it are the "
+                "initial state only",)  # fmt: skip
+    ts = ts[finite]
     back = np.flatnonzero(ts[1:] < ts[:-1])
-    if len(back):
-        finite = np.flatnonzero(np.isfinite(events["ts"].to_numpy(np.float64)))
-        first = finite[back[0] + 1]
-        line = int(events["line"].iloc[first])
-        log.add(
-            Problem(
-                "unordered_line",
-                line,
-                f"timestamp {ts[back[0] + 1]} is before {ts[back[0]]} on an earlier line "
-                f"({len(back)} such step(s) back); events are replayed in time order",
-                None,
-                source,
-            )
-        )
+    if not len(back):
+        return ()
+    line = int(events["line"].iloc[finite[back[0] + 1]])
+    return (
+        f"timestamps go back in time {len(back)} time(s), first at line {line} ({ts[back[0] + 1]} "
+        f"after {ts[back[0]]}); events are replayed in time order",
+    )
 
 
 def _show_progress(progress: bool | None) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import click
 import numpy as np
 
-from s2trace.cli.options import StrictInt, parse_int, parse_u64, profile_options
+from s2trace.cli.options import OUTPUT, StrictInt, parse_int, parse_u64, profile_options
 from s2trace.errors import InputError
 from s2trace.files import input_file, read_bytes
 from s2trace.numbers import is_number, quoted
@@ -162,7 +162,7 @@ def register(cli: click.Group) -> None:
     @click.option(
         "-o",
         "--output",
-        type=click.Path(dir_okay=False),
+        type=OUTPUT,
         help="Write to FILE instead of standard output.",
     )
     @click.option("--explain", is_flag=True, help="Per-bit breakdown of each value.")
@@ -281,8 +281,8 @@ def register(cli: click.Group) -> None:
             geometry=geometry,
             profile=profile,
             fwb=kw["fwb"],
-            oa=parse_int(kw["oa"], "--oa") if kw["oa"] else None,
-            next_table=parse_int(kw["next_table"], "--next-table") if kw["next_table"] else None,
+            oa=parse_u64(kw["oa"], "--oa") if kw["oa"] else None,
+            next_table=parse_u64(kw["next_table"], "--next-table") if kw["next_table"] else None,
             memattr=mem,
             s2ap=kw["s2ap"],
             sh=kw["sh"],

@@ -19,8 +19,8 @@ anything (:func:`s2trace.trace.queries.diff_maps`).
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -43,7 +43,7 @@ def _kind(target: str) -> str:
         return "capture"
     if "@" in target or _looks_like_dump((target,)):
         return "dump"
-    if not Path(target).exists():
+    if not os.path.exists(target):  # False also for a name too long to look up
         raise InputError(f"{target}: no such file or capture folder")
     return "trace"
 

@@ -17,7 +17,7 @@ import click
 if TYPE_CHECKING:
     import pandas as pd
 
-from s2trace.cli.options import StrictInt, parse_u64
+from s2trace.cli.options import OUTPUT, StrictInt, parse_u64
 from s2trace.errors import InputError, ProblemLog
 
 __all__ = ["register"]
@@ -72,7 +72,7 @@ def _evidence_options(f: Any) -> Any:
                 default="table",
                 show_default=True,
             ),
-            click.option("-o", "--output", type=click.Path(dir_okay=False)),
+            click.option("-o", "--output", type=OUTPUT),
         ]
     ):
         f = opt(f)

@@ -14,9 +14,12 @@ from typing import Any
 
 import click
 
+from s2trace.errors import InputError
 from s2trace.numbers import parse_int, parse_u64, quoted, read_int
+from s2trace.outputs import check_output
 
 __all__ = [
+    "OUTPUT",
     "StrictInt",
     "output_options",
     "parse_int",
@@ -44,6 +47,24 @@ class StrictInt(click.ParamType):
         return number
 
 
+class OutputFile(click.ParamType):
+    """An output file name, checked when the command line is read (missing directory, a
+    directory, an input named as output are refused before any work is done; the writer,
+    :mod:`s2trace.outputs`, checks again when it writes)."""
+
+    name = "file"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            check_output(value)
+        except InputError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+OUTPUT = OutputFile()
+
+
 def profile_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--profile NAME[,key=value]`` and ``--profiles FILE`` (user-defined profiles)."""
     f = click.option(
@@ -63,7 +84,7 @@ def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "-o",
         "--output",
-        type=click.Path(dir_okay=False),
+        type=OUTPUT,
         help="Write to FILE instead of standard output.",
     )(f)
     return click.option(

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from s2trace.cli.options import StrictInt
+from s2trace.cli.options import OUTPUT, StrictInt
 from s2trace.cli.trace_cmd import _analyze, trace_options
 from s2trace.errors import InputError
 from s2trace.outputs import output_path
@@ -54,6 +54,27 @@ def _event_span(result: Any) -> tuple[float | None, float | None]:
     return (float(ts.min()), float(ts.max())) if len(ts) else (None, None)
 
 
+#: Most churn bins a plot draws (a bar each: more is unreadable and slow to draw).
+MAX_BINS = 5000
+
+
+def _check_bins(
+    result: Any, window: dict[str, float | None], width: float, text: str | None
+) -> None:
+    """InputError when ``--bin`` would cut the plotted window into more than MAX_BINS bins."""
+    first, last = _event_span(result)
+    lo = window["t_from"] if window["t_from"] is not None else first
+    hi = window["t_to"] if window["t_to"] is not None else last
+    if lo is None or hi is None:
+        return
+    bins = (hi - lo) / width
+    if bins > MAX_BINS:
+        raise InputError(
+            f"--bin {text}: {bins:.0f} bins over the {hi - lo:g} s window; at most {MAX_BINS} "
+            "(choose a wider bin or a narrower --from/--to)"
+        )
+
+
 def register(cli: click.Group) -> None:
     @cli.command("plot")
     @click.argument("trace")
@@ -84,7 +105,7 @@ def register(cli: click.Group) -> None:
         "-o",
         "--output",
         required=True,
-        type=click.Path(dir_okay=False),
+        type=OUTPUT,
         help="Image file: .png, .svg or .pdf.",
     )
     @trace_options
@@ -116,7 +137,11 @@ def register(cli: click.Group) -> None:
             "t_to": _time(t_to, "--to"),
         }
         width = _time(bin_width, "--bin")
+        if width is not None and width <= 0:
+            raise InputError(f"--bin {bin_width}: expected a positive width")
         r = _analyze(trace, kw, grounds=False)
+        if width is not None and kind == "churn":
+            _check_bins(r, window, width, bin_width)
         from s2trace import plots
         from s2trace.cli.trace_cmd import _addr
         from s2trace.jobs.names import object_labels
@@ -162,7 +187,7 @@ def register(cli: click.Group) -> None:
         "--perfetto",
         "perfetto",
         required=True,
-        type=click.Path(dir_okay=False),
+        type=OUTPUT,
         help="Write the timeline as a Chrome JSON trace that ui.perfetto.dev opens.",
     )
     @click.option("--from", "t_from", help="Start of the exported window (default: first event).")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from s2trace.cli.options import StrictInt, parse_int, parse_u64, profile_options
+from s2trace.cli.options import OUTPUT, StrictInt, parse_int, parse_u64, profile_options
 from s2trace.errors import InputError
 from s2trace.outputs import write_text
 
@@ -229,7 +229,7 @@ def register(cli: click.Group) -> None:
         multiple=True,
         help="Also keep PA:SIZE (e.g. the hyp carve-out 0x7f200000:0xa00000).",
     )
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+    @click.option("-o", "--output", required=True, type=OUTPUT)
     def trim_cmd(dump: tuple[str, ...], ranges: tuple[str, ...], output: str, **kw: Any) -> None:
         """Write an ELF core with only the table pages of the walk (and --range ranges)."""
         from s2trace.arch.registers import config_from_registers

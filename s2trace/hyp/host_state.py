@@ -246,7 +246,7 @@ def apply_states(map_df: pd.DataFrame, states: pd.DataFrame, page_size: int = 40
     brk = np.ones(row.size, bool)
     brk[1:] = (row[1:] != row[:-1]) | (k[1:] != k[:-1]) | (pf[1:] != pf[:-1] + np.uint64(1))
     rs = np.flatnonzero(brk)
-    re_ = np.append(rs[1:], row.size) - 1
+    re_ = np.append(rs[1:], row.size) - 1 if row.size else rs  # no page has a state
     run_row, run_lo, run_hi, run_idx = row[rs], pf[rs], pf[re_] + np.uint64(1), idx[rs]
     # Gaps: row parts no run covers (leading, between runs, trailing, rows without runs).
     lo_all = np.concatenate([p0, run_hi])

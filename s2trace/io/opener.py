@@ -101,10 +101,10 @@ def _nonempty(e: RegionEntry, problems: list[Problem]) -> bool:
 def _entry_region(e: RegionEntry, problems: list[Problem]) -> Region:
     """Resolve one list entry to a mapped region; InputError if its file is too short."""
     given = e.file
-    if not given.exists():
+    if not os.path.exists(given):  # False also for a name too long to look up
         for suffix in COMPRESSED_SUFFIXES:
             sibling = given.with_name(given.name + suffix)
-            if sibling.is_file():
+            if is_regular(sibling):
                 given = sibling
                 break
     path, _ = _materialise(given, f"the memory file listed at {e.name}")

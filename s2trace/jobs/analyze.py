@@ -9,6 +9,7 @@ every stage's output and every problem found on the way, so nothing is dropped s
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ def analyze(
         capture = cap.folder
         dmesg = dmesg or cap.dmesg
         stated = cap.kernel
-    elif not source.exists():
+    elif not os.path.exists(source):  # False also for a name too long to look up
         raise InputError(f"{source}: no such trace file or capture folder")
     trace = read_trace(source, strict=strict, progress=progress, use_cache=use_cache)
     release_memory()  # each stage's freed temporaries: not held into the next stage's peak

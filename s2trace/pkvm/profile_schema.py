@@ -34,9 +34,9 @@ def _text(value: Any) -> str:
 
 def _integer(lo: int, hi: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
-        number = read_int(value) if isinstance(value, str) else value
-        if isinstance(number, bool) or not isinstance(number, int):
+        if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {_kind(value)} {quoted(value)}")
+        number = value
         if not lo <= number <= hi:
             raise ValueError(f"{number} is outside {lo}..{hi}")
         return number

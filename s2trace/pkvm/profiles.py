@@ -255,7 +255,7 @@ class Profile:
             raise InputError(f"profile {self.name} has no {what} field")
         hi, lo = where
         if value < 0 or value >> (hi - lo + 1):
-            raise InputError(f"{what} {value:#x} does not fit in bits {hi}:{lo}")
+            raise InputError(f"{what} {value} ({value:#x}) does not fit in bits {hi}:{lo}")
         return value << lo
 
 

@@ -5,7 +5,8 @@ in its own process group, with a wall-clock timeout and an address-space cap
 (``RLIMIT_AS``), against a private cache directory.  :func:`verdict` lists every way a run
 broke the README's contract; a case passes when that list is empty:
 
-* ``error``: exit status 2, exactly one line on stderr starting ``s2trace: error:``, no
+* ``error``: exit status 2, exactly one line on stderr starting ``s2trace: error:`` (the
+  last; only s2trace's own ``s2trace: warning:``/``note:`` lines may come before it), no
   traceback, and (when given) one of ``mentions`` quoted in that line;
 * ``ok``: exit status 0 and no traceback;
 * ``warn``: exit status 0, a ``warning`` line on stderr, no traceback;
@@ -173,8 +174,12 @@ def verdict(r: Run, expect: str, mentions: Iterable[str] = ()) -> list[str]:
         if r.rc != 2:
             bad.append(f"exit status {r.rc}, expected 2")
         errors = [line for line in lines if line.startswith("s2trace: error:")]
-        if len(lines) != 1 or len(errors) != 1:
-            bad.append(f"{len(lines)} stderr lines, expected exactly one 's2trace: error:' line")
+        others = [line for line in lines[:-1] if not line.startswith("s2trace: ")]
+        if len(errors) != 1 or lines[-1] != errors[0] or others:
+            bad.append(
+                f"{len(lines)} stderr lines, expected one 's2trace: error:' line (after any "
+                "warnings about the input)"
+            )
         wanted = list(mentions)
         if wanted and errors and not any(m in errors[0] for m in wanted):
             bad.append(f"the error line names none of {wanted}")

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +220,7 @@ SPECIAL = {
     "recipes /dev/zero": (["timeline", "{buggy}", "--recipes", "/dev/zero"], "/dev/zero"),
     "table file fifo": (["decode", "{fifo}", "--level", "3"], "{fifo}"),
     "table file /dev/zero": (["decode", "/dev/zero", "--level", "3"], "/dev/zero"),
-    "check --trace fifo": (["check", "{buggy}", "--trace", "{fifo}"], "{fifo}"),
+    "check --trace fifo": (["check", "{real}", "--trace", "{fifo}"], "{fifo}"),
     "dmesg fifo": (["decode", "{buggy}", "--dmesg", "{fifo}", "--labels"], "{fifo}"),
     "raw fifo@pa": (
         ["decode", "{fifo}@0x40000000", "--vttbr", "0x7f700000", "--vtcr", "0x800d3590"],
@@ -229,9 +230,10 @@ SPECIAL = {
 
 
 @pytest.mark.parametrize(("argv", "mention"), SPECIAL.values(), ids=SPECIAL.keys())
-def test_special_file_refused(argv, mention, env, buggy, tmp_path):
+def test_special_file_refused(argv, mention, env, buggy, samples, tmp_path):
     fifo = make_fifo(tmp_path / "pipe")
-    args = [a.format(fifo=fifo, buggy=buggy) for a in argv]
+    real = samples / "qemu-pkvm-6.12"
+    args = [a.format(fifo=fifo, buggy=buggy, real=real) for a in argv]
     r = run(args, env, cwd=tmp_path, timeout=HANG_TIMEOUT)
     check(r, "error", mentions=[mention.format(fifo=fifo)])
 
@@ -290,8 +292,9 @@ _CAPTURE_KEYS = ["kernel", "dump", "trace", "kallsyms", "iomem", "dmesg", "linea
 )
 def test_generated_capture_toml(docs, env, samples, tmp_path):
     cases = []
+    base_dir = Path(tempfile.mkdtemp(dir=tmp_path))  # a new one for every example
     for i, (top, regs) in enumerate(docs):
-        folder = tmp_path / f"cap{i}"
+        folder = base_dir / f"cap{i}"
         shutil.copytree(samples / "synthetic" / "buggy", folder)
         base = {"dump": ["host-s2.elf"], "trace": "trace.txt", "kernel": "6.12"}
         base.update(top)

@@ -1,16 +1,16 @@
 """A bounded fuzz of the whole command line: random commands, options, values and files.
 
 Every run must end cleanly: exit 0 or 1 without a traceback, or exit 2 with one error line;
-never a hang, never the memory cap.  The budget is bounded in examples and in time
-(``S2TRACE_FUZZ_SECONDS``, default 60; ``S2TRACE_FUZZ_EXAMPLES``, default 60 batches of two
-runs).  Examples are derandomized so CI is repeatable; set ``S2TRACE_FUZZ_SEED`` to explore.
+never a hang, never the memory cap.  The budget is bounded in examples
+(``S2TRACE_FUZZ_EXAMPLES``, default 40 batches of two runs in parallel: about a minute on two
+cores; a failing example is replayed, so the bound cannot be a clock).  Examples are
+derandomized so CI is repeatable; set ``S2TRACE_FUZZ_SEED`` to explore other ones.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,7 @@ from hostile_support import run_many, verdict
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-BUDGET = float(os.environ.get("S2TRACE_FUZZ_SECONDS", "60"))
-EXAMPLES = int(os.environ.get("S2TRACE_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("S2TRACE_FUZZ_EXAMPLES", "40"))
 SEED = os.environ.get("S2TRACE_FUZZ_SEED")
 
 COMMANDS: dict[str, list[str]] = {
@@ -215,7 +214,6 @@ def _argv(draw: st.DrawFn, pool: dict[str, Path]) -> list[str]:
     return argv
 
 
-_START: list[float] = []
 _SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -226,10 +224,6 @@ _SETTINGS = settings(
 
 
 def _fuzz(data: st.DataObject, pool: dict[str, Path], env: dict[str, str]) -> None:
-    if not _START:
-        _START.append(time.monotonic())
-    if time.monotonic() - _START[0] > BUDGET:
-        return  # the time budget is spent: the remaining examples pass untried
     batch = [data.draw(st.composite(_argv)(pool)) for _ in range(2)]
     runs = run_many(batch, env, cwd=pool["dir"], timeout=45)
     failures = [f"{'; '.join(bad)}\n{r.describe()}" for r in runs if (bad := verdict(r, "clean"))]

@@ -29,7 +29,7 @@ WRITERS = {
     "events parquet": ["events", "{trace}", "--format", "parquet", "-o", "{out}"],
     "timeline": ["timeline", "{cap}", "-o", "{out}"],
     "violations": ["violations", "{cap}", "--format", "json", "-o", "{out}"],
-    "check": ["check", "{cap}", "-o", "{out}"],
+    "check": ["check", "{real}", "-o", "{out}"],
     "hyp-map": ["hyp-map", "{real}", "-o", "{out}"],
     "guests": ["guests", "{real}", "-o", "{out}"],
     "diff": ["diff", "{cap}", "-o", "{out}"],
@@ -237,7 +237,8 @@ def test_broken_pipe_is_quiet(argv, env, buggy, tmp_path):
     big.write_text(lines[0] + "".join(lines[5:]) * 30)
     args = _args(argv, cap=buggy, big=big)
     r = run(args, env, cwd=tmp_path, shell_tail="| head -1 >/dev/null")
-    assert r.rc == 0 and not r.err.strip(), r.describe()
+    quiet = all(line.startswith("s2trace: warning:") for line in r.err_lines)
+    assert r.rc == 0 and quiet, r.describe()
 
 
 @pytest.mark.parametrize(
@@ -271,7 +272,7 @@ def test_output_overwrites_existing(env, buggy, tmp_path):
     out.write_text("old\n")
     r = run(["timeline", buggy, "--format", "csv", "-o", out], env, cwd=tmp_path)
     check(r, "ok")
-    assert out.read_text().startswith("start") or "old" not in out.read_text()
+    assert out.read_text() != "old\n" and out.read_text().startswith("addr_start"), r.describe()
 
 
 def test_output_dev_null_works(env, buggy, tmp_path):
@@ -279,6 +280,7 @@ def test_output_dev_null_works(env, buggy, tmp_path):
 
 
 def test_report_and_synth_directories(env, buggy, tmp_path):
+    before = (buggy / "trace.txt").read_bytes()
     runs = run_many(
         [
             ["report", buggy, "-o", tmp_path / "no" / "such" / "dir"],
@@ -291,5 +293,6 @@ def test_report_and_synth_directories(env, buggy, tmp_path):
     )
     for r in runs[1:3]:
         check(r, "error")
-    check(runs[0], "clean")
-    check(runs[3], "error")  # writing the report into the capture it reads
+    check(runs[0], "clean")  # the report folder is created
+    check(runs[3], "clean")  # a report beside the capture's files: none of them overwritten
+    assert (buggy / "trace.txt").read_bytes() == before

@@ -8,8 +8,8 @@ broken (2 for unusable input, as every command).
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -86,7 +86,7 @@ def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> d
     out: dict[str, Any] = {"specs": list(targets), "kernel": kw.get("kernel"), "linear_map": None}
     regs: dict[str, int] = {}
     files = {k: kw.get(k) for k in ("kallsyms", "iomem", "dmesg", "trace")}
-    if len(targets) == 1 and Path(targets[0]).is_dir():
+    if len(targets) == 1 and os.path.isdir(targets[0]):
         cap = load_capture(targets[0])
         out["specs"] = list(cap.dump)
         regs.update(cap.registers)
@@ -114,7 +114,7 @@ def _resolve(targets: tuple[str, ...], kw: dict[str, Any], need_host: bool) -> d
     out["regs"] = regs
     out["files"] = files
     out["vmemmap_va"] = parse_u64(kw["vmemmap_va"], "--vmemmap") if kw.get("vmemmap_va") else None
-    out["base"] = parse_u64(kw["base"], "--base") if kw.get("base") else 0
+    out["base"] = parse_u64(kw["base"], "--base") if kw.get("base") is not None else 0
     return out
 
 

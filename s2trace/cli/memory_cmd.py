@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from s2trace.cli.options import parse_int
+from s2trace.cli.options import parse_u64
 
 __all__ = ["format_registers", "register"]
 
@@ -73,7 +73,7 @@ def register(cli: click.Group) -> None:
         from s2trace.hyp.init_params import consistent_registers, recover_registers
         from s2trace.io import open_memory
 
-        memory = open_memory(list(dump), base=parse_int(base, "--base") if base else 0)
+        memory = open_memory(list(dump), base=parse_u64(base, "--base") if base is not None else 0)
         try:
             found = recover_registers(memory, kallsyms_file, iomem_file)
         finally:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from s2trace.cli.options import OUTPUT, StrictInt, parse_int, parse_u64, profile_options
+from s2trace.cli.options import OUTPUT, StrictInt, parse_u64, profile_options
 from s2trace.errors import InputError
 from s2trace.outputs import write_text
 
@@ -55,7 +55,7 @@ def request_from_kw(targets: tuple[str, ...] | list[str], kw: dict[str, Any]) ->
             bool(kw.get("lpa")),
         )
     given: dict[str, Any] = dict(
-        base=parse_int(kw["base"], "--base") if kw.get("base") else None,
+        base=parse_u64(kw["base"], "--base") if kw.get("base") is not None else None,
         vttbr=num("vttbr", "--vttbr"),
         vtcr=num("vtcr", "--vtcr"),
         config=config,
@@ -248,7 +248,7 @@ def register(cli: click.Group) -> None:
                 raise InputError(f"--range {r!r}: expected PA:SIZE")
             spans.append((parse_u64(pa, "--range PA"), parse_u64(size, "--range SIZE")))
         with open_memory(
-            list(dump), base=parse_int(kw["base"], "--base") if kw.get("base") else 0
+            list(dump), base=parse_u64(kw["base"], "--base") if kw.get("base") is not None else 0
         ) as memory:
             path, log = trim(memory, [config], output, spans)
         for p in log:
@@ -271,7 +271,7 @@ def register(cli: click.Group) -> None:
         from s2trace.io import open_memory
         from s2trace.walk.scan import scan
 
-        memory = open_memory(list(dump), base=parse_int(base, "--base") if base else 0)
+        memory = open_memory(list(dump), base=parse_u64(base, "--base") if base is not None else 0)
         try:
             found = scan(memory, profile=profile, top=top)
         finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_support import check, make_fifo, run, run_many, verdict
+from hostile_support import check, check_all, make_fifo, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -247,9 +247,19 @@ CAPTURE_SPECIAL = {
 }
 
 
+COMMANDS_ON_CAPTURE = ("timeline", "decode", "report")
+
+
+def _on_capture(command: str, folder: Path) -> list[object]:
+    return {
+        "timeline": ["timeline", folder],
+        "decode": ["decode", folder, "--summary"],
+        "report": ["report", folder],
+    }[command]
+
+
 @pytest.mark.parametrize(("member", "kind"), CAPTURE_SPECIAL.values(), ids=CAPTURE_SPECIAL.keys())
-@pytest.mark.parametrize("command", ["timeline", "decode", "report"])
-def test_capture_member_special(member, kind, command, env, buggy, tmp_path):
+def test_capture_member_special(member, kind, env, buggy, tmp_path):
     target = buggy / member
     keep = (buggy / "capture.toml").read_text()
     target.unlink()
@@ -259,16 +269,13 @@ def test_capture_member_special(member, kind, command, env, buggy, tmp_path):
         target.symlink_to(kind)
     if member != "capture.toml":
         (buggy / "capture.toml").write_text(keep)
-    args = {
-        "timeline": ["timeline", buggy],
-        "decode": ["decode", buggy, "--summary"],
-        "report": ["report", buggy],
-    }[command]
-    r = run(args, env, cwd=tmp_path, timeout=HANG_TIMEOUT)
-    if command == "decode" and member == "trace.txt":
-        check(r, "clean")  # the walk need not read the trace
-    else:
-        check(r, "error", mentions=[member])
+    argv = [_on_capture(c, buggy) for c in COMMANDS_ON_CAPTURE]
+    runs = run_many(argv, env, cwd=tmp_path, timeout=HANG_TIMEOUT)
+    for command, r in zip(COMMANDS_ON_CAPTURE, runs, strict=True):
+        if command == "decode" and member == "trace.txt":
+            check(r, "clean")  # the walk need not read the trace
+        else:
+            check(r, "error", mentions=[member])
 
 
 # -- capture.toml schema -----------------------------------------------------------------------
@@ -349,11 +356,10 @@ CAPTURE_DOCS = {
 
 
 @pytest.mark.parametrize("doc", CAPTURE_DOCS.values(), ids=CAPTURE_DOCS.keys())
-@pytest.mark.parametrize("command", ["decode", "timeline"])
-def test_bad_capture_toml(doc, command, env, buggy, tmp_path):
+def test_bad_capture_toml(doc, env, buggy, tmp_path):
     (buggy / "capture.toml").write_text(doc)
-    args = ["decode", buggy, "--summary"] if command == "decode" else ["timeline", buggy]
-    check(run(args, env, cwd=tmp_path), "error", mentions=["capture.toml"])
+    runs = run_many([["decode", buggy, "--summary"], ["timeline", buggy]], env, cwd=tmp_path)
+    check_all(runs, "error", mentions=["capture.toml"])
 
 
 @pytest.mark.parametrize(
@@ -394,23 +400,18 @@ ESCAPES = {
 
 
 @pytest.mark.parametrize(("doc", "key"), ESCAPES.values(), ids=ESCAPES.keys())
-@pytest.mark.parametrize("command", ["decode", "timeline", "report"])
-def test_capture_path_escape_refused(doc, key, command, env, buggy, tmp_path):
+def test_capture_path_escape_refused(doc, key, env, buggy, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text(SECRET + "\nsecond line\n")
     (buggy / "sub").mkdir()
     (buggy / "capture.toml").write_text(
         doc.format(secret=secret) + ('trace = "trace.txt"\n' if "trace" not in doc else "")
     )
-    args = {
-        "timeline": ["timeline", buggy],
-        "decode": ["decode", buggy, "--summary"],
-        "report": ["report", buggy],
-    }[command]
-    r = run(args, env, cwd=tmp_path)
-    check(r, "error", mentions=[key])
-    assert SECRET not in r.err + r.out, r.describe()
-    assert "root:" not in r.err + r.out, r.describe()
+    runs = run_many([_on_capture(c, buggy) for c in COMMANDS_ON_CAPTURE], env, cwd=tmp_path)
+    check_all(runs, "error", mentions=[key])
+    for r in runs:
+        assert SECRET not in r.err + r.out, r.describe()
+        assert "root:" not in r.err + r.out, r.describe()
 
 
 def test_capture_symlink_inside_is_followed(env, buggy, tmp_path):

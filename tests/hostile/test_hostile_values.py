@@ -11,7 +11,7 @@ import json
 import re
 
 import pytest
-from hostile_support import check, run, run_many, verdict
+from hostile_support import check, check_all, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -71,13 +71,15 @@ number_texts = st.one_of(
 )
 
 
-@pytest.mark.parametrize("value", HOSTILE_NUMBERS)
-def test_hostile_descriptor_value_refused(value, env, tmp_path):
-    r = run(["decode", "--", value], env, cwd=tmp_path)
-    if strict_int(value) is not None and strict_int(value) < 1 << 64:  # pragma: no cover
-        check(r, "ok")
-    else:
-        check(r, "error", mentions=[repr(value)[1:-1], repr(value)])
+def test_hostile_descriptor_values_refused(env, tmp_path):
+    """Every spelling in HOSTILE_NUMBERS is refused, quoting the value (runs in parallel)."""
+    runs = run_many([["decode", "--", v] for v in HOSTILE_NUMBERS], env, cwd=tmp_path)
+    failures = [
+        f"{v!r}: {'; '.join(bad)}\n{r.describe()}"
+        for v, r in zip(HOSTILE_NUMBERS, runs, strict=True)
+        if (bad := verdict(r, "error", [repr(v)[1:-1], repr(v)]))
+    ]
+    assert not failures, "\n".join(failures)
 
 
 @SETTINGS
@@ -229,12 +231,12 @@ def test_generated_profile_overrides(cases, env, tmp_path):
 EXPLAIN_INVALID = ["0x20", "0x24", "0x7c", "0x2000000000010004", "0xffffffffffffff00", "0x40"]
 
 
-@pytest.mark.parametrize("value", EXPLAIN_INVALID)
 @pytest.mark.parametrize("profile", ["linux-5.15", "linux-7.1"])
-def test_explain_invalid_descriptors(value, profile, env, tmp_path):
-    r = run(["decode", value, "--profile", profile, "--explain"], env, cwd=tmp_path)
-    check(r, "ok")
-    assert r.out.strip(), r.describe()
+def test_explain_invalid_descriptors(profile, env, tmp_path):
+    argv = [["decode", v, "--profile", profile, "--explain"] for v in EXPLAIN_INVALID]
+    runs = run_many(argv, env, cwd=tmp_path)
+    check_all(runs, "ok")
+    assert all(r.out.strip() for r in runs)
 
 
 BAD_OPTIONS = [
@@ -297,10 +299,9 @@ LONG_COMMANDS = [
 
 
 @pytest.mark.parametrize("argv", LONG_COMMANDS, ids=lambda a: a[0])
-@pytest.mark.parametrize("length", [300, 5000])
-def test_overlong_argument(argv, length, env, tmp_path):
-    long = "a" * length
-    check(run([a.format(long=long) for a in argv], env, cwd=tmp_path), "error")
+def test_overlong_argument(argv, env, tmp_path):
+    cases = [[a.format(long="a" * length) for a in argv] for length in (300, 5000)]
+    check_all(run_many(cases, env, cwd=tmp_path), "error")
 
 
 def test_value_with_newline_keeps_one_line(env, tmp_path):

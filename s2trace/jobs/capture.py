@@ -147,7 +147,7 @@ def _from_layout(root: Path) -> Capture:
         if path is not None:
             input_file(path, f"the capture's {key}")
     return Capture(folder=root, dump=(str(dump),), registers=regs, kernel=kernel,
-                   linear_map=linear, **members)  # fmt: skip
+                   linear_map=linear, **members)  # type: ignore[arg-type]  # fmt: skip
 
 
 # -- capture.toml: the schema -------------------------------------------------------------------

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.hostile.hostile_support import SAMPLES, base_env
+from hostile.hostile_support import SAMPLES, base_env
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from tests.hostile.hostile_support import base_env, check, run
+from hostile.hostile_support import base_env, check, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from tests.hostile.hostile_support import check, mutate, run, run_many, verdict
+from hostile.hostile_support import check, mutate, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

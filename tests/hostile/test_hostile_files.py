@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.hostile.hostile_support import check, check_all, make_fifo, run, run_many, verdict
+from hostile.hostile_support import check, check_all, make_fifo, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

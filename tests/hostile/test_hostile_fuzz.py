@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.hostile.hostile_support import run_many, verdict
+from hostile.hostile_support import run_many, verdict
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.hostile.hostile_support import check, run, run_many
+from hostile.hostile_support import check, run, run_many
 
 #: Every command that writes a file: name -> argv with {cap} (capture folder), {trace},
 #: {dump}, {out}.  The file writers of the issue: 16 commands and formats.

@@ -11,7 +11,7 @@ import json
 import re
 
 import pytest
-from tests.hostile.hostile_support import check, check_all, run, run_many, verdict
+from hostile.hostile_support import check, check_all, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

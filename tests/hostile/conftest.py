@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from hostile.hostile_support import SAMPLES, base_env
 
 

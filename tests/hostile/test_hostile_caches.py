@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hostile.hostile_support import base_env, check, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hostile.hostile_support import base_env, check, run
 
 SETTINGS = settings(
     max_examples=8,
@@ -67,8 +68,8 @@ def trace_cache(tmp_path_factory, samples):
     shutil.copy(samples / "synthetic" / "buggy" / "trace.txt", trace)
     cache = root / "cache"
     env = base_env(cache)
-    fresh = run(["timeline", trace, "--format", "csv", "--no-cache"], env)
-    first = run(["timeline", trace, "--format", "csv"], env)
+    fresh = run(["timeline", "--kernel", "6.12", trace, "--format", "csv", "--no-cache"], env)
+    first = run(["timeline", "--kernel", "6.12", trace, "--format", "csv"], env)
     check(fresh, "ok")
     check(first, "ok")
     assert fresh.out == first.out
@@ -85,7 +86,7 @@ def test_damaged_trace_cache(flips, trace_cache, tmp_path):
     (entry,) = _entries(cache, "*.parquet")
     for at, value in flips:
         _flip(entry, at, value)
-    r = run(["timeline", trace, "--format", "csv"], base_env(cache))
+    r = run(["timeline", "--kernel", "6.12", trace, "--format", "csv"], base_env(cache))
     check(r, "clean")
     assert r.out == want, "a damaged cache changed the answer\n" + r.describe()
     assert r.rc == 0
@@ -99,7 +100,7 @@ def test_truncated_trace_cache(cut, trace_cache, tmp_path):
     (entry,) = _entries(cache, "*.parquet")
     data = entry.read_bytes()
     entry.write_bytes(data[:cut] if cut else b"")
-    r = run(["timeline", trace, "--format", "csv"], base_env(cache))
+    r = run(["timeline", "--kernel", "6.12", trace, "--format", "csv"], base_env(cache))
     check(r, "ok")
     assert r.out == want
 
@@ -111,13 +112,13 @@ def test_sidecar_problems_tampered(env, buggy, tmp_path):
     trace.write_text("".join(lines[:40]) + "garbage line here\n" + "".join(lines[40:]))
     cache = tmp_path / "cache"
     e = base_env(cache)
-    first = run(["violations", trace], e)
+    first = run(["violations", "--kernel", "6.12", trace], e)
     check(first, "warn")
     (sidecar,) = _entries(cache, "*.json")
     meta = json.loads(sidecar.read_text())
     meta["problems"] = []
     sidecar.write_text(json.dumps(meta))
-    again = run(["violations", trace], e)
+    again = run(["violations", "--kernel", "6.12", trace], e)
     check(again, "warn")
     assert "malformed" in again.err, again.describe()
     assert again.out == first.out

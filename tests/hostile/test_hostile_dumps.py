@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hostile.hostile_support import check, mutate, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hostile.hostile_support import check, mutate, run, run_many, verdict
 
 SETTINGS = settings(
     max_examples=10,

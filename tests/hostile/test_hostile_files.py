@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile.hostile_support import check, check_all, make_fifo, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hostile.hostile_support import check, check_all, make_fifo, run, run_many, verdict
 
 SETTINGS = settings(
     max_examples=10,

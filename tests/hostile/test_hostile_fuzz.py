@@ -14,9 +14,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hostile.hostile_support import run_many, verdict
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+
+from hostile.hostile_support import run_many, verdict
 
 EXAMPLES = int(os.environ.get("S2TRACE_FUZZ_EXAMPLES", "40"))
 SEED = os.environ.get("S2TRACE_FUZZ_SEED")

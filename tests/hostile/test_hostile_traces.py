@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hostile.hostile_support import check, mutate, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hostile.hostile_support import check, mutate, run, run_many, verdict
 
 SETTINGS = settings(
     max_examples=12,
@@ -77,7 +78,7 @@ def test_generated_trace_damage(mutations, env, buggy, tmp_path):
     for i, ops in enumerate(mutations):
         path = tmp_path / f"t{i}.txt"
         path.write_bytes(mutate(base, ops))
-        cases += [["events", "--format", "json", path], ["violations", path]]
+        cases += [["events", "--format", "json", path], ["violations", "--kernel", "6.12", path]]
     runs = run_many(cases, env, cwd=tmp_path)
     failures = [f"{'; '.join(bad)}\n{r.describe()}" for r in runs if (bad := verdict(r, "clean"))]
     assert not failures, "\n".join(failures)
@@ -178,7 +179,10 @@ def test_huge_lost_markers(marker, env, buggy, tmp_path):
     text = (buggy / "trace.txt").read_text().splitlines(keepends=True)
     path = tmp_path / "t.txt"
     path.write_text("".join(text[:50]) + marker + "\n" + "".join(text[50:]))
-    for args in (["events", "--format", "json", path], ["owner", path, "0x44000000"]):
+    for args in (
+        ["events", "--format", "json", path],
+        ["owner", "--kernel", "6.12", path, "0x44000000"],
+    ):
         check(run(args, env, cwd=tmp_path), "clean")
 
 
@@ -186,7 +190,11 @@ def test_huge_lost_markers(marker, env, buggy, tmp_path):
 def test_empty_trace_reported(body, env, tmp_path):
     path = tmp_path / "empty.txt"
     path.write_text(body)
-    for args in (["owner", path, "0x44000000"], ["timeline", path], ["violations", path]):
+    for args in (
+        ["owner", "--kernel", "6.12", path, "0x44000000"],
+        ["timeline", "--kernel", "6.12", path],
+        ["violations", "--kernel", "6.12", path],
+    ):
         r = run(args, env, cwd=tmp_path)
         bad = verdict(r, "clean")
         if not bad and r.rc != 2 and "empty" not in r.err and "no event" not in r.err:
@@ -201,7 +209,7 @@ def test_out_of_order_timestamps_reported(env, tmp_path):
             share("2.000000"), share("1.000000", "0x44001000"), share("3.000000", "0x44002000")
         )
     )
-    for args in (["timeline", path], ["events", path]):
+    for args in (["timeline", "--kernel", "6.12", path], ["events", path]):
         r = run(args, env, cwd=tmp_path)
         check(r, "warn")
         assert "order" in r.err, r.describe()
@@ -210,7 +218,7 @@ def test_out_of_order_timestamps_reported(env, tmp_path):
 def test_in_order_timestamps_quiet(env, tmp_path):
     path = tmp_path / "t.txt"
     path.write_text(trace_text(share("1.000000"), share("2.000000", "0x44001000")))
-    r = run(["timeline", path], env, cwd=tmp_path)
+    r = run(["timeline", "--kernel", "6.12", path], env, cwd=tmp_path)
     check(r, "ok")
     assert "warning" not in r.err, r.describe()
 
@@ -240,7 +248,10 @@ def test_one_line_many_pages(pages, env, tmp_path):
             share("2.000000", "0x40001000", "1", op="share"),
         )
     )
-    for args in (["timeline", path], ["owner", path, "0x40002000"]):
+    for args in (
+        ["timeline", "--kernel", "6.12", path],
+        ["owner", "--kernel", "6.12", path, "0x40002000"],
+    ):
         r = run(args, env, cwd=tmp_path, timeout=45)
         check(r, "clean")
 
@@ -275,8 +286,8 @@ def test_whole_compressed_trace_reads_like_plain(suffix, env, buggy, tmp_path):
     path.write_bytes(COMPRESSORS[suffix](raw))
     plain, packed = run_many(
         [
-            ["violations", "--format", "csv", buggy / "trace.txt"],
-            ["violations", "--format", "csv", path],
+            ["violations", "--kernel", "6.12", "--format", "csv", buggy / "trace.txt"],
+            ["violations", "--kernel", "6.12", "--format", "csv", path],
         ],
         env,
     )

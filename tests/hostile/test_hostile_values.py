@@ -11,9 +11,10 @@ import json
 import re
 
 import pytest
-from hostile.hostile_support import check, check_all, run, run_many, verdict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hostile.hostile_support import check, check_all, run, run_many, verdict
 
 SETTINGS = settings(
     max_examples=12,

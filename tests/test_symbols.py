@@ -207,7 +207,8 @@ def test_trace_labels_guest_page_73():
     assert guest["label"].tolist() == ["guest memory (shared, guest_map, gfn 0x0)"]
     vcpu = got[got["label"].str.contains("hyp_vcpu_donation")]
     assert vcpu[["start", "end"]].to_numpy().tolist() == [[0x4611C000, 0x4611F000]]
-    assert vcpu["label"].tolist() == ["donated to hyp (hyp_vcpu_donation)"]
+    # the label names the VM the pages were donated for (its struct kvm)
+    assert vcpu["label"].tolist() == ["donated to hyp (hyp_vcpu_donation, VM 0x45134000)"]
 
 
 def test_trace_labels_by_hand():

@@ -22,6 +22,7 @@ import errno
 import hashlib
 import os
 import stat
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,7 @@ __all__ = [
     "is_input",
     "is_regular",
     "note_input",
+    "parse_toml",
     "read_bytes",
     "read_text",
     "shown",
@@ -163,6 +165,17 @@ def read_text(
         raise InputError(
             f"{shown(path)}: byte {e.start:#x} is not UTF-8; expected {what} (UTF-8 text)"
         ) from None
+
+
+def parse_toml(text: str, origin: str) -> dict[str, object]:
+    """A TOML document read from ``origin`` (already shown safely); bad TOML, including
+    nesting too deep for the parser, is one InputError line naming ``origin``."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{origin}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{origin}: not valid TOML: nested too deeply") from None
 
 
 # -- caches ------------------------------------------------------------------------------------

@@ -37,7 +37,6 @@ each register in ``gdb-regs.txt`` (CPU 0).
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -45,7 +44,7 @@ from typing import Any
 
 from s2trace.arch.registers import hcr_fwb
 from s2trace.errors import InputError
-from s2trace.files import input_file, read_text, shown
+from s2trace.files import input_file, parse_toml, read_text, shown
 from s2trace.numbers import parse_u64, quoted
 from s2trace.pkvm.profiles import profile_for_kernel
 
@@ -269,12 +268,7 @@ def load_capture(folder: str | Path) -> Capture:
         return _from_layout(root)
     text = read_text(path, "a capture.toml (UTF-8 TOML)", limit=CAPTURE_FILE_LIMIT)
     doc = _Doc(root, path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{doc.origin}: not valid TOML: {exc}") from None
-    except RecursionError:
-        raise InputError(f"{doc.origin}: not valid TOML: nested too deeply") from None
+    data = parse_toml(text, doc.origin)
     unknown = sorted(set(data) - set(SCHEMA))
     if unknown:
         raise doc.fail(quoted(unknown[0]), f"unknown key (known: {', '.join(SCHEMA)})")

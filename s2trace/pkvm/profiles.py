@@ -12,7 +12,6 @@ Profiles may be parameterised on the command line: ``rfc-v3-prot-none,prot_none_
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -22,7 +21,7 @@ from typing import Any
 
 from s2trace.arch.geometry import bits
 from s2trace.errors import InputError
-from s2trace.files import read_text, shown
+from s2trace.files import parse_toml, read_text, shown
 from s2trace.numbers import quoted, read_int
 from s2trace.pkvm.profile_schema import check_table, parse_override
 
@@ -277,12 +276,7 @@ def load_profiles(path: str | Path | None = None) -> dict[str, Profile]:
     else:
         text = read_text(path, "a profiles file (UTF-8 TOML)", limit=PROFILES_FILE_LIMIT)
         origin = shown(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"{origin}: not valid TOML: {exc}") from None
-    except RecursionError:
-        raise InputError(f"{origin}: not valid TOML: nested too deeply") from None
+    data = parse_toml(text, origin)
     return {name: _from_table(name, table, origin) for name, table in data.items()}
 
 

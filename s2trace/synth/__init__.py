@@ -1,10 +1,7 @@
 """Synthetic pKVM workloads: a trace and the matching host stage-2 dump, for named scenarios.
 
-::
-
-    from s2trace.synth import generate, SCENARIOS
-    folder = generate("buggy", "out/buggy", size=2000, seed=1, duration=5.0)
-    # out/buggy: capture.toml, trace.txt (ftrace text), host-s2.elf
+``generate("buggy", "out/buggy", size=2000, seed=1, duration=5.0)`` writes ``out/buggy``:
+``capture.toml``, ``trace.txt`` (ftrace text) and ``host-s2.elf``; ``SCENARIOS`` lists the names.
 
 Traces use s2trace's ``pkvm_mem_transition`` tracepoint and ACK's ``host_mem_abort`` event
 (docs/trace-format.md); the dump is built with :class:`s2trace.walk.build.Stage2Builder` from the

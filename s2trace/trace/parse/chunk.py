@@ -75,15 +75,31 @@ U = np.uint64
 BYTES = U(0x0101010101010101)
 _HI = U(0x8080808080808080)
 _LO7 = U(0x7F7F7F7F7F7F7F7F)
-_ASCII0 = U(0x3030303030303030)
-_HIGH_NIBBLES = U(0xF0F0F0F0F0F0F0F0)
-_PLUS6 = U(0x0606060606060606)
-_LOW_BYTES = U(0x000000FF000000FF)
-_MUL_A = U(100 + (1000000 << 32))
-_MUL_B = U(1 + (10000 << 32))
+SWAR_ASCII0 = U(0x3030303030303030)
+SWAR_HIGH_NIBBLES = U(0xF0F0F0F0F0F0F0F0)
+SWAR_PLUS6 = U(0x0606060606060606)
+SWAR_LOW_BYTES = U(0x000000FF000000FF)
+SWAR_MUL_A = U(100 + (1000000 << 32))
+SWAR_MUL_B = U(1 + (10000 << 32))
 _GATHER = U(0x0102040810204080)
 #: _KEEP[n]: mask of the low n bytes of a word
 _KEEP = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=U)
+
+
+def decimal8(w: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value of the last ``length`` (0-8) bytes of each little-endian word as decimal digits,
+    and whether they all are digits (SWAR: the bytes before them read as '0'; then pairs,
+    quads and octets combine in three multiply steps: 10a+b, 100ab+cd, 10^4 abcd+efgh)."""
+    shift = (np.clip(8 - length, 1, 7) * 8).astype(U)  # bytes to fill, kept below 64 bits
+    keep_low = np.select([length >= 8, length <= 0], [U(0), ~U(0)], (U(1) << shift) - U(1))
+    w = (w & ~keep_low) | (SWAR_ASCII0 & keep_low)
+    digits = (w & SWAR_HIGH_NIBBLES) == SWAR_ASCII0
+    ok = digits & (((w + SWAR_PLUS6) & SWAR_HIGH_NIBBLES) == SWAR_ASCII0)
+    v = w - SWAR_ASCII0
+    v = v * U(10) + (v >> U(8))
+    quads = (v & SWAR_LOW_BYTES) * SWAR_MUL_A + ((v >> U(16)) & SWAR_LOW_BYTES) * SWAR_MUL_B
+    v = quads >> U(32)
+    return v, ok
 
 
 def zero_bytes(x: np.ndarray) -> np.ndarray:
@@ -147,7 +163,7 @@ class Chunk:
         blank = np.zeros(len(start), U)
         for k in range(-(-width // 8)):
             w = self.words[start + 8 * k]
-            x = w ^ _ASCII0
+            x = w ^ SWAR_ASCII0
             shift = U(8 * k)
             digit |= movemask(~(_above(x, 9)) & _HI) << shift
             space |= movemask(zero_bytes(w ^ (BYTES * U(SP)))) << shift
@@ -183,17 +199,8 @@ class Chunk:
         return lo, ok & (length >= 1) & (length <= 16)
 
     def _decimal8(self, end: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # The word holds bytes end-8 .. end-1; little-endian, so the last digit is the top
-        # byte.  Bytes before the number are replaced by '0', then the usual digit check and
-        # the pairwise combination (10a+b, 100ab+cd, 10^4 abcd+efgh) give the value.
-        w = self.words[end - 8]
-        keep_low = (U(1) << ((8 - length) * 8).astype(U)) - U(1)
-        w = (w & ~keep_low) | (_ASCII0 & keep_low)
-        ok = ((w & _HIGH_NIBBLES) == _ASCII0) & (((w + _PLUS6) & _HIGH_NIBBLES) == _ASCII0)
-        v = w - _ASCII0
-        v = v * U(10) + (v >> U(8))
-        v = ((v & _LOW_BYTES) * _MUL_A + ((v >> U(16)) & _LOW_BYTES) * _MUL_B) >> U(32)
-        return v, ok
+        # The word holds bytes end-8 .. end-1; little-endian, so the last digit is the top byte.
+        return decimal8(self.words[end - 8], length)
 
     def _views(
         self, start: np.ndarray, length: np.ndarray, valid: np.ndarray | None = None

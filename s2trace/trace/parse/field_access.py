@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from s2trace.errors import InputError
+from s2trace.trace.parse.chunk import decimal8
 from s2trace.trace.parse.field_templates import PAD, Template, learn, match, spans_to_strings
 
 __all__ = ["PSEUDO_FIELDS", "as_arrow", "extract_fields", "extract_rows", "fields", "parse_uint"]
@@ -272,27 +273,6 @@ def parse_uint(values: pd.Series | pa.Array | pa.ChunkedArray) -> tuple[np.ndarr
 
 _PARSE_BATCH = 1 << 20
 _U = np.uint64
-_ASCII0 = _U(0x3030303030303030)
-_HIGH_NIBBLES = _U(0xF0F0F0F0F0F0F0F0)
-_PLUS6 = _U(0x0606060606060606)
-_LOW_BYTES = _U(0x000000FF000000FF)
-_MUL_A = _U(100 + (1000000 << 32))
-_MUL_B = _U(1 + (10000 << 32))
-
-
-def _decimal8(w: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Value of the last ``length`` (0-8) bytes of each little-endian word as decimal digits,
-    and whether they all are digits (SWAR: the bytes before them read as '0'; then pairs,
-    quads and octets combine in three multiply steps -- the method of
-    :meth:`s2trace.trace.parse.chunk.Chunk.decimal`)."""
-    shift = (np.clip(8 - length, 1, 7) * 8).astype(_U)  # bytes to fill, kept below 64 bits
-    keep_low = np.select([length >= 8, length <= 0], [_U(0), ~_U(0)], (_U(1) << shift) - _U(1))
-    w = (w & ~keep_low) | (_ASCII0 & keep_low)
-    ok = ((w & _HIGH_NIBBLES) == _ASCII0) & (((w + _PLUS6) & _HIGH_NIBBLES) == _ASCII0)
-    v = w - _ASCII0
-    v = v * _U(10) + (v >> _U(8))
-    v = ((v & _LOW_BYTES) * _MUL_A + ((v >> _U(16)) & _LOW_BYTES) * _MUL_B) >> _U(32)
-    return v, ok
 
 
 def _plain_uints(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -328,9 +308,9 @@ def _plain_uints(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     d = np.flatnonzero(valid & ~is_0x & (length >= 1) & (length <= 19))
     if len(d):  # up to 19 digits: three SWAR words (8 + 8 + 3 digits)
         ln, e = length[d], end[d]
-        lo, ok0 = _decimal8(words[e - 8], np.minimum(ln, 8))
-        mid, ok1 = _decimal8(words[e - 16], np.clip(ln - 8, 0, 8))
-        hi, ok2 = _decimal8(words[e - 24], np.clip(ln - 16, 0, 8))
+        lo, ok0 = decimal8(words[e - 8], np.minimum(ln, 8))
+        mid, ok1 = decimal8(words[e - 16], np.clip(ln - 8, 0, 8))
+        hi, ok2 = decimal8(words[e - 24], np.clip(ln - 16, 0, 8))
         out[d] = hi * _U(10**16) + mid * _U(10**8) + lo
         done[d] = ok0 & ok1 & ok2
     out[~done] = 0

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.errors import InputError
-from s2trace.files import read_text
+from s2trace.files import parse_toml, read_text, shown
 from s2trace.pkvm.rules import parse_kernel
 from s2trace.trace.parse.readers import as_arrow, extract_fields, parse_uint
 
@@ -55,10 +55,9 @@ def hypercall_table(
         src = Path(path)
         text = read_text(src, "a hypercall table (kvm_asm.h or TOML)", limit=16 << 20)
         if src.suffix == ".toml":
-            try:
-                names = tomllib.loads(text)["names"]
-            except (tomllib.TOMLDecodeError, KeyError) as e:
-                raise InputError(f"{src}: expected names = [...] in order of id ({e})") from e
+            names = parse_toml(text, shown(src)).get("names")
+            if not isinstance(names, list):
+                raise InputError(f"{shown(src)}: expected names = [...] in order of id")
             return dict(enumerate(str(n) for n in names))
         return parse_kvm_asm_h(text, str(src))
     if kernel is None:

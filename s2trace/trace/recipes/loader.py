@@ -8,14 +8,13 @@ with the same keys (``docs/recipes.md``).
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from s2trace.errors import InputError
-from s2trace.files import read_text, shown
+from s2trace.files import parse_toml, read_text, shown
 from s2trace.pkvm.rules import COMPONENTS
 from s2trace.trace.recipes.model import (
     RECIPE_OPS,
@@ -101,12 +100,7 @@ def load_recipes(
 
 def _load_file(path: Path) -> list[Recipe]:
     text = read_text(path, "a recipes file (UTF-8 TOML)", limit=16 << 20)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{shown(path)}: not valid TOML ({e})") from None
-    except RecursionError:
-        raise InputError(f"{shown(path)}: not valid TOML (nested too deeply)") from None
+    data = parse_toml(text, shown(path))
     extra = set(data) - {"recipe"}
     if extra:
         raise InputError(f"{path}: unknown top-level keys {sorted(extra)} (expected [[recipe]])")

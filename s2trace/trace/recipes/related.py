@@ -171,21 +171,8 @@ def complete_rows(ev: EventTable, anchor: np.ndarray, complete: Complete) -> np.
 
 def _first_after(ev: EventTable, anchor: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """For each anchor row, the first of ``rows`` after it on the same task (-1: none)."""
-    if not len(rows) or not len(anchor):
-        return np.full(len(anchor), -1, np.int64)
-    left = pd.DataFrame({"row": anchor, "key": ev.key[anchor], "pos": np.arange(len(anchor))})
-    right = pd.DataFrame({"row": rows, "key": ev.key[rows], "match": rows})
-    m = pd.merge_asof(
-        left.sort_values("row"),
-        right.sort_values("row"),
-        on="row",
-        by="key",
-        direction="forward",
-        allow_exact_matches=False,
-    )
-    out = np.full(len(anchor), -1, np.int64)
-    out[m["pos"].to_numpy()] = m["match"].fillna(-1).to_numpy(np.int64)
-    return out
+    pos = nearest_keyed(anchor, ev.key[anchor], rows, ev.key[rows], "forward")
+    return np.where(pos >= 0, rows[np.maximum(pos, 0)] if len(rows) else -1, -1)
 
 
 def _latest_before(ev: EventTable, anchor: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -199,6 +186,18 @@ def latest_before_keyed(
 ) -> np.ndarray:
     """For each of ``rows``, the index into ``others`` of the latest one before it with the
     same key (-1: none) -- a backward as-of join by key."""
+    return nearest_keyed(rows, keys, others, other_keys, "backward")
+
+
+def nearest_keyed(
+    rows: np.ndarray,
+    keys: np.ndarray,
+    others: np.ndarray,
+    other_keys: np.ndarray,
+    direction: Literal["backward", "forward"],
+) -> np.ndarray:
+    """For each of ``rows``, the index into ``others`` of the nearest one strictly before
+    (``backward``) or after (``forward``) it with the same key (-1: none): one as-of join."""
     if not len(others) or not len(rows):
         return np.full(len(rows), -1, np.int64)
     left = pd.DataFrame({"row": rows, "key": keys, "pos": np.arange(len(rows))})
@@ -208,7 +207,7 @@ def latest_before_keyed(
         right.sort_values("row"),
         on="row",
         by="key",
-        direction="backward",
+        direction=direction,
         allow_exact_matches=False,
     )
     out = np.full(len(rows), -1, np.int64)

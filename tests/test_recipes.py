@@ -556,3 +556,12 @@ def test_every_builtin_recipe_reads_a_probed_or_hypervisor_event() -> None:
         assert r.event in probed | hyp, r.name
         if r.pair is not None:
             assert r.pair.event in probed, r.name
+
+
+def test_hypercall_table_file_nested_too_deeply_is_one_line(tmp_path) -> None:
+    """A user's hypercall TOML that the parser cannot nest into is an InputError naming the
+    file, not a RecursionError (the same TOML reader as capture.toml and profile files)."""
+    path = tmp_path / "deep.toml"
+    path.write_text("names = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(InputError, match=r"deep\.toml: not valid TOML: nested too deeply"):
+        hypercall_table(path=path)

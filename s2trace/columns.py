@@ -30,6 +30,7 @@ __all__ = [
     "MAP_DIFF",
     "PAGE_STATES",
     "SCHEMAS",
+    "SNAPSHOT",
     "TOPUPS",
     "TRANSITIONS",
     "VIOLATIONS",
@@ -240,8 +241,9 @@ INTERVALS = Schema(
             "basis",
             CAT,
             "what the state rests on: 'trace' (the line in cause), a kernel rule in words, "
-            "the dump (named, and when it was taken), an evidence file and line, the first "
-            "transition's precondition, or 'assumed: ...'",
+            "the dump (named, and when it was taken), an evidence file and line (dmesg "
+            "carve-out, kallsyms hyp sections), the first transition's precondition, or "
+            "'assumed: ...'",
         ),
         ("incomplete", "boolean", "a lost-events gap may hide transitions of this range"),
     ),
@@ -266,6 +268,25 @@ VIOLATIONS = Schema(
 )
 
 # -- queries on the ownership timeline (s2trace.trace.queries) --------------------------------
+SNAPSHOT = Schema(
+    "ownership snapshot",
+    "The ownership map a replayed timeline gives at one time (`snapshot`, `s2trace timeline "
+    "--at`): the ownership map's columns as a host stage-2 dump would show them (pages the host "
+    "lost are `kind` invalid with their owner; walk-only columns 0 or <NA>), plus what each "
+    "row's state rests on. Pages nothing speaks for are left out.",
+    (
+        *MAP.columns,
+        Column(
+            "basis",
+            CAT,
+            "what the row's state rests on: 'trace line N' (the event on that line set it), a "
+            "kernel rule in words with its trace line, the dump (named), an evidence file and "
+            "line (dmesg carve-out, kallsyms hyp sections), the first transition's "
+            "precondition with that transition's line, or 'assumed: ...'",
+        ),
+    ),
+)
+
 MAP_DIFF = Schema(
     "map diff",
     "Ranges where two ownership maps disagree on owner or host page state (`diff_maps`). "
@@ -458,6 +479,7 @@ SCHEMAS: tuple[Schema, ...] = (
     INTERVALS,
     VIOLATIONS,
     MAP_DIFF,
+    SNAPSHOT,
     HYP_MAP,
     VMEMMAP,
     PAGE_STATES,

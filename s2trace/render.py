@@ -140,13 +140,16 @@ def _table_text(df: pd.DataFrame, hex_columns: Iterable[str], width: int = TABLE
     below = _detail_below(natural, text, width)
     if below:  # the last column goes on its own wrapped lines under each row
         names, cells, text, natural = names[:-1], cells[:-1], text[:-1], natural[:-1]
-    widths = _fit(natural, text, width)
-    shortened = widths != natural
+    blocks = _blocks(_fit(natural, text, width), width)
+    shortened = False
     out: list[str] = []
-    blocks = _blocks(widths, width)
     for block in blocks:
         if out:
             out.append("")
+        # each block gets the whole line: text is cut only as much as its own block needs
+        fitted = _fit([natural[j] for j in block], [text[j] for j in block], width)
+        widths = dict(zip(block, fitted, strict=True))
+        shortened |= any(widths[j] < natural[j] for j in block)
         head = [names[j].ljust(widths[j]) if text[j] else names[j].rjust(widths[j]) for j in block]
         out.append(_GAP.join(head).rstrip())
         for i in range(len(shown)):

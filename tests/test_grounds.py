@@ -12,6 +12,7 @@ Hand-checked on the bundled captures:
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -171,3 +172,156 @@ def test_diff_bare_trace_with_a_7_3_dump_detects_the_profile(tmp_path, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.out + out.err
     assert out.out.startswith("agree") and "try --profile" not in out.err
+
+
+# -- boot evidence from kallsyms -----------------------------------------------------------------
+# Hand-checked on the 6.12 capture: iomem.txt "Kernel code" starts at 0x40200000 (_text is at
+# 0xffffb0998ee00000) and "Kernel data" at 0x42870000 (_sdata 0xffffb09991470000): both give the
+# image offset VA - PA = 0xffffb0994ec00000.  kallsyms-subset.txt line 46 puts
+# __kvm_nvhe___hyp_text_start at ...8fd3ad04 (PA 0x4113ad04: its page 0x4113a000 holds the
+# end of .hyp.idmap.text too) and line 387 __kvm_nvhe___hyp_text_end at ...8fd4f000 (PA
+# 0x4114f000); .rodata lines 397/412 -> 0x41eef000-0x41ef5000; .bss lines 443/483 ->
+# 0x42c2c000-0x42c2e000.  The dump annotates exactly these pages as hyp-owned.
+IMAGE_OFFSET_612 = 0xFFFFB0994EC00000
+SECTIONS_612 = {
+    ".text": (0x4113A000, 0x4114F000, 46, 387),
+    ".rodata": (0x41EEF000, 0x41EF5000, 397, 412),
+    ".bss": (0x42C2C000, 0x42C2E000, 443, 483),
+}
+# 7.3 (_text 0xffffa2d8e5800000 at 0x40200000, _sdata ...e8300000 at 0x42d00000): .text lines
+# 68/504, .rodata 514/537, .bss 574/632; .hyp.data is empty (lines 568/569 at one address).
+SECTIONS_73 = {
+    ".text": (0x414BF000, 0x414DA000, 68, 504),
+    ".rodata": (0x428E8000, 0x428F0000, 514, 537),
+    ".bss": (0x43340000, 0x43342000, 574, 632),
+}
+
+
+def _bare_612(tmp_path: Path) -> Path:
+    """The 6.12 trace on its own, with kallsyms and iomem but no dump and no dmesg."""
+    for name in ("ftrace.txt", "kallsyms-subset.txt", "iomem.txt"):
+        shutil.copy(S612 / name, tmp_path / name)
+    return tmp_path / "ftrace.txt"
+
+
+def test_kallsyms_hyp_text_is_hyp_without_dump_or_dmesg(tmp_path, capsys):
+    trace = _bare_612(tmp_path)
+    a = analyze(trace, use_cache=False, kernel="6.12",
+                kallsyms=tmp_path / "kallsyms-subset.txt", iomem=tmp_path / "iomem.txt",
+                linear_map=(0xFFFF000000000000, 0x40000000))  # fmt: skip
+    for section, (lo, hi, l0, l1) in SECTIONS_612.items():
+        for pa in (lo, hi - 0x1000):
+            ans = owner_at(a.timeline, pa + 0x10)
+            assert (ans.owner, ans.host_state, ans.since) == ("hyp", "nopage", -math.inf)
+            assert ans.basis == (
+                f"evidence kallsyms-subset.txt lines {l0} and {l1} (placed by iomem.txt): "
+                f"hyp {section}, the hypervisor's from boot"
+            )
+        assert owner_at(a.timeline, hi).basis == ASSUMED  # the page after the section
+        assert owner_at(a.timeline, lo - 0x1000).basis == ASSUMED
+    assert "'Kernel code' = _text and iomem 'Kernel data' = _sdata" in a.meta["boot_evidence"]
+    args = ["owner", str(trace), "0x4113b000", "--kernel", "6.12", "--json",
+            "--kallsyms", str(tmp_path / "kallsyms-subset.txt"),
+            "--iomem", str(tmp_path / "iomem.txt")]  # fmt: skip
+    assert main(args) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["owner"] == "hyp" and "kallsyms-subset.txt lines 46 and 387" in record["basis"]
+
+
+def test_kallsyms_without_iomem_claims_nothing_and_says_why(tmp_path, capsys):
+    trace = _bare_612(tmp_path)
+    args = ["owner", str(trace), "0x4113b000", "--kernel", "6.12",
+            "--kallsyms", str(tmp_path / "kallsyms-subset.txt")]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "basis: " + ASSUMED in out.out
+    assert "hyp sections not used: no iomem copy to place the kernel image" in out.err
+
+
+def test_kallsyms_sections_agree_with_the_dump():
+    """The capture's dump (taken later) annotates the same pages hyp-owned: its basis wins,
+    and the kallsyms ranges are exactly the dump's hyp runs there."""
+    a = analyze(S612, use_cache=False)
+    iv = a.intervals
+    for lo, hi, _, _ in SECTIONS_612.values():
+        rows = iv[(iv["addr_start"] == lo)]
+        assert len(rows) == 1 and int(rows["size"].iloc[0]) == hi - lo
+        assert str(rows["owner"].iloc[0]) == "hyp"
+        assert str(rows["basis"].iloc[0]).startswith("dump host-s2.elf.zst")
+    assert "kallsyms-subset.txt lines 46 and 387" in a.meta["boot_evidence"]
+
+
+@pytest.mark.parametrize(("folder", "expected"), [
+    (S612, SECTIONS_612), (REPO / "sample-traces" / "qemu-pkvm-7.3", SECTIONS_73)])  # fmt: skip
+def test_hyp_owned_sections_on_both_kernels(folder, expected):
+    from s2trace.hyp.boot_sections import hyp_owned_sections
+    from s2trace.hyp.evidence import KernelImage, read_iomem, read_kallsyms
+
+    ks = read_kallsyms(folder / "kallsyms-subset.txt")
+    image = KernelImage.from_evidence(ks, read_iomem(folder / "iomem.txt"))
+    found, notes = hyp_owned_sections(ks, image)
+    assert notes == []  # 7.3's empty .hyp.data is no section, and no complaint
+    got = {r.section: (int(r.pa_start), int(r.pa_end), r.start_line, r.end_line)
+           for r in found.itertuples()}  # fmt: skip
+    assert got == expected
+
+
+def test_hyp_owned_sections_claim_only_what_the_symbols_support():
+    from s2trace.hyp.boot_sections import hyp_owned_sections
+    from s2trace.hyp.evidence import KernelImage, read_kallsyms
+
+    ks = read_kallsyms(
+        "ffff800080010000 T __kvm_nvhe___hyp_text_start\n"  # no _end: not claimed
+        "ffff800080200000 D __hyp_rodata_start\n"  # unprefixed aliases are read too
+        "ffff800080201800 D __hyp_rodata_end\n"
+        "ffff800080300000 B __kvm_nvhe___hyp_bss_start\n"
+        "ffff8000802ff000 B __kvm_nvhe___hyp_bss_end\n"  # below its start
+        "ffff800090000000 D __kvm_nvhe___hyp_data_start\n"
+        "ffff800090001000 D __kvm_nvhe___hyp_data_end\n"  # outside the image bounds
+    )
+    image = KernelImage(0xFFFF800080000000, 0x40000000)
+    found, notes = hyp_owned_sections(ks, image, bounds=(0x40000000, 0x41000000))
+    assert [(r.section, int(r.pa_start), int(r.pa_end), r.start_line, r.end_line)
+            for r in found.itertuples()] == [(".rodata", 0x40200000, 0x40202000, 2, 3)]  # fmt: skip
+    assert len(notes) == 3
+    assert "only one of __hyp_text_start/__hyp_text_end" in notes[0]
+    assert ".data would be at 0x50000000-0x50001000, outside the kernel image" in notes[1]
+    assert "__hyp_bss_end is below __hyp_bss_start" in notes[2]
+
+
+def test_carve_out_wins_where_kallsyms_overlaps_it(tmp_path):
+    from s2trace.jobs.grounds import boot_evidence
+
+    dmesg = tmp_path / "dmesg.txt"
+    dmesg.write_text("x\nkvm [0]: Reserved 1 MiB at 0x4113c000\n")
+    frame, notes, problems = boot_evidence(dmesg, S612 / "kallsyms-subset.txt", S612 / "iomem.txt")
+    rows = list(zip(frame["ipa_start"], frame["size"], frame["basis"].str[:24], strict=True))
+    assert rows[:3] == [
+        (0x4113A000, 0x2000, "evidence kallsyms-subset"),  # .text before the carve-out
+        (0x4113C000, 0x100000, "evidence dmesg.txt line "),
+        (0x41EEF000, 0x6000, "evidence kallsyms-subset"),  # .text inside it went to dmesg
+    ]
+    assert problems == [] and "placed by iomem.txt" in notes[0]
+
+
+def test_one_image_placement_for_labels_and_register_recovery():
+    from s2trace.hyp.evidence import (
+        KernelImage,
+        image_offsets,
+        kernel_resources,
+        read_iomem,
+        read_kallsyms,
+    )
+    from s2trace.pkvm.kallsyms import read_kallsyms as read_syms
+
+    ks, io = read_kallsyms(S612 / "kallsyms-subset.txt"), read_iomem(S612 / "iomem.txt")
+    resources = kernel_resources(io)
+    syms = read_syms(S612 / "kallsyms-subset.txt")
+    found = image_offsets(syms.address, resources)
+    both = "iomem 'Kernel code' = _text and iomem 'Kernel data' = _sdata"
+    assert found[0] == (IMAGE_OFFSET_612, both)
+    assert found[1][1] == "iomem 'Kernel code' = _stext"  # one anchor only: ranked last
+    image = KernelImage.from_evidence(ks, io)
+    assert (image.text_va - image.text_pa) & ((1 << 64) - 1) == IMAGE_OFFSET_612
+    data_only = KernelImage.from_evidence(ks, io[io["name"] != "Kernel code"])
+    assert int(data_only.pa(0xFFFFB0998FD3AD04)) == 0x4113AD04 and "_sdata" in data_only.how

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s2trace.columns import INTERVALS, MAP
+from s2trace.columns import INTERVALS, MAP, SNAPSHOT
 from s2trace.errors import InputError
 from s2trace.trace.queries import (
     MAP_DIFF,
@@ -20,7 +20,7 @@ from s2trace.trace.queries import (
     owner_at,
     snapshot,
 )
-from s2trace.trace.replay import ASSUMED, replay
+from s2trace.trace.replay import ASSUMED, PRECONDITION, replay
 from s2trace.trace.synth_helpers import make_transitions
 
 P = 4096
@@ -117,7 +117,8 @@ def test_history_of_a_page(tl):
 
 def test_snapshot_is_a_coalesced_map(tl):
     snap = snapshot(tl, 12.0)
-    MAP.check(snap)
+    SNAPSHOT.check(snap)
+    assert SNAPSHOT.names[: len(MAP.names)] == MAP.names  # a map, plus its basis
     rows = list(
         zip(
             snap["ipa_start"],
@@ -141,9 +142,38 @@ def test_snapshot_is_a_coalesced_map(tl):
         (pg(5), P, "page"),
     ]
     assert list(end["page_state"].astype(str)) == ["nopage", "owned", "nopage", "shared_owned"]
-    assert {c: str(t) for c, t in snapshot(tl, -1.0).dtypes.items()} == MAP.dtypes()
+    assert list(end["basis"].astype(str)) == [
+        "trace line 110",
+        "trace line 120",
+        "trace line 110",
+        "trace line 105",  # the counted share at 106 and unshare at 130 changed nothing
+    ]
+    assert {c: str(t) for c, t in snapshot(tl, -1.0).dtypes.items()} == SNAPSHOT.dtypes()
     first = snapshot(tl, -1.0)  # before anything: every touched page is host owned
     assert list(zip(first["ipa_start"], first["size"], strict=True)) == [(pg(0), 4 * P), (pg(5), P)]
+    assert set(first["basis"].astype(str)) == {ASSUMED}  # replay() without precondition
+
+
+def test_snapshot_basis_splits_rows_and_names_preconditions():
+    """Equal states resting on different lines stay apart; a precondition names the line of
+    the transition that requires it, as owner_at does."""
+    rows = [
+        dict(op="donate", addr=pg(0), ts=10.0, line=110, event_index=100),
+        dict(op="donate", addr=pg(1), ts=11.0, line=111, event_index=110),
+        dict(op="reclaim", addr=pg(2), ts=12.0, line=112, event_index=120),
+    ]
+    tl2 = replay(make_transitions(rows), kernel="6.12", precondition=True)
+    end = snapshot(tl2)
+    assert list(zip(end["ipa_start"], end["size"], end["basis"].astype(str), strict=True)) == [
+        (pg(0), P, "trace line 110"),
+        (pg(1), P, "trace line 111"),
+        (pg(2), P, "trace line 112"),
+    ]
+    before = snapshot(tl2, 11.5)
+    pre = before[before["ipa_start"] == pg(2)]["basis"].astype(str).iloc[0]
+    assert pre == f"{PRECONDITION} (trace line 112)"
+    assert pre == owner_at(tl2, pg(2), 11.5).basis
+    assert str(before["owner"].iloc[-1]) == "hyp"  # a reclaim requires the hyp to own it
 
 
 def test_snapshot_round_trips_through_replay(tl):

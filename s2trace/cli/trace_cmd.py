@@ -41,6 +41,24 @@ def trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--strict", is_flag=True, help="Malformed lines and violations are fatal."
             ),
             click.option("--no-cache", is_flag=True, help="Do not use the parsed-trace cache."),
+            click.option(
+                "--dump",
+                multiple=True,
+                help="Dump taken after the trace: untouched pages take its state (default: "
+                "a capture folder's).",
+            ),
+            click.option(
+                "--dmesg", type=click.Path(dir_okay=False), help="dmesg of the traced boot."
+            ),
+            click.option(
+                "--kallsyms",
+                type=click.Path(dir_okay=False),
+                help="kallsyms of the traced kernel: its hyp sections are the hypervisor's from "
+                "boot (placed with --iomem).",
+            ),
+            click.option(
+                "--iomem", type=click.Path(dir_okay=False), help="/proc/iomem of the traced boot."
+            ),
         ]
     ):
         f = opt(f)
@@ -62,9 +80,15 @@ def _analyze(trace: str, kw: dict[str, Any], *, grounds: bool = True) -> Any:
         progress=None if sys.stderr.isatty() else False,
         use_cache=not kw.get("no_cache"),
         grounds=grounds,
+        dump=kw.get("dump") or (),
+        dmesg=kw.get("dmesg"),
+        kallsyms=kw.get("kallsyms"),
+        iomem=kw.get("iomem"),
     )
     if result.meta.get("trace_notes"):
         click.echo(f"s2trace: warning: {result.source}: {result.meta['trace_notes']}", err=True)
+    if result.meta.get("boot_evidence_not_used"):
+        click.echo(f"s2trace: warning: {result.meta['boot_evidence_not_used']}", err=True)
     ignored = result.meta.get("ignored_events")
     if ignored:
         click.echo(
@@ -120,12 +144,25 @@ def register(cli: click.Group) -> None:
 
     @cli.command("timeline")
     @click.argument("trace")
+    @click.option(
+        "--at",
+        "at",
+        help="Print the ownership map at this time instead (a snapshot; 'end': after the "
+        "last event), each row with its basis.",
+    )
     @trace_options
     @output_options
-    def timeline_cmd(trace: str, **kw: Any) -> None:
+    def timeline_cmd(trace: str, at: str | None, **kw: Any) -> None:
         """Replay a trace: the ownership intervals of every page it touches."""
+        from s2trace.jobs.analyze import parse_time
+        from s2trace.trace.queries import snapshot
+
+        when = None if at is None or at == "end" else parse_time(at)
         r = _analyze(trace, kw)
-        _write(r.intervals, kw, r.meta)
+        if at is None:
+            _write(r.intervals, kw, r.meta)
+        else:
+            _write(snapshot(r.timeline, when), kw, {**r.meta, "at": at})
 
     @cli.command("violations")
     @click.argument("trace")

@@ -8,6 +8,7 @@ the register recovery use the image placement.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,14 @@ from s2trace.pkvm.kallsyms import parse_kallsyms
 from s2trace.walk.tables import Memory
 
 __all__ = [
+    "IMAGE_ANCHORS",
     "KernelImage",
     "LinearMap",
     "dmesg_labels",
     "hex_values",
+    "image_offsets",
     "iomem_labels",
+    "kernel_resources",
     "read_iomem",
     "read_kallsyms",
     "read_symbol_u64",
@@ -80,7 +84,7 @@ def _frame(start: object, end: object, label: object, source: str) -> pd.DataFra
 
 # -- kallsyms ---------------------------------------------------------------------------------
 def read_kallsyms(source: str | Path) -> pd.DataFrame:
-    """``/proc/kallsyms`` (a path or its text) as ``addr (uint64), type, name``, in file order
+    """``/proc/kallsyms`` (a path or its text) as ``addr (uint64), type, name, line``, in file order
     (first address per name wins in lookups).  Parsed by the one kallsyms reader,
     :func:`s2trace.pkvm.kallsyms.parse_kallsyms` (lines that are not ``ADDR TYPE NAME`` are
     an :class:`InputError` naming its line here: evidence must be the boot's own file)."""
@@ -92,6 +96,7 @@ def read_kallsyms(source: str | Path) -> pd.DataFrame:
             "addr": k.addresses.astype(np.uint64),
             "type": np.array(k.types, dtype=str),
             "name": np.array(k.names, dtype=str),
+            "line": k.lines,
         }
     )
 
@@ -154,27 +159,96 @@ def dmesg_labels(source: str | Path) -> pd.DataFrame:
 
 
 # -- the kernel image and the linear map -------------------------------------------------------
+MASK64 = (1 << 64) - 1
+
+#: (iomem resource, the symbol the kernel starts it at): ``request_standard_resources`` in
+#: arch/arm64/kernel/setup.c puts ``Kernel code`` at ``__pa_symbol(_text)`` and ``Kernel
+#: data`` at ``__pa_symbol(_sdata)`` (some 5.x kernels started ``Kernel code`` at ``_stext``,
+#: tried last).  Both sample captures agree on _text and _sdata.
+IMAGE_ANCHORS: tuple[tuple[str, str], ...] = (
+    ("Kernel code", "_text"),
+    ("Kernel data", "_sdata"),
+    ("Kernel code", "_stext"),
+)
+
+
+def kernel_resources(iomem: str | Path | pd.DataFrame, source: str = "iomem") -> dict[str, int]:
+    """Start PAs of ``Kernel code`` and ``Kernel data`` in a ``/proc/iomem`` copy (a path, its
+    text, or :func:`read_iomem`'s frame).
+
+    InputError when it lists neither, or lists them at 0 (read without root: the kernel then
+    prints every range as ``00000000-00000000``).
+    """
+    if isinstance(iomem, pd.DataFrame):
+        frame = iomem
+    else:
+        frame = read_iomem(iomem)
+        source = "iomem" if "\n" in str(iomem) else str(iomem)
+    out: dict[str, int] = {}
+    for name in ("Kernel code", "Kernel data"):
+        starts = frame["start"][frame["name"] == name]
+        if len(starts):
+            out[name] = int(starts.iloc[0])
+    if not out:
+        raise InputError(f"{source}: no 'Kernel code' line; expected a copy of /proc/iomem")
+    if not any(out.values()):
+        raise InputError(
+            f"{source}: the kernel ranges read 0 (copied without root); read /proc/iomem as root"
+        )
+    return out
+
+
+def image_offsets(
+    address: Callable[[str], int | None], resources: Mapping[str, int]
+) -> list[tuple[int, str]]:
+    """Candidate VA-PA offsets of the kernel image (``PA = VA - offset`` mod 2**64), each with
+    the anchors that give it, those most anchors agree on first.
+
+    ``address`` looks a kallsyms name up (None: absent), ``resources`` is
+    :func:`kernel_resources`' dict.  Only the offset is derived: KASLR moves the image's
+    virtual and physical placement independently, so kallsyms alone cannot place it.
+    """
+    found: dict[int, list[str]] = {}
+    for res, sym in IMAGE_ANCHORS:
+        va = address(sym)
+        if res in resources and va is not None:
+            found.setdefault((va - resources[res]) & MASK64, []).append(f"iomem '{res}' = {sym}")
+    ranked = sorted(found.items(), key=lambda kv: -len(kv[1]))  # stable: anchor order on ties
+    return [(off, " and ".join(hows)) for off, hows in ranked]
+
+
 @dataclass(frozen=True, slots=True)
 class KernelImage:
-    """Where the kernel image is: ``_text`` at ``text_va`` is physical ``text_pa``."""
+    """Where the kernel image is: ``_text`` at ``text_va`` is physical ``text_pa``; ``how``
+    says which evidence placed it."""
 
     text_va: int
     text_pa: int
+    how: str = ""
 
     @classmethod
     def from_evidence(cls, kallsyms: pd.DataFrame, iomem: pd.DataFrame) -> KernelImage:
+        """Placed by :func:`image_offsets` from kallsyms and iomem (the offset most anchors
+        agree on); InputError when no anchor pair is there."""
         syms = _symbols(kallsyms)
-        if "_text" not in syms:
-            raise InputError("kallsyms: no _text symbol (needed to place the kernel image)")
-        code = iomem[iomem["name"] == "Kernel code"]
-        if code.empty:
-            raise InputError("iomem: no 'Kernel code' line (needed to place the kernel image)")
-        return cls(syms["_text"], int(code["start"].iloc[0]))
+        resources = kernel_resources(iomem)
+        found = image_offsets(syms.get, resources)
+        if not found:
+            names = ", ".join(sorted({s for _, s in IMAGE_ANCHORS}))
+            raise InputError(
+                f"kallsyms: none of {names} matches an iomem 'Kernel code'/'Kernel data' line "
+                "(needed to place the kernel image)"
+            )
+        off, how = found[0]
+        va = next(syms[s] for _, s in IMAGE_ANCHORS if s in syms)
+        va = syms.get("_text", va)
+        return cls(va, (va - off) & MASK64, how)
 
     def pa(self, va: object) -> np.ndarray:
         """Physical addresses of kernel-image VAs (vectorised)."""
         v = np.asarray(va, dtype=np.uint64)
-        return v - np.uint64(self.text_va) + np.uint64(self.text_pa)
+        with np.errstate(over="ignore"):
+            return v - np.uint64(self.text_va) + np.uint64(self.text_pa)
 
 
 @dataclass(frozen=True, slots=True)

@@ -68,7 +68,7 @@ from s2trace.arch.registers import (
 )
 from s2trace.arch.stage1 import TCR_EL2_NVHE
 from s2trace.errors import InputError
-from s2trace.hyp.evidence import read_iomem
+from s2trace.hyp import evidence
 from s2trace.io.memory import MemoryFault, PhysicalMemory
 from s2trace.pkvm.kallsyms import Kallsyms, read_kallsyms
 
@@ -391,25 +391,8 @@ def scan_init_params(memory: PhysicalMemory) -> list[RecoveredRegisters]:
 
 def kernel_resources(iomem: str | Path) -> dict[str, int]:
     """Start PAs of ``Kernel code`` and ``Kernel data`` in a ``/proc/iomem`` copy (a path, or
-    the text itself; parsed by :func:`s2trace.hyp.evidence.read_iomem`).
-
-    InputError when the file lists neither, or lists them at 0 (read without root: the
-    kernel then prints every range as ``00000000-00000000``).
-    """
-    frame = read_iomem(iomem)
-    source = "iomem" if "\n" in str(iomem) else str(iomem)
-    out: dict[str, int] = {}
-    for name in ("Kernel code", "Kernel data"):
-        starts = frame["start"][frame["name"] == name]
-        if len(starts):
-            out[name] = int(starts.iloc[0])
-    if not out:
-        raise InputError(f"{source}: no 'Kernel code' line; expected a copy of /proc/iomem")
-    if not any(out.values()):
-        raise InputError(
-            f"{source}: the kernel ranges read 0 (copied without root); read /proc/iomem as root"
-        )
-    return out
+    the text itself): :func:`s2trace.hyp.evidence.kernel_resources`."""
+    return evidence.kernel_resources(iomem)
 
 
 def _voffset_holds(memory: PhysicalMemory, kv_va: int, voff: int) -> bool:
@@ -441,21 +424,12 @@ def _search_voffset(memory: PhysicalMemory, kv_va: int) -> list[int]:
     return sorted(found)
 
 
-#: (iomem resource, symbol at its start): setup.c's request_standard_resources.
-_IMAGE_ANCHORS = (("Kernel code", "_text"), ("Kernel data", "_sdata"), ("Kernel code", "_stext"))
-
-
 def _image_offsets(
     memory: PhysicalMemory, syms: Kallsyms, kernel: dict[str, int]
 ) -> list[tuple[int, str]]:
-    """Candidate kernel-image VA-PA offsets, confirmed ones first, each with how it was got."""
-    cands: dict[int, str] = {}
-    for res, sym in _IMAGE_ANCHORS:
-        va = syms.address(sym)
-        if res in kernel and va is not None:
-            off = (va - kernel[res]) & MASK64
-            how = f"iomem '{res}' = {sym}"
-            cands[off] = f"{cands[off]} and {how}" if off in cands else how
+    """Candidate kernel-image VA-PA offsets (:func:`s2trace.hyp.evidence.image_offsets`),
+    those ``kimage_voffset`` confirms first, each with how it was got."""
+    cands = dict(evidence.image_offsets(syms.address, kernel))
     kv = syms.address("kimage_voffset")
     if kv is None:
         if not cands:

@@ -21,7 +21,7 @@ import pandas as pd
 from s2trace.allocator import release_memory
 from s2trace.errors import InputError, ProblemLog
 from s2trace.jobs.capture import is_capture, load_capture
-from s2trace.jobs.grounds import boot_ranges, dump_map
+from s2trace.jobs.grounds import boot_evidence, dump_map
 from s2trace.numbers import parse_u64, quoted
 from s2trace.trace.family import (
     choose_kernel,
@@ -102,14 +102,17 @@ def parse_time(text: str | None) -> float | None:
 def _grounds(
     capture: Path | None,
     dump: tuple[str, ...],
-    dmesg: str | Path | None,
+    boot: tuple[str | Path | None, str | Path | None, str | Path | None],
     page_size: int,
     use_dump: bool,
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    """The replay's ``at_end`` (a dump) and ``boot`` (dmesg) arguments, noted in ``meta``."""
+    """The replay's ``at_end`` (a dump) and ``boot`` (dmesg carve-out, kallsyms hyp sections
+    placed by iomem: ``boot`` is (dmesg, kallsyms, iomem)) arguments, noted in ``meta``."""
     out: dict[str, Any] = {}
-    if use_dump and (dump or capture is not None):
+    if not use_dump:
+        return out
+    if dump or capture is not None:
         try:
             frame, basis, notes = dump_map(capture=None if dump else capture, specs=dump)
         except InputError as exc:
@@ -119,11 +122,15 @@ def _grounds(
         else:
             out.update(at_end=frame, end_basis=basis)
             meta["dump"] = basis + "".join(f"; {n}" for n in notes)
-    if dmesg is not None and use_dump:
-        ranges = boot_ranges(dmesg, page_size)
+    if any(x is not None for x in boot[:2]):
+        ranges, notes, problems = boot_evidence(*boot, page_size=page_size)
         if len(ranges):
-            out.update(boot=ranges, boot_basis=f"evidence {Path(dmesg).name}")
-            meta["boot_evidence"] = "; ".join(ranges["basis"])
+            out.update(boot=ranges, boot_basis="boot evidence")
+        said = list(dict.fromkeys(ranges["basis"])) + notes
+        if said:
+            meta["boot_evidence"] = "; ".join(said)
+        if problems:
+            meta["boot_evidence_not_used"] = "; ".join(problems)
     return out
 
 
@@ -141,6 +148,8 @@ def analyze(
     dump: Sequence[str] = (),
     dmesg: str | Path | None = None,
     grounds: bool = True,
+    kallsyms: str | Path | None = None,
+    iomem: str | Path | None = None,
 ) -> Analysis:
     """Read a trace (file or capture folder), derive transitions and replay them.
 
@@ -155,10 +164,11 @@ def analyze(
     What every state rests on (the intervals' ``basis``): a page some transition changes
     starts in the state that transition requires; a page none changes has the state of the
     dump taken after the trace (``dump`` files, else the capture folder's), else of boot
-    evidence (the hyp carve-out in ``dmesg``, else the capture's dmesg), else the host's by
-    assumption.  The replayed end state of changed pages is checked against the dump
-    (``timeline.meta["end_check"]``).  ``grounds=False`` uses neither dump nor dmesg (to
-    compare the trace with the dump, or to plot what the trace did).
+    evidence (the hyp carve-out in ``dmesg``, and the hyp image sections that ``kallsyms``
+    bounds, placed by ``iomem``; else the capture's files), else the host's by assumption.
+    The replayed end state of changed pages is checked against the dump
+    (``timeline.meta["end_check"]``).  ``grounds=False`` uses neither dump nor boot evidence
+    (to compare the trace with the dump, or to plot what the trace did).
     """
 
     source = Path(path)
@@ -174,6 +184,8 @@ def analyze(
         source = cap.trace
         capture = cap.folder
         dmesg = dmesg or cap.dmesg
+        kallsyms = kallsyms or cap.kallsyms
+        iomem = iomem or cap.iomem
         stated = cap.kernel
     elif not os.path.exists(source):  # False also for a name too long to look up
         raise InputError(f"{source}: no such trace file or capture folder")
@@ -214,7 +226,7 @@ def analyze(
     problems.extend(recipe_problems)
     confirm_alike(choice, transitions)
     release_memory()
-    found = _grounds(capture, tuple(dump), dmesg, page_size, grounds, meta)
+    found = _grounds(capture, tuple(dump), (dmesg, kallsyms, iomem), page_size, grounds, meta)
     timeline = replay(
         transitions,
         initial=initial,

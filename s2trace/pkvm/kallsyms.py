@@ -46,6 +46,8 @@ class Kallsyms:
     modules: tuple[str, ...]
     addresses: np.ndarray
     skipped: int = 0
+    lines: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # lines: the 1-based line of each symbol in its file (empty when not known)
     _first: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,7 +88,8 @@ class Kallsyms:
 def parse_kallsyms(text: str, source: str = "kallsyms", *, strict: bool = False) -> Kallsyms:
     """Parse kallsyms ``text``; InputError when no line has the kallsyms form, or, with
     ``strict``, naming the first non-blank line that does not."""
-    found = _LINE.findall(text)
+    matches = list(_LINE.finditer(text))
+    found = [m.groups() for m in matches]
     if not found:
         raise InputError(
             f"{source}: no 'ADDRESS TYPE NAME' line; expected a copy of /proc/kallsyms"
@@ -99,6 +102,8 @@ def parse_kallsyms(text: str, source: str = "kallsyms", *, strict: bool = False)
                     f"{source}: line {number}: {line!r} is not 'HEXADDR TYPE NAME' (kallsyms)"
                 )
     addresses = np.array([int(a, 16) for a, _, _, _ in found], dtype=np.uint64)
+    newlines = np.array([m.start() for m in re.finditer("\n", text)], dtype=np.int64)
+    starts = np.array([m.start() for m in matches], dtype=np.int64)
     return Kallsyms(
         source=source,
         names=tuple(n for _, _, n, _ in found),
@@ -106,6 +111,7 @@ def parse_kallsyms(text: str, source: str = "kallsyms", *, strict: bool = False)
         modules=tuple(m for _, _, _, m in found),
         addresses=addresses,
         skipped=lines - len(found),
+        lines=np.searchsorted(newlines, starts, "left") + 1,
     )
 
 

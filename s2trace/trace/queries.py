@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from s2trace.columns import INTERVALS, MAP, MAP_DIFF
+from s2trace.columns import INTERVALS, MAP_DIFF, SNAPSHOT
 from s2trace.errors import InputError
 from s2trace.intervals import covering
 from s2trace.trace.replay import ASSUMED, PRECONDITION, Timeline
@@ -22,7 +22,9 @@ from s2trace.trace.replay.rows import TRACE_BASIS
 
 __all__ = [
     "MAP_DIFF",
+    "SNAPSHOT",
     "OwnerAnswer",
+    "basis_words",
     "diff_maps",
     "explain",
     "history",
@@ -122,26 +124,61 @@ def owner_at(timeline: Timeline, addr: int, t: float | None = None) -> OwnerAnsw
         t_earliest=float(row["t_earliest"]),
         cause=None if cause is None else int(cause),  # type: ignore[call-overload]
         event_index=None if event_index is None else int(event_index),  # type: ignore[call-overload]
-        basis=_basis_words(iv, hit[0], addr),
+        basis=str(basis_words(iv, hit[:1], np.array([addr], dtype=np.uint64))[0]),
         incomplete=bool(row["incomplete"])
         and any(x >= float(row["t_start"]) for x in _lost_before(timeline, addr, t)),
     )
 
 
-def _basis_words(iv: pd.DataFrame, i: int, addr: int) -> str:
-    """The basis of interval ``i``: ``trace line N``, or its text; a precondition names the
-    line of the transition that requires it."""
-    row = iv.iloc[i]
-    basis = str(row["basis"])
-    if basis == TRACE_BASIS and not pd.isna(row["cause"]):
-        return f"trace line {int(row['cause'])}"
-    if basis.startswith("rule:") and not pd.isna(row["cause"]):
-        return f"{basis} (trace line {int(row['cause'])})"
-    if basis == PRECONDITION:
-        later = iv[_covers(iv, addr) & (iv["t_start"].to_numpy() >= float(row["t_end"]))]
-        if len(later) and not pd.isna(later["cause"].iloc[0]):
-            return f"{basis} (trace line {int(later.sort_values('t_start')['cause'].iloc[0])})"
-    return basis
+def basis_words(iv: pd.DataFrame, idx: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """What the states of intervals ``iv.iloc[idx]`` rest on, in words (object array).
+
+    ``trace line N`` for a state an event set; a kernel rule with the line it applies to;
+    the precondition of a page's first transition with that transition's line (found in the
+    interval that follows on the page holding ``at``, which starts where this one ends); the
+    dump, an evidence file and line, or an assumption as the replay wrote them.  Vectorised:
+    one as-of join for the preconditions.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    basis = iv["basis"].astype("object").to_numpy()[idx]
+    cause = iv["cause"].to_numpy(dtype=np.float64, na_value=np.nan)[idx]
+    out = basis.copy()
+    line = pd.Series(cause).astype("Int64").astype("string").to_numpy(dtype=object)
+    known = ~np.isnan(cause)
+    trace = known & (basis == TRACE_BASIS)
+    out[trace] = "trace line " + line[trace]
+    rule = known & np.array([str(b).startswith("rule:") for b in basis], dtype=bool)
+    out[rule] = basis[rule] + " (trace line " + line[rule] + ")"
+    pre = np.flatnonzero(basis == PRECONDITION)
+    if len(pre):
+        follows = _following_lines(iv, iv["t_end"].to_numpy()[idx[pre]], np.asarray(at)[pre])
+        found = ~np.isnan(follows)
+        text = pd.Series(follows[found]).astype("Int64").astype("string").to_numpy(dtype=object)
+        out[pre[found]] = basis[pre[found]] + " (trace line " + text + ")"
+    return out
+
+
+def _following_lines(iv: pd.DataFrame, t_end: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Source line of the interval that starts at ``t_end`` on the page holding ``at`` (NaN:
+    none) -- a backward as-of join on the address, keyed by the start time."""
+    starts = iv[iv["cause"].notna().to_numpy(dtype=bool)]
+    addr = starts["addr_start"].to_numpy(dtype=np.uint64)
+    stop = addr + starts["size"].to_numpy(dtype=np.uint64)
+    line = starts["cause"].to_numpy(dtype=np.float64, na_value=np.nan)
+    right = pd.DataFrame(
+        {"key": starts["t_start"].to_numpy(), "addr": addr, "j": np.arange(len(addr))}
+    ).sort_values("addr", kind="stable")
+    left = pd.DataFrame(
+        {"key": t_end, "addr": at.astype(np.uint64), "row": np.arange(len(at))}
+    ).sort_values("addr", kind="stable")
+    m = pd.merge_asof(left, right, on="addr", by="key", direction="backward")
+    j = m["j"].to_numpy(dtype=np.float64, na_value=np.nan)
+    hit = ~np.isnan(j)
+    rows, j = m["row"].to_numpy()[hit], j[hit].astype(np.int64)
+    inside = m["addr"].to_numpy(dtype=np.uint64)[hit] < stop[j]
+    out = np.full(len(at), np.nan)
+    out[rows[inside]] = line[j[inside]]
+    return out
 
 
 def history(timeline: Timeline, addr: int) -> pd.DataFrame:
@@ -189,22 +226,29 @@ def _coalesce(start: np.ndarray, size: np.ndarray, *keys: np.ndarray) -> tuple[n
 
 
 def snapshot(timeline: Timeline, t: float | None = None) -> pd.DataFrame:
-    """The ownership map at ``t`` (``None``: the end), with the MAP columns.
+    """The ownership map at ``t`` (``None``: the end), with the SNAPSHOT columns (MAP + basis).
 
     As a host stage-2 dump shows it: pages the host can reach are ``kind`` page, owner host
     (``oa`` = address: identity map), ``page_state`` = the host's state; pages the host lost
-    are ``kind`` invalid with their owner and ``nopage``.  Adjacent equal ranges are merged.
-    Pages never touched are left out, like the zero entries of a dump.  Walk-only columns
-    (level, table_pa, index, raw) are 0, the others <NA>.
+    are ``kind`` invalid with their owner and ``nopage``.  ``basis`` says what each row's
+    state rests on, in the words of :func:`basis_words` (``trace line N``, a rule with its
+    line, the dump, an evidence file and line, or an assumption).  Adjacent ranges with equal
+    values and basis are merged.  Pages the timeline has no interval for (nothing speaks for
+    them) are left out, like the zero entries of a dump.  Walk-only columns (level,
+    table_pa, index, raw) are 0, the others <NA>.
     """
     iv = timeline.intervals
-    alive = iv[_alive(iv, t)].sort_values("addr_start", kind="stable")
+    idx = np.flatnonzero(_alive(iv, t))
+    idx = idx[np.argsort(iv["addr_start"].to_numpy()[idx], kind="stable")]
+    alive = iv.iloc[idx]
+    start0 = alive["addr_start"].to_numpy()
     host_state = alive["host_state"].astype("object").to_numpy()
     lost = host_state == "nopage"
     owner = np.where(lost, alive["owner"].astype("object").to_numpy(), "host")
     kind = np.where(lost, "invalid", "page")
-    start, size, kind, owner, host_state = _coalesce(
-        alive["addr_start"].to_numpy(), alive["size"].to_numpy(), kind, owner, host_state
+    basis = basis_words(iv, idx, start0)
+    start, size, kind, owner, host_state, basis = _coalesce(
+        start0, alive["size"].to_numpy(), kind, owner, host_state, basis
     )
     n = len(start)
     oa = pd.array(start, dtype="UInt64")
@@ -230,9 +274,10 @@ def snapshot(timeline: Timeline, t: float | None = None) -> pd.DataFrame:
             "inv_type": pd.Categorical([None] * n),
             "vm_handle": pd.array([None] * n, dtype="UInt16"),
             "gfn": pd.array([None] * n, dtype="UInt64"),
+            "basis": pd.Categorical(basis),
         }
     )
-    return frame[MAP.names]
+    return frame[SNAPSHOT.names]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,16 +396,17 @@ def explain(timeline: Timeline, addr: int, t: float | None = None) -> str:
             f"and {_fmt_t(ans.since)}"
         )
     hist = history(timeline, addr)
+    words = basis_words(hist, np.arange(len(hist)), np.full(len(hist), addr, dtype=np.uint64))
     limit = np.inf if t is None else t
+    words = words[(hist["t_start"] <= limit).to_numpy()]
     hist = hist[hist["t_start"] <= limit]
     causes = {}
     lines.append("state changes:")
-    for _, row in hist.iterrows():
+    for k, (_, row) in enumerate(hist.iterrows()):
         event = _na(row["event_index"])
         if event is None:
             lines.append(
-                f"  {_fmt_t(row['t_start']):>14}  initial: {_state_words(row)} "
-                f"[{_initial_basis(row, hist)}]"
+                f"  {_fmt_t(row['t_start']):>14}  initial: {_state_words(row)} [{words[k]}]"
             )
             continue
         causes[int(event)] = row  # type: ignore[call-overload]
@@ -402,15 +448,6 @@ def explain(timeline: Timeline, addr: int, t: float | None = None) -> str:
             "(may be incomplete: lost events at " + ", ".join(f"{x:.6f}" for x in lost) + ")"
         )
     return "\n".join(lines)
-
-
-def _initial_basis(row: pd.Series, hist: pd.DataFrame) -> str:
-    basis = str(row["basis"])
-    if basis == PRECONDITION:
-        nxt = hist[hist["t_start"] >= row["t_end"]]
-        if len(nxt) and not pd.isna(nxt["cause"].iloc[0]):
-            return f"{basis}: line {int(nxt['cause'].iloc[0])}"
-    return basis
 
 
 def _covers_rows(frame: pd.DataFrame, col: str, addr: int) -> np.ndarray:

@@ -325,3 +325,33 @@ def test_one_image_placement_for_labels_and_register_recovery():
     assert (image.text_va - image.text_pa) & ((1 << 64) - 1) == IMAGE_OFFSET_612
     data_only = KernelImage.from_evidence(ks, io[io["name"] != "Kernel code"])
     assert int(data_only.pa(0xFFFFB0998FD3AD04)) == 0x4113AD04 and "_sdata" in data_only.how
+
+
+def test_7_3_hyp_text_mapped_read_only_is_still_the_hypervisors():
+    """On 7.3 the hyp .text keeps a read-only host mapping (its vmemmap state is hyp-owned,
+    docs/kernel-facts.md §KF-2.8): the dump's leaf holds no host state there, so the kallsyms
+    section decides; the .rodata next door is annotated in the dump, which keeps its word."""
+    a = analyze(REPO / "sample-traces" / "qemu-pkvm-7.3", use_cache=False)
+    text = owner_at(a.timeline, 0x414C0000)
+    assert (text.owner, text.host_state) == ("hyp", "nopage")
+    assert text.basis.startswith("evidence kallsyms-subset.txt lines 68 and 504")
+    rodata = owner_at(a.timeline, 0x428E9000)
+    assert rodata.owner == "hyp" and rodata.basis.startswith("dump host-s2.elf.zst")
+    assert owner_at(a.timeline, 0x414BE000).basis.startswith("dump")  # kernel text: host
+
+
+def test_boot_evidence_decides_only_where_the_dump_lacks_the_host_state():
+    pg = 0x1000
+    dump = pd.DataFrame({
+        "ipa_start": np.array([0x40000000, 0x40002000], dtype=np.uint64),
+        "size": np.array([2 * pg, 2 * pg], dtype=np.uint64),
+        "owner": ["host", "host"],
+        "page_state": ["unknown", "owned"],  # a 6.14+ valid leaf, then a 6.12 one
+    })  # fmt: skip
+    boot = [(0x40001000, 2 * pg, "hyp", "owned")]
+    tl = replay(make_transitions([]), at_end=dump, end_basis="dump D", boot=boot,
+                boot_basis="evidence K")  # fmt: skip
+    got = [(owner_at(tl, 0x40000000 + i * pg).owner, owner_at(tl, 0x40000000 + i * pg).basis)
+           for i in range(4)]  # fmt: skip
+    assert got == [("host", "dump D"), ("hyp", "evidence K"), ("host", "dump D"),
+                   ("host", "dump D")]  # fmt: skip

@@ -8,12 +8,15 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from s2trace.columns import INTERVALS, MAP, SNAPSHOT
 from s2trace.errors import InputError
 from s2trace.trace.queries import (
     MAP_DIFF,
     OwnerAnswer,
+    basis_words,
     diff_maps,
     explain,
     history,
@@ -323,3 +326,54 @@ def test_replayed_evidence_agrees_with_the_dump(version, profile):
     for a, s in zip(snap["ipa_start"], snap["size"], strict=True):
         touched |= (start >= a) & (start < a + s)
     assert d[touched].empty, d[touched]
+
+
+def _slow_basis(iv: pd.DataFrame, i: int, addr: int) -> str:
+    """The basis words of interval ``i`` for the page holding ``addr``, one row at a time:
+    the rules of :func:`basis_words`, written from its contract."""
+    row = iv.iloc[i]
+    basis, cause = str(row["basis"]), row["cause"]
+    if basis == "trace" and not pd.isna(cause):
+        return f"trace line {int(cause)}"
+    if basis.startswith("rule:") and not pd.isna(cause):
+        return f"{basis} (trace line {int(cause)})"
+    if basis == PRECONDITION:
+        for j in range(len(iv)):
+            nxt = iv.iloc[j]
+            start = int(nxt["addr_start"])
+            inside = start <= addr < start + int(nxt["size"])
+            if nxt["t_start"] == row["t_end"] and inside and not pd.isna(nxt["cause"]):
+                return f"{basis} (trace line {int(nxt['cause'])})"
+    return basis
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["share", "unshare", "donate", "reclaim"]),
+            st.integers(0, 7),
+            st.integers(1, 3),
+        ),
+        min_size=1,
+        max_size=14,
+    )
+)
+def test_basis_words_match_a_row_by_row_reading(ops):
+    rows = [
+        dict(op=op, addr=pg(first), size=n * P, ts=float(k + 1), line=100 + k, event_index=k)
+        for k, (op, first, n) in enumerate(ops)
+    ]
+    tl2 = replay(make_transitions(rows), kernel="6.12", precondition=True)
+    iv = tl2.intervals
+    for addr in (pg(p) + 8 for p in range(10)):
+        hit = np.flatnonzero(
+            (iv["addr_start"].to_numpy() <= addr)
+            & (addr < (iv["addr_start"] + iv["size"]).to_numpy())
+        )
+        got = basis_words(iv, hit, np.full(len(hit), addr, dtype=np.uint64))
+        assert list(got) == [_slow_basis(iv, int(i), addr) for i in hit]
+        for t in (0.5, *(float(k) + 1 for k in range(len(ops))), None):
+            assert owner_at(tl2, addr, t).basis in {*got, tl2.meta["default_basis"]}
+    snap = snapshot(tl2)
+    assert not snap["basis"].isna().any()

@@ -175,7 +175,10 @@ def replay(
     transition changes starts in the state that transition requires.  ``at_end``: a map
     taken after the trace (a dump): pages no transition changes have its state throughout,
     and the replayed end state of the others is compared with it (``meta["end_check"]``).
-    ``boot``: ranges known at boot (hyp carve-out ...), for pages nothing else speaks for.
+    ``boot``: ranges known at boot (hyp carve-out, hyp image sections ...), for pages nothing
+    else speaks for -- and for dump rows whose host state the dump does not hold (a valid
+    6.14+ leaf): the hyp ``.text`` is hyp-owned yet stays mapped read-only in the host from
+    about 6.17 (docs/kernel-facts.md §KF-2.8), and boot evidence knows the owner there.
     Pages no source covers are the host's (an assumption, and their basis says so).  The
     ``*_basis`` texts name each source (a map's own ``basis`` column wins).
     ``counted`` is honoured for host->hyp share/unshare from Linux 5.17 and ignored elsewhere;
@@ -194,7 +197,7 @@ def replay(
     init, end, _ = _unify(init, end)
     init, boot_init, extras = _unify(init, boot_init)
     end, boot_init, _ = _unify(end, boot_init)
-    ground = _overlay(init, _overlay(end, boot_init))
+    ground = _overlay(init, _overlay(end, boot_init, vague_under=True))
     table = rule_table(version, extras)
     tr = _sorted(transitions)
     rows = _rows(tr, table, page_size, log)

@@ -181,11 +181,15 @@ def _unify(a: _Initial, b: _Initial) -> tuple[_Initial, _Initial, tuple[PageStat
     return replace(a, extras=tuple(extras)), b2, tuple(extras)
 
 
-def _overlay(top: _Initial, under: _Initial) -> _Initial:
+def _overlay(top: _Initial, under: _Initial, *, vague_under: bool = False) -> _Initial:
     """One range set: ``top`` where it has a range, else ``under`` (states already unified);
-    basis indices refer to ``top.texts + under.texts``."""
+    basis indices refer to ``top.texts + under.texts``.  ``vague_under``: where ``top`` does
+    not know the host state (``unk``), ``under`` wins."""
     if len(under.start) == 0:
         return top
+    if vague_under and top.unk.any():
+        sure, vague = (_subset(top, ~top.unk), _subset(top, top.unk))
+        return _overlay(sure, _overlay(under, vague))
     if len(top.start) == 0:
         return replace(under, basis=under.basis + len(top.texts), texts=top.texts + under.texts)
     bounds = np.unique(np.concatenate([top.start, top.stop, under.start, under.stop]))
@@ -203,6 +207,14 @@ def _overlay(top: _Initial, under: _Initial) -> _Initial:
     return replace(
         top, start=lo[use], stop=hi[use], state=state, basis=basis, unk=unk,
         texts=top.texts + under.texts, unknown=top.unknown + under.unknown,
+    )  # fmt: skip
+
+
+def _subset(init: _Initial, keep: np.ndarray) -> _Initial:
+    """The ranges of ``init`` where ``keep`` holds (same texts and states)."""
+    return replace(
+        init, start=init.start[keep], stop=init.stop[keep], state=init.state[keep],
+        basis=init.basis[keep], unk=init.unk[keep],
     )  # fmt: skip
 
 

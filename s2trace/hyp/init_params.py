@@ -322,16 +322,27 @@ def _word_chunks(memory: PhysicalMemory, overlap: int) -> Iterator[tuple[int, np
     """``(pa of words[0], words, first new index)`` over every region, in 32 MiB steps.
 
     Each step repeats the last ``overlap`` words of the previous one (same region), so a
-    pattern ``overlap + 1`` words long is seen whole exactly once.
+    pattern ``overlap + 1`` words long is seen whole exactly once.  Steps that lie wholly in
+    a hole of a sparse dump file are skipped (a hole reads as zeros: no pattern with a
+    non-zero word is in it), and every step's pages are unmapped after it, so the time goes
+    with the data the dump holds and the memory with the step size, not the dump's size.
     """
     for r in memory.regions:
         first = -(-r.pa // 8) * 8
         n = (r.end - first) // 8
-        for s in range(0, max(n, 0), _CHUNK_WORDS):
+        s = 0
+        while s < n:
+            data = memory.data_from(first + 8 * s)
+            if data >= first + 8 * min(n, s + _CHUNK_WORDS):  # the whole step is a hole
+                s = max(s + _CHUNK_WORDS, (data - first) // 8 // _CHUNK_WORDS * _CHUNK_WORDS)
+                continue
             lo = max(0, s - overlap)
             hi = min(n, s + _CHUNK_WORDS)
-            yield first + 8 * lo, memory.u64(first + 8 * lo, hi - lo), s - lo
-            memory.release()
+            try:
+                yield first + 8 * lo, memory.u64(first + 8 * lo, hi - lo), s - lo
+            finally:
+                memory.release()
+            s += _CHUNK_WORDS
 
 
 # Filters on the raw words (the scan's first pass; validation is _problem):

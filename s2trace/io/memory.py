@@ -19,6 +19,7 @@ opener refuses big-endian cores rather than misread them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import mmap
 import os
@@ -91,6 +92,7 @@ class PhysicalMemory:
 
     def __init__(self, regions: Iterable[Region], problems: Iterable[Problem] = ()) -> None:
         self._maps: dict[Path, mmap.mmap] = {}
+        self._fds: dict[Path, int] = {}  # opened by data_from only
         self._closed = False
         self._bytes: list[np.ndarray] = []
         self._words: list[np.ndarray] = []
@@ -188,6 +190,32 @@ class PhysicalMemory:
             return False
         i = int(np.searchsorted(self._run_starts, np.uint64(pa), side="right")) - 1
         return i >= 0 and pa + nbytes <= int(self._run_starts[i]) + int(self._run_sizes[i])
+
+    def data_from(self, pa: int) -> int:
+        """The lowest address ``>= pa`` of ``pa``'s region whose bytes its file stores, or the
+        region's end when the rest of the region is a hole.
+
+        A hole of a sparse file reads as zeros, so a scan for non-zero patterns (stage-2
+        roots, ``kvm_nvhe_init_params``) can skip it without reading it: a sparse 64 GiB
+        core then costs what its data costs.  ``pa`` itself when the file system gives no
+        hole information (``SEEK_DATA`` unsupported) or ``pa`` is in no region.
+        """
+        i = self._region_index(pa)
+        if i < 0 or not hasattr(os, "SEEK_DATA"):
+            return pa
+        r = self.regions[i]
+        fd = self._fds.get(r.path)
+        if fd is None:
+            try:
+                fd = os.open(r.path, os.O_RDONLY)
+            except OSError:
+                return pa
+            self._fds[r.path] = fd
+        try:
+            found = os.lseek(fd, r.file_offset + (pa - r.pa), os.SEEK_DATA)
+        except OSError as e:
+            return r.end if e.errno == errno.ENXIO else pa  # ENXIO: only a hole follows
+        return max(pa, min(r.end, r.pa + (found - r.file_offset)))
 
     def __contains__(self, pa: object) -> bool:
         return isinstance(pa, int | np.integer) and self.holds(int(pa), 1)
@@ -344,6 +372,10 @@ class PhysicalMemory:
         self._bytes = []
         self._words = []
         maps, self._maps = self._maps, {}
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
         for mm in maps.values():
             with contextlib.suppress(BufferError):
                 mm.close()

@@ -2,9 +2,10 @@
 
 Three passes, each cheaper than the next is precise:
 
-1. every page of the dump is read as a table (vectorised, in chunks of the mmap): a root
-   candidate holds only zero entries and table descriptors whose next-level address is inside
-   the dump, and at least one table descriptor;
+1. every page of the dump is read as a table (vectorised, in chunks of the mmap, each unmapped
+   after use; chunks in a hole of a sparse dump file are skipped unread, since zeros hold no
+   table descriptor): a root candidate holds only zero entries and table descriptors whose
+   next-level address is inside the dump, and at least one table descriptor;
 2. for the candidates, the next-level tables are gathered together and must look like a
    stage-2 level of an identity map: no block whose output address differs from its input
    address, and at least one table or block;
@@ -50,27 +51,42 @@ def _root_candidates(memory: Any, geometry: Geometry) -> np.ndarray:
     page = geometry.granule.value
     found: list[np.ndarray] = []
     mask = np.uint64(geometry.address_mask(0, leaf=False))
+    sparse = hasattr(memory, "data_from")
     for region in memory.regions:
         first = -(-region.pa // page) * page
         npages = (region.pa + region.size - first) // page
-        for start in range(0, npages, _CHUNK_PAGES):
+        start = 0
+        while start < npages:
             count = min(_CHUNK_PAGES, npages - start)
             base = first + start * page
-            words = memory.u64(base, count * page // 8).reshape(count, page // 8)
-            low = words & np.uint64(3)
-            table = low == 3
-            zero = words == 0
-            shape_ok = np.all(table | zero, axis=1) & table.any(axis=1)
-            rows = np.flatnonzero(shape_ok)
-            if rows.size == 0:
+            data = memory.data_from(base) if sparse else base
+            if data >= base + count * page:  # a hole of a sparse file: zeros, no root
+                skip = (data - first) // page // _CHUNK_PAGES * _CHUNK_PAGES
+                start = max(start + _CHUNK_PAGES, skip)
                 continue
-            targets = words[rows] & mask
-            inside = _inside(memory, targets.reshape(-1)).reshape(targets.shape)
-            good = np.all(inside | ~table[rows], axis=1)
-            found.append(base + rows[good].astype(np.uint64) * np.uint64(page))
-            if hasattr(memory, "release"):
-                memory.release()
+            start += _CHUNK_PAGES
+            try:
+                found.append(_candidates_in(memory, base, count, page, mask))
+            finally:
+                if hasattr(memory, "release"):  # every chunk: RSS must not grow with the dump
+                    memory.release()
     return np.concatenate(found) if found else np.empty(0, dtype=np.uint64)
+
+
+def _candidates_in(memory: Any, base: int, count: int, page: int, mask: np.uint64) -> np.ndarray:
+    """Root candidates among the ``count`` pages at ``base`` (pass 1 on one chunk)."""
+    words = memory.u64(base, count * page // 8).reshape(count, page // 8)
+    low = words & np.uint64(3)
+    table = low == 3
+    zero = words == 0
+    shape_ok = np.all(table | zero, axis=1) & table.any(axis=1)
+    rows = np.flatnonzero(shape_ok)
+    if rows.size == 0:
+        return np.empty(0, dtype=np.uint64)
+    targets = words[rows] & mask
+    inside = _inside(memory, targets.reshape(-1)).reshape(targets.shape)
+    good = np.all(inside | ~table[rows], axis=1)
+    return base + rows[good].astype(np.uint64) * np.uint64(page)
 
 
 def _identity_next_level(memory: Any, geometry: Geometry, roots: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 __all__ = ["keep_freed_memory", "release_memory"]
 
@@ -24,7 +25,9 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    """The C library, found once per process (``find_library`` runs ``ldconfig``)."""
     name = ctypes.util.find_library("c") or "libc.so.6"
     try:
         return ctypes.CDLL(name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["covering"]
+__all__ = ["covering", "distinct"]
 
 
 def covering(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -19,3 +19,18 @@ def covering(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.nda
     i = np.searchsorted(starts, points, side="right").astype(np.int64) - 1
     hit = (i >= 0) & (points < ends[np.maximum(i, 0)])
     return np.where(hit, i, -1)
+
+
+def distinct(values: object) -> np.ndarray:
+    """The sorted distinct values of an array (flattened), as ``np.unique`` gives them.
+
+    Integer and boolean arrays are sorted and de-duplicated here: numpy 2.4's ``np.unique``
+    takes a hash-based path for them that measured ~300 ms on 262,144 uint64 PFNs, against
+    ~5 ms for a sort.  Other dtypes (floats and their NaNs, objects) go to ``np.unique``."""
+    a = np.asarray(values).ravel()
+    if a.dtype.kind not in "iub":
+        return np.unique(a)
+    s = np.sort(a)
+    keep = np.ones(s.size, bool)
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]

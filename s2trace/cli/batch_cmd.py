@@ -28,6 +28,15 @@ def register(cli: click.Group) -> None:
         "--workers", type=int, help="Worker processes of the local cluster (default: CPUs)."
     )
     @click.option("--no-check", is_flag=True, help="Skip the hyp consistency check.")
+    @click.option(
+        "--stages",
+        help="Stages per capture, comma-separated, of summary,replay,diff,check (default: all).",
+    )
+    @click.option(
+        "--per-task",
+        type=int,
+        help="Captures per Dask task (default: up to 8, at least 4 tasks per worker).",
+    )
     @click.option("--kernel", help="Kernel version of traces given alone (e.g. 6.12).")
     @click.option("--overwrite", is_flag=True, help="Replace an existing dataset.")
     def batch_cmd(inputs: tuple[str, ...], **kw: Any) -> None:
@@ -39,6 +48,7 @@ def register(cli: click.Group) -> None:
 
         \b
         s2trace batch 'fleet/*/' -o fleet.dataset
+        s2trace batch 'fleet/*/' -o fleet.dataset --stages check,summary
         s2trace batch captures.txt -o fleet.dataset --scheduler tcp://10.0.0.5:8786
         """
         from s2trace.jobs.batch import batch
@@ -50,6 +60,8 @@ def register(cli: click.Group) -> None:
             scheduler=kw["scheduler"],
             workers=kw["workers"],
             check=not kw["no_check"],
+            stages=kw["stages"],
+            per_task=kw["per_task"],
             kernel=kw["kernel"],
             overwrite=kw["overwrite"],
             progress=sys.stderr.isatty(),

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from s2trace.intervals import distinct
 from s2trace.outputs import open_output
 from s2trace.plots import state_labels
 
@@ -118,7 +119,7 @@ def _slices(
 
     start = iv["addr_start"].to_numpy(dtype=np.uint64)
     end = start + iv["size"].to_numpy(dtype=np.uint64)
-    bounds = np.unique(np.concatenate([start, end]))
+    bounds = distinct(np.concatenate([start, end]))
     first = np.searchsorted(bounds, start)
     count = np.searchsorted(bounds, end) - first
     row = np.repeat(np.arange(len(iv)), count)

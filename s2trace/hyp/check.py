@@ -125,10 +125,14 @@ def check_dump(
     io = read_iomem(iomem) if isinstance(iomem, str | Path) else iomem
     host_cfg = config_from_registers(vttbr, vtcr)
     fwb = hcr_fwb(hcr)
-    host = walk(memory, host_cfg, "linux-5.15", fwb=fwb, strict=strict)
+    # With the kernel given, the layout (and so the host profile) is known before walking:
+    # one walk.  Guessing it needs a host map first (walked under the 5.15 profile).
+    host = None
+    if kernel is None:
+        host = walk(memory, host_cfg, "linux-5.15", fwb=fwb, strict=strict)
     layout, reason = resolve_layout(
         kernel,
-        host.map,
+        host.map if host is not None else pd.DataFrame(),
         memory,
         ttbr0,
         tcr,
@@ -139,7 +143,7 @@ def check_dump(
         io,
         strict=strict,
     )
-    if layout.host_profile != host.profile.name:
+    if host is None or layout.host_profile != host.profile.name:
         host = walk(memory, host_cfg, layout.host_profile, fwb=fwb, strict=strict)
     view = load_hyp_view(
         memory,

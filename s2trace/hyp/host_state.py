@@ -24,12 +24,13 @@ from s2trace.arch.attributes import KINDS
 from s2trace.columns import HOST_STATE_MAP, MAP, PAGE_STATES
 from s2trace.hyp.stage1_walk import HYP_STATES
 from s2trace.hyp.vmemmap import STATES, KernelLayout
-from s2trace.intervals import covering
+from s2trace.intervals import covering, distinct
 
 __all__ = ["HOST_STATE_MAP", "PAGE_STATES", "apply_states", "page_states"]
 
 _NA = -1
 _OWNED, _SHARED_OWNED, _SHARED_BORROWED, _NOPAGE, _RESERVED = range(len(STATES))
+_AP = ("rw", "ro")  # EL2 access of a hyp leaf (the first two letters of its ``ap``)
 
 
 def _codes(cat: pd.Series | pd.Categorical, names: tuple[str, ...] = STATES) -> np.ndarray:
@@ -52,43 +53,50 @@ def _na_int(values: np.ndarray, absent: np.ndarray, dtype: str) -> pd.api.extens
     return pd.arrays.IntegerArray(values.astype(np.dtype(dtype.lower())), absent)
 
 
+_S2AP = ("none", "ro", "wo", "rw")
+_LEAF_KINDS = np.array([KINDS.index("block"), KINDS.index("page")], np.int8)
+
+
+def _masked(col: pd.Series, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values (NA as 0) and NA mask of a nullable integer column."""
+    na = col.isna().to_numpy()
+    return col.to_numpy(np.dtype(dtype.lower()), na_value=0), na
+
+
 def _host_side(host_map: pd.DataFrame, pa: np.ndarray) -> dict[str, Any]:
-    m = host_map.sort_values("ipa_start", kind="stable")
-    start = m["ipa_start"].to_numpy(np.uint64)
-    row = covering(start, start + m["size"].to_numpy(np.uint64), pa)
-    has = row >= 0
-    r = np.maximum(row, 0)
-
-    def take(col: str) -> pd.Series:
-        return m[col].iloc[r].reset_index(drop=True)
-
-    raw = m["raw"].to_numpy(np.uint64)[r] if len(m) else np.zeros(pa.size, np.uint64)
-    kind: pd.Series | None = None
-    owner: pd.Series | None = None
-    valid = has
-    if len(m):
-        kind = take("kind").astype("string").where(has)
-        valid = has & kind.isin(["block", "page"]).fillna(False).to_numpy()
-        owner = take("owner_id").astype("UInt32")
-    pte = np.where(valid, ((raw >> np.uint64(55)) & np.uint64(3)).astype(np.int8), _NA)
+    """The host stage-2 entry covering each page: categorical codes and masks taken per page
+    by one index array (no per-page strings)."""
     n = pa.size
+    if not len(host_map):
+        none = np.zeros(n, bool)
+        return {
+            "host_raw": _na_int(np.zeros(n, np.uint64), ~none, "UInt64"),
+            "host_kind": _cat(np.full(n, _NA), KINDS),
+            "host_owner_id": pd.array([pd.NA] * n, dtype="UInt32"),
+            "host_s2ap": _cat(np.full(n, _NA), _S2AP),
+            "host_xn": pd.array([pd.NA] * n, dtype="UInt8"),
+            "host_pte_state": _cat(np.full(n, _NA), HYP_STATES),
+            "_valid": none,
+            "_has": none,
+        }
+    ipa = host_map["ipa_start"].to_numpy(np.uint64)
+    order = np.argsort(ipa, kind="stable")
+    start = ipa[order]
+    row = covering(start, start + host_map["size"].to_numpy(np.uint64)[order], pa)
+    has = row >= 0
+    r = order[np.maximum(row, 0)]
+    raw = host_map["raw"].to_numpy(np.uint64)[r]
+    kind = np.where(has, _codes(host_map["kind"], KINDS)[r], _NA)
+    valid = has & np.isin(kind, _LEAF_KINDS)
+    owner, owner_na = _masked(host_map["owner_id"], "UInt32")
+    xn, xn_na = _masked(host_map["xn"], "UInt8")
+    pte = np.where(valid, ((raw >> np.uint64(55)) & np.uint64(3)).astype(np.int8), _NA)
     return {
         "host_raw": _na_int(raw, ~has, "UInt64"),
-        "host_kind": pd.Categorical(kind if kind is not None else [pd.NA] * n, categories=KINDS),
-        "host_owner_id": (
-            owner.where(has & ~valid).array
-            if owner is not None
-            else pd.array([pd.NA] * n, dtype="UInt32")
-        ),
-        "host_s2ap": pd.Categorical(
-            take("s2ap").astype("string").where(valid) if len(m) else [pd.NA] * n,
-            categories=["none", "ro", "wo", "rw"],
-        ),
-        "host_xn": (
-            take("xn").astype("UInt8").where(pd.Series(valid)).array
-            if len(m)
-            else pd.array([pd.NA] * n, dtype="UInt8")
-        ),
+        "host_kind": _cat(kind, KINDS),
+        "host_owner_id": _na_int(owner[r], owner_na[r] | ~(has & ~valid), "UInt32"),
+        "host_s2ap": _cat(np.where(valid, _codes(host_map["s2ap"], _S2AP)[r], _NA), _S2AP),
+        "host_xn": _na_int(xn[r], xn_na[r] | ~valid, "UInt8"),
         "host_pte_state": _cat(pte, HYP_STATES),
         "_valid": valid,
         "_has": has,
@@ -104,7 +112,7 @@ def _hyp_side(hyp_map: pd.DataFrame, pa: np.ndarray, page: int) -> dict[str, Any
         return {
             "hyp_va": _na_int(np.zeros(n), ~none, "UInt64"),
             "hyp_raw": _na_int(np.zeros(n), ~none, "UInt64"),
-            "hyp_ap": pd.Categorical([pd.NA] * n, categories=["rw", "ro"]),
+            "hyp_ap": _cat(np.full(n, _NA), _AP),
             "hyp_pxn": pd.arrays.BooleanArray(none, ~none),
             "hyp_aliases": np.zeros(n, np.uint16),
             "hyp_pte_state": _cat(np.full(n, _NA), HYP_STATES),
@@ -119,11 +127,15 @@ def _hyp_side(hyp_map: pd.DataFrame, pa: np.ndarray, page: int) -> dict[str, Any
     ppa = hyp_map["pa"].to_numpy(np.uint64)[leaf] + offset * np.uint64(page)
     pva = hyp_map["va_start"].to_numpy(np.uint64)[leaf] + offset * np.uint64(page)
     state = ((hyp_map["raw"].to_numpy(np.uint64) >> np.uint64(55)) & np.uint64(3)).astype(np.int8)
-    sel = np.isin(ppa, pa)
+    at = np.minimum(np.searchsorted(pa, ppa), max(n - 1, 0))
+    sel = pa[at] == ppa if n else np.zeros(ppa.size, bool)  # pa is sorted and unique
     ppa, pva, leaf = ppa[sel], pva[sel], leaf[sel]
     order = np.lexsort((pva, ppa))
     ppa, pva, leaf = ppa[order], pva[order], leaf[order]
-    uniq, start, count = np.unique(ppa, return_index=True, return_counts=True)
+    start = np.flatnonzero(np.concatenate(([True], ppa[1:] != ppa[:-1]))) if ppa.size else ppa
+    start = start.astype(np.intp)
+    uniq = ppa[start]
+    count = np.diff(np.append(start, ppa.size))
     st = state[leaf]
     smin = np.minimum.reduceat(st, start) if st.size else st
     smax = np.maximum.reduceat(st, start) if st.size else st
@@ -140,14 +152,15 @@ def _hyp_side(hyp_map: pd.DataFrame, pa: np.ndarray, page: int) -> dict[str, Any
     conflict[where] = smin != smax
     pte = np.full(n, _NA, np.int8)
     pte[where] = st[start]
-    ap = hyp_map["ap"].astype("string").str.slice(0, 2).to_numpy(object)[first_leaf]
+    ap = hyp_map["ap"].astype("category").array
+    ap_lut = np.array([_AP.index(str(c)[:2]) if str(c)[:2] in _AP else _NA for c in ap.categories]
+                      + [_NA], np.int8)  # fmt: skip
+    ap_code = ap_lut[np.asarray(ap.codes, np.intp)][first_leaf]
     pxn = hyp_map["pxn"].to_numpy(bool)[first_leaf]
     return {
         "hyp_va": _na_int(va, ~mapped, "UInt64"),
         "hyp_raw": _na_int(hyp_map["raw"].to_numpy(np.uint64)[first_leaf], ~mapped, "UInt64"),
-        "hyp_ap": pd.Categorical(
-            np.where(mapped, ap, np.array(None, dtype=object)), categories=["rw", "ro"]
-        ),
+        "hyp_ap": _cat(np.where(mapped, ap_code, _NA), _AP),
         "hyp_pxn": pd.arrays.BooleanArray(pxn, ~mapped),
         "hyp_aliases": aliases,
         "hyp_pte_state": _cat(pte, HYP_STATES),
@@ -172,7 +185,7 @@ def page_states(
     stage-1 SW bits of the leaf mapping the page (nopage when none maps it); from v6.16 the
     vmemmap's.
     """
-    pfn = np.unique(np.asarray(pfns, dtype=np.uint64))
+    pfn = distinct(np.asarray(pfns, dtype=np.uint64))
     pa = pfn * np.uint64(page_size)
     n = pa.size
     host = _host_side(host_map, pa)

@@ -69,6 +69,7 @@ from s2trace.arch.registers import (
 from s2trace.arch.stage1 import TCR_EL2_NVHE
 from s2trace.errors import InputError
 from s2trace.hyp import evidence
+from s2trace.intervals import distinct
 from s2trace.io.memory import MemoryFault, PhysicalMemory
 from s2trace.pkvm.kallsyms import Kallsyms, read_kallsyms
 
@@ -388,7 +389,7 @@ def scan_init_params(memory: PhysicalMemory) -> list[RecoveredRegisters]:
             starts.append(np.uint64(pa) + (idx[ok] - vi).astype(np.uint64) * np.uint64(8))
     if not starts:
         return []
-    pas = np.unique(np.concatenate(starts))
+    pas = distinct(np.concatenate(starts))
     rows, _ = memory.gather(pas, PARAMS_BYTES)
     found = [
         _checked(memory, _from_row(rows[i], int(pas[i]), None, "scan", _SCAN_HOW))

@@ -35,6 +35,7 @@ import pandas as pd
 
 from s2trace.columns import VMEMMAP
 from s2trace.errors import InputError, Problem, ProblemLog
+from s2trace.intervals import distinct
 from s2trace.walk.tables import Memory
 
 __all__ = [
@@ -225,7 +226,7 @@ def read_vmemmap(
     and recorded as problems (``vmemmap_unmapped``, ``vmemmap_outside_dump``), one per run.
     """
     log = ProblemLog(strict=strict)
-    pfns = np.unique(np.asarray(pfns, dtype=np.uint64))
+    pfns = distinct(np.asarray(pfns, dtype=np.uint64))
     size = np.uint64(layout.size)
     va = np.uint64(vmemmap_va) + pfns * size
     page = np.uint64(page_size)

@@ -24,6 +24,7 @@ import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.construct import ConstructError
@@ -63,16 +64,15 @@ def elf_core_regions(path: Path, label: str) -> tuple[list[Region], list[Problem
                 raise InputError(f"{label}: ELF type {elf['e_type']}; expected a core (ET_CORE)")
             if not elf.little_endian:
                 raise InputError(f"{label}: big-endian ELF core; expected little-endian arm64")
-            segments = [(i, seg.header) for i, seg in enumerate(elf.iter_segments())]
+            segments = _program_headers(elf, f, length)
     except InputError:
         raise
     except (ELFError, ELFParseError, ConstructError, struct.error, ValueError) as e:
         raise InputError(f"{label}: unreadable ELF headers ({e}); expected an ELF core") from e
 
-    for i, h in segments:
-        if h["p_type"] != "PT_LOAD":
+    for i, (ptype, pa, filesz, memsz, off) in enumerate(segments):
+        if ptype != _PT_LOAD:
             continue
-        pa, filesz, memsz, off = h["p_paddr"], h["p_filesz"], h["p_memsz"], h["p_offset"]
         if filesz and off + filesz > length:
             raise InputError(
                 f"{label}: truncated ELF: segment {i} (PT_LOAD p_paddr {pa:#x}) needs file bytes "
@@ -93,6 +93,41 @@ def elf_core_regions(path: Path, label: str) -> tuple[list[Region], list[Problem
     if not regions:
         raise InputError(f"{label}: ELF core has no PT_LOAD segment with file data")
     return _trim_overlaps(regions, problems, label), problems
+
+
+def _program_headers(
+    elf: ELFFile, f: BinaryIO, length: int
+) -> list[tuple[int, int, int, int, int]]:
+    """(p_type, p_paddr, p_filesz, p_memsz, p_offset) of every program header.
+
+    pyelftools gives the count (``e_phnum``, or section 0's ``sh_info`` under ``PN_XNUM``) and
+    checks the file header; the table itself is read in one piece and unpacked with
+    :data:`_PHDR` when it has the ELF64 entry size (parsing thousands of segments through
+    pyelftools costs tens of ms per open).  ValueError when the table runs past the file.
+    """
+    count = elf.num_segments()
+    offset, entsize = int(elf["e_phoff"]), int(elf["e_phentsize"])
+    if elf.elfclass != 64 or entsize != _PHDR.size:
+        return [
+            (
+                _PT_LOAD if seg.header["p_type"] == "PT_LOAD" else -1,
+                seg.header["p_paddr"],
+                seg.header["p_filesz"],
+                seg.header["p_memsz"],
+                seg.header["p_offset"],
+            )
+            for seg in elf.iter_segments()
+        ]
+    if offset + count * entsize > length:
+        raise ValueError(
+            f"{count} program headers at {offset:#x} run past the end of the file ({length:#x})"
+        )
+    f.seek(offset)
+    table = f.read(count * entsize)
+    return [
+        (ptype, paddr, filesz, memsz, off)
+        for ptype, _flags, off, _vaddr, paddr, filesz, memsz, _align in _PHDR.iter_unpack(table)
+    ]
 
 
 def _trim_overlaps(regions: list[Region], problems: list[Problem], label: str) -> list[Region]:

@@ -93,6 +93,8 @@ class PhysicalMemory:
     def __init__(self, regions: Iterable[Region], problems: Iterable[Problem] = ()) -> None:
         self._maps: dict[Path, mmap.mmap] = {}
         self._fds: dict[Path, int] = {}  # opened by data_from only
+        self._real: dict[Path, Path] = {}  # realpath and size per file, not per region
+        self._lengths: dict[Path, int] = {}
         self._closed = False
         self._bytes: list[np.ndarray] = []
         self._words: list[np.ndarray] = []
@@ -130,8 +132,7 @@ class PhysicalMemory:
 
     # -- construction ---------------------------------------------------------------------
 
-    @staticmethod
-    def _check_region(r: Region) -> None:
+    def _check_region(self, r: Region) -> None:
         if r.size <= 0:
             raise InputError(f"{r.name}: region at {r.pa:#x} has size {r.size}; expected > 0")
         if r.pa < 0 or r.pa + r.size > _ADDRESS_LIMIT:
@@ -139,7 +140,9 @@ class PhysicalMemory:
         if r.file_offset < 0:
             raise InputError(f"{r.name}: negative file offset {r.file_offset}")
         try:
-            length = os.stat(r.path).st_size
+            length = self._lengths.get(r.path)
+            if length is None:
+                length = self._lengths[r.path] = os.stat(r.path).st_size
         except OSError as e:
             raise InputError(f"{r.path}: cannot read ({e.strerror}); expected a dump file") from e
         if r.file_offset + r.size > length:
@@ -150,7 +153,9 @@ class PhysicalMemory:
 
     def _attach(self, r: Region) -> None:
         """Map ``r.path`` (once per file) and keep byte and word views of the region."""
-        key = Path(os.path.realpath(r.path))
+        key = self._real.get(r.path)
+        if key is None:
+            key = self._real[r.path] = Path(os.path.realpath(r.path))
         mm = self._maps.get(key)
         if mm is None:
             try:

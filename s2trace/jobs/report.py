@@ -163,11 +163,15 @@ def build_report(
     out_dir: str | Path | None = None,
     plots: bool = True,
     check: bool = True,
+    trace: bool = True,
+    memcache: bool = True,
     strict: bool = False,
     use_cache: bool = True,
 ) -> Report:
     """Run every stage the capture folder allows (module docstring); write files to
-    ``out_dir`` when given."""
+    ``out_dir`` when given.  ``trace=False`` leaves the trace unread (no replay, diff or
+    memcache naming; a note says so), ``check=False`` the hyp bookkeeping unchecked,
+    ``memcache=False`` the memcache top-ups unnamed (no guest stage 2s read)."""
 
     if not is_capture(capture_dir):
         raise InputError(f"{capture_dir}: not a capture folder (no capture.toml, no host-s2.elf)")
@@ -175,12 +179,15 @@ def build_report(
     notes: list[str] = []
     walked = _walk(cap, notes, strict)
     report = Report(cap, walked, summarize(walked), notes=notes)
-    if cap.trace is not None:
+    if cap.trace is not None and not trace:
+        notes.append("trace not read (not asked for): no replay, diff or memcache naming")
+    elif cap.trace is not None:
         report.analysis = analyze(
             cap.folder, strict=strict, progress=False, use_cache=use_cache, grounds=False
         )  # the report compares the trace with the dump: the dump is not its ground
         report.diff = _diff(report.analysis, walked.map)
-        report.topups, report.memcache = _memcache(cap, report, notes)
+        if memcache:
+            report.topups, report.memcache = _memcache(cap, report, notes)
     else:
         notes.append("no trace in the capture: nothing to replay")
     if check:

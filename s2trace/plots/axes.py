@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from s2trace.intervals import distinct
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.axes import Axes
 
@@ -220,7 +222,7 @@ def _split(
     """Segments cut at the edges of the ranges ``[m_s, m_e)`` (marked pages), which become
     busy segments of their own: their rows cannot shrink below a share of the axis, so a
     marker always sits inside its page's rows, never on a boundary."""
-    points = np.unique(np.concatenate([s, e, m_s, m_e]))
+    points = distinct(np.concatenate([s, e, m_s, m_e]))
     lo, hi = points[:-1], points[1:]
     seg = np.searchsorted(s, lo, side="right") - 1
     inside = (seg >= 0) & (lo < e[np.maximum(seg, 0)])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from s2trace.intervals import distinct
 from s2trace.plots.axes import AddressAxis, address_ticks, span_text, window
 from s2trace.plots.figure import new_figure, title_text
 from s2trace.plots.focus import FOLD_MIN_BYTES, focus
@@ -194,7 +195,7 @@ def plot_map(
         band_start=fo.band_start,
         band_end=fo.band_end,
         busy=fo.active_busy,
-        own_rows=(m_start, m_end) if len(np.unique(m_start)) <= 12 else None,
+        own_rows=(m_start, m_end) if len(distinct(m_start)) <= 12 else None,
     )
     dt = (hi - lo) / cols
     x0 = np.clip((t_start[alive] - lo) / dt, 0, cols)
@@ -223,7 +224,7 @@ def plot_map(
     _draw_cuts(ax, axis)
     band_texts(ax, axis, fo, names, labels, clock)
     address_ticks(ax, axis, page_size)
-    shown = np.unique(winner)
+    shown = distinct(winner)
     handles: list[Any] = [
         Patch(facecolor=c, edgecolor="#999999", lw=0.5, label=lab)
         for j, (lab, c) in enumerate(zip((UNTOUCHED[0], *names), palette, strict=True))

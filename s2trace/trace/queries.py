@@ -16,7 +16,7 @@ import pandas as pd
 
 from s2trace.columns import INTERVALS, MAP_DIFF, SNAPSHOT
 from s2trace.errors import InputError
-from s2trace.intervals import covering
+from s2trace.intervals import covering, distinct
 from s2trace.trace.replay import ASSUMED, PRECONDITION, Timeline
 from s2trace.trace.replay.rows import TRACE_BASIS
 
@@ -330,7 +330,7 @@ def diff_maps(expected: pd.DataFrame, actual: pd.DataFrame) -> pd.DataFrame:
     """
     e = _map_arrays(expected, "expected")
     a = _map_arrays(actual, "actual")
-    bounds = np.unique(np.concatenate([e[0], e[1], a[0], a[1]]))
+    bounds = distinct(np.concatenate([e[0], e[1], a[0], a[1]]))
     if len(bounds) < 2:
         return MAP_DIFF.empty()
     seg_start, seg_end = bounds[:-1], bounds[1:]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from s2trace.intervals import covering
+from s2trace.intervals import covering, distinct
 
 __all__ = ["clip_map"]
 
@@ -25,7 +25,7 @@ def clip_map(frame: pd.DataFrame, cover: pd.DataFrame) -> pd.DataFrame:
     fe = fs + f["size"].to_numpy(np.uint64)
     cs = c["ipa_start"].to_numpy(np.uint64)
     ce = cs + c["size"].to_numpy(np.uint64)
-    bounds = np.unique(np.concatenate([fs, fe, cs, ce]))
+    bounds = distinct(np.concatenate([fs, fe, cs, ce]))
     if bounds.size < 2 or fs.size == 0:
         return pd.DataFrame(
             {

@@ -17,6 +17,7 @@ import numpy as np
 from s2trace.arch.registers import Stage2Config
 from s2trace.decode.numpy_engine import decode_ownership
 from s2trace.errors import Problem, ProblemLog
+from s2trace.intervals import distinct
 from s2trace.io.elfcore import write_elf_core
 from s2trace.walk.tables import TableWalk
 
@@ -32,7 +33,7 @@ def table_pages(memory: Any, config: Stage2Config, log: ProblemLog | None = None
         pass
     pas = walker.tables()["pa"].to_numpy(dtype=np.uint64)
     page = np.uint64(g.granule.value)
-    return np.unique(pas - pas % page)
+    return distinct(pas - pas % page)
 
 
 def _runs(starts: Sequence[int], size: int) -> list[tuple[int, int]]:

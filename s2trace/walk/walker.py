@@ -244,12 +244,18 @@ def _runs(chunk: LevelChunk, sel: Any, span: int, prof: Profile) -> tuple[np.nda
     return (sel[heads] if isinstance(sel, np.ndarray) else heads), lengths * step
 
 
+#: Rows from which :func:`_finish` returns each column's freed pieces to the system.
+_RELEASE_ROWS = 1 << 20
+
+
 def _finish(pieces: list[dict[str, Any]]) -> pd.DataFrame:
     """Concatenate the pieces column by column (peak memory: one column more than the map),
     restore the declared dtypes, and sort by IPA only when levels interleave."""
     if not pieces:
         return MAP.empty()
     cols: dict[str, Any] = {}
+    # Handing memory back costs a heap scan: worth it only when the pieces are big.
+    release = len(pieces) > 1 and sum(len(p["raw"]) for p in pieces) >= _RELEASE_ROWS
     for name, dtype in MAP.dtypes().items():
         parts = [p[name] for p in pieces]
         if dtype == "category":
@@ -261,7 +267,8 @@ def _finish(pieces: list[dict[str, Any]]) -> pd.DataFrame:
         for p in pieces:
             del p[name]
         del parts
-        release_memory()  # freed pieces would stay resident and double the peak
+        if release:
+            release_memory()  # freed pieces would stay resident and double the peak
     out = pd.DataFrame(cols, copy=False)
     ipa = out["ipa_start"].to_numpy()
     if ipa.size > 1 and not bool(np.all(ipa[1:] > ipa[:-1])):

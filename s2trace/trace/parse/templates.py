@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from s2trace.intervals import distinct
 from s2trace.trace.parse.chunk import (
     BYTES,
     COLON,
@@ -124,7 +125,7 @@ def learn_templates(ch: Chunk, rows: np.ndarray, learn: Callable[[str], Any]) ->
     most frequent first."""
     if not len(rows):
         return []
-    pick = np.unique(
+    pick = distinct(
         np.concatenate(
             [rows[: _SAMPLES // 2], rows[np.linspace(0, len(rows) - 1, _SAMPLES // 2).astype(int)]]
         )

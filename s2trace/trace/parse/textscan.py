@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from s2trace.intervals import distinct
 from s2trace.trace.parse.chunk import HASH, Chunk
 from s2trace.trace.parse.eventcols import STR, EventCols, empty_cols
 from s2trace.trace.parse.formats import DATA_RE, IGNORED_RE, LOST_EVENT, LOST_RE
@@ -91,7 +92,7 @@ def _rows_with_nul(ch: Chunk) -> np.ndarray:
     at = np.flatnonzero(ch.buf[ch.st[0] if len(ch.st) else 0 : ch.end] == 0)
     if not len(at) or not len(ch.st):
         return np.zeros(0, np.int64)
-    return np.unique(np.searchsorted(ch.nl, at + ch.st[0]))
+    return distinct(np.searchsorted(ch.nl, at + ch.st[0]))
 
 
 def _second_events(cols: EventCols, fmt: str, first_line: int) -> tuple[EventCols, np.ndarray]:

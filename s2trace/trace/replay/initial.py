@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from s2trace.errors import InputError
+from s2trace.intervals import distinct
 from s2trace.pkvm.rules import PageState, owned_by
 from s2trace.trace.replay.rows import _HOST_OWNED, _STATE_INDEX
 
@@ -192,7 +193,7 @@ def _overlay(top: _Initial, under: _Initial, *, vague_under: bool = False) -> _I
         return _overlay(sure, _overlay(under, vague))
     if len(top.start) == 0:
         return replace(under, basis=under.basis + len(top.texts), texts=top.texts + under.texts)
-    bounds = np.unique(np.concatenate([top.start, top.stop, under.start, under.stop]))
+    bounds = distinct(np.concatenate([top.start, top.stop, under.start, under.stop]))
     lo, hi = bounds[:-1], bounds[1:]
     picks = []
     for layer, shift in ((top, 0), (under, len(top.texts))):

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import zstandard
 
 from s2trace.cli.main import main
 from s2trace.errors import InputError
 from s2trace.jobs.batch import TABLES, resolve_batch_inputs, run_capture
+from s2trace.jobs.batch_capture import parse_stages
 
 pytest.importorskip("dask.distributed")
 
@@ -81,12 +83,12 @@ def local_run(fleet, tmp_path_factory):
     return out
 
 
-def test_local_batch_equals_one_at_a_time(fleet, local_run):
-    summary = pd.read_parquet(local_run / "summary.parquet")
-    items = resolve_batch_inputs(_inputs(fleet))
+def _assert_equals_alone(dataset, items, **run):
+    """Every summary value and table row of the dataset equals ``run_capture`` run alone."""
+    summary = pd.read_parquet(dataset / "summary.parquet")
     assert list(summary["capture"]) == [i.capture for i in items]
     for item in items:
-        alone = run_capture(item, kernel="6.12")
+        alone = run_capture(item, **run)
         row = summary[summary["capture"] == item.capture].iloc[0]
         for key, value in alone.summary.items():
             if key == "seconds":
@@ -97,7 +99,7 @@ def test_local_batch_equals_one_at_a_time(fleet, local_run):
             if name == "timings":
                 continue
             frame = alone.tables.get(name)
-            part = local_run / name / f"capture={item.capture}" / "part-0.parquet"
+            part = dataset / name / f"capture={item.capture}" / "part-0.parquet"
             if frame is None or frame.empty:
                 assert not part.exists()
                 continue
@@ -108,6 +110,47 @@ def test_local_batch_equals_one_at_a_time(fleet, local_run):
                 have = back[col].astype(object).where(back[col].notna(), None).tolist()
                 want = [str(v) if isinstance(v, str) else v for v in want]
                 assert have == want, (item.capture, name, col)
+    return summary
+
+
+def test_local_batch_equals_one_at_a_time(fleet, local_run):
+    _assert_equals_alone(local_run, resolve_batch_inputs(_inputs(fleet)), kernel="6.12")
+
+
+def test_stages_and_groups_equal_one_at_a_time(fleet, tmp_path):
+    """``--stages check,summary`` with two captures per task, on one worker: the same rows as
+    those stages run alone; inputs no chosen stage applies to (traces alone) are skipped."""
+    out = tmp_path / "ds"
+    args = ["batch", *_inputs(fleet), "-o", str(out), "--workers", "1", "--kernel", "6.12"]
+    assert main([*args, "--stages", "summary,check", "--per-task", "2"]) == 0
+    items = resolve_batch_inputs(_inputs(fleet))
+    summary = _assert_equals_alone(out, items, kernel="6.12", stages=("summary", "check"))
+    traces = summary["kind"] == "trace"
+    assert (summary.loc[traces, "status"] == "skipped").all()
+    assert summary.loc[traces, "note"].str.contains("replay").all()
+    assert not (out / "violations").exists() and not (out / "diff").exists()
+    real = summary[summary["path"].str.endswith("real-6.12")].iloc[0]
+    assert real["status"] == "ok" and real["breaches"] == 0  # checked: it has TTBR0_EL2
+    assert (out / "totals" / f"capture={real['capture']}").is_dir()
+
+
+def test_stage_names_are_checked(fleet, tmp_path, capsys):
+    with pytest.raises(InputError, match=r"unknown stage.*bogus.*summary,replay,diff,check"):
+        parse_stages("summary,bogus")
+    assert parse_stages(" check , summary ") == ("summary", "check")
+    assert main(["batch", str(fleet / "boot"), "-o", str(tmp_path / "x"), "--stages", "x"]) == 2
+    assert "--stages" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_compressed_trace_is_a_trace(tmp_path):
+    """Compressed files are judged by their inner name: ftrace.txt.zst is a trace."""
+    trace = tmp_path / "ftrace.txt.zst"
+    trace.write_bytes(zstandard.ZstdCompressor().compress(b"# tracer: nop\n"))
+    dump = tmp_path / "host-s2.elf.zst"
+    dump.write_bytes(zstandard.ZstdCompressor().compress(b"\x7fELF"))
+    kinds = [i.kind for i in resolve_batch_inputs([str(trace), str(dump)])]
+    assert kinds == ["trace", "dump"]
 
 
 def test_a_failing_capture_is_a_row(local_run):

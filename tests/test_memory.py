@@ -24,10 +24,12 @@ from hypothesis import strategies as st
 
 import s2trace.io.compressed as compressed
 from s2trace.errors import InputError
+from s2trace.intervals import distinct
 from s2trace.io import (
     MemoryFault,
     PhysicalMemory,
     Region,
+    elf_core_regions,
     elf_note,
     open_memory,
     write_elf_core,
@@ -186,6 +188,38 @@ def test_elf_that_is_not_a_core_is_refused(tmp_path):
     data[16:18] = struct.pack("<H", 2)  # ET_EXEC
     core.write_bytes(bytes(data))
     with pytest.raises(InputError, match="ET_CORE"):
+        open_memory([core])
+
+
+def test_elf_program_headers_match_pyelftools(tmp_path):
+    """The program-header table is unpacked in one read: same segments as pyelftools gives,
+    for a core of many segments (with gaps, short file parts and a non-PT_LOAD note)."""
+    rng = np.random.default_rng(3)
+    segs = []
+    pa = 0x4000_0000
+    for k in range(300):
+        pa += int(rng.integers(0, 3)) * PAGE
+        size = int(rng.integers(1, 3)) * PAGE
+        segs.append((pa, bytes(size), size + PAGE) if k % 7 == 0 else (pa, bytes(size)))
+        pa += size + PAGE
+    core = write_elf_core(tmp_path / "c.elf", segs, notes=elf_note(b"CORE", 1, b"x" * 12))
+    with open(core, "rb") as f:
+        want = [
+            (h["p_paddr"], h["p_filesz"], h["p_offset"])
+            for h in (seg.header for seg in ELFFile(f).iter_segments())
+            if h["p_type"] == "PT_LOAD"
+        ]
+    regions, problems = elf_core_regions(core, "c.elf")
+    assert [(r.pa, r.size, r.file_offset) for r in regions] == sorted(want)
+    assert [p.kind for p in problems] == ["segment_short"] * len(range(0, 300, 7))
+
+
+def test_elf_program_headers_past_the_end_is_input_error(tmp_path):
+    core = write_elf_core(tmp_path / "c.elf", [(0, bytes(PAGE))])
+    data = bytearray(core.read_bytes())
+    data[56:58] = struct.pack("<H", 5000)  # e_phnum: a table far longer than the file
+    core.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"c\.elf: unreadable ELF headers"):
         open_memory([core])
 
 
@@ -673,3 +707,14 @@ def test_data_from_skips_holes_and_scans_skip_hole_chunks(tmp_path):
         assert pa0 <= base + at < pa0 + 8 * len(words) and new == 8
         roots = scan_mod._root_candidates(memory, Geometry(Granule.K4))
         assert roots.tolist() == [base + at]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=60), st.sampled_from(["u8", "i8", "u2", "?"]))
+def test_distinct_equals_np_unique(values, dtype):
+    """``distinct`` (sort-based, used instead of numpy 2.4's slow hash ``np.unique`` on
+    integer arrays) gives exactly ``np.unique``: values, order and dtype."""
+    a = np.array(values, dtype=np.uint64).astype(dtype)
+    got, want = distinct(a), np.unique(a)
+    assert got.dtype == want.dtype
+    assert np.array_equal(got, want)

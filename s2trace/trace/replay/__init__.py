@@ -52,6 +52,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from s2trace.errors import InputError, ProblemLog, StrictError
@@ -201,16 +202,15 @@ def replay(
     table = rule_table(version, extras)
     tr = _sorted(transitions)
     rows = _rows(tr, table, page_size, log)
-    ent = _explode(rows)
-    base0_seg, basis0_seg = starting_states(
-        ent, rows, table, init, ground, precondition=precondition
-    )
-    out = _resolve(ent, rows, base0_seg, table, _SCAN_COUNT_CAP)
+    cuts = np.concatenate([ground.start, ground.stop, end.start, end.stop])
+    ent = _explode(rows, cuts)
+    start = starting_states(ent, rows, table, init, ground, precondition=precondition)
+    ent, out, start = _resolve(ent, rows, start, table, _SCAN_COUNT_CAP)
     default = (
         f"{end_basis} (no entry: the host's, not mapped yet)" if at_end is not None else ASSUMED
     )
     texts = _replace_texts(ground, (*ground.texts, PRECONDITION, default))
-    intervals = _intervals(ent, rows, out, (base0_seg, basis0_seg), texts, table, page_size)
+    intervals = _intervals(ent, rows, out, start, texts, table, page_size)
     violations = _violations(ent, rows, out, tr, table, page_size, str(kernel))
     if strict and len(violations):
         v = violations.iloc[0]
@@ -224,7 +224,7 @@ def replay(
         "initial_unknown_state": init.unknown,
         "initial_rows_skipped": init.skipped,
         "transitions": len(tr),
-        "pages": len(ent.seg_page),
+        "pages": ent.pages,
         "intervals": len(intervals),
         "violations": len(violations),
         "violations_by_check": violations["check"].value_counts().loc[lambda s: s > 0].to_dict(),

@@ -248,7 +248,7 @@ def _run(
         b, a, g = _loop_engine(rid[slow], active[slow], seg[slow], base0[slow], table)
         before[slow], after[slow], guest_count[slow] = b, a, g
     code = table.fail[rid, before].astype(np.int16)
-    loop_pages = len(distinct(seg[slow])) if slow.any() else 0
+    loop_pages = int(ent.seg_len[distinct(seg[slow])].sum()) if slow.any() else 0
     return _Outcome(
         rid, before, after, code, share_count, guest_count, np.zeros(n, dtype=bool), loop_pages
     )

@@ -51,7 +51,8 @@ def starting_states(
     *,
     precondition: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(state, basis index) of every touched page before its first transition.
+    """(state, basis index) of every segment before its first transition (a segment's pages
+    share one range of every source, so its first page speaks for all).
 
     ``ground`` is the overlay of every range source with ``explicit`` on top (so explicit
     ranges have the same basis indices in both); basis indices past ``ground.texts`` are
@@ -77,7 +78,8 @@ def end_check(
     if len(end.start) == 0:
         return {}
     segs, _ = first_changes(ent, rows, table)
-    pages = ent.seg_page[segs]
+    pages = ent.seg_page[segs]  # a segment's pages share one initial range of every map
+    counts = ent.seg_len[segs]
     last = ent.seg_start[1:][segs] - 1
     final = out.after[last].astype(np.int64)
     state, _, covered = _lookup(pages, end)
@@ -90,21 +92,21 @@ def end_check(
     bad = np.flatnonzero(differs)
     ranges = []
     if len(bad):
-        p, f, s = pages[bad], final[bad], state[bad]
-        head = np.flatnonzero(np.r_[True, (p[1:] != p[:-1] + 1) | (f[1:] != f[:-1])
+        p, n, f, s = pages[bad], counts[bad], final[bad], state[bad]
+        head = np.flatnonzero(np.r_[True, (p[1:] != p[:-1] + n[:-1]) | (f[1:] != f[:-1])
                                     | (s[1:] != s[:-1])])  # fmt: skip
-        stop = np.r_[head[1:], len(p)]
-        for a, b in zip(head[:50], stop[:50], strict=True):
+        size = np.add.reduceat(n, head)
+        for j, a in enumerate(head[:50]):
             ranges.append(
                 {
                     "addr": int(p[a]) * page_size,
-                    "size": int(b - a) * page_size,
+                    "size": int(size[j]) * page_size,
                     "replayed": table.states[int(f[a])].describe(),
                     "map": table.states[int(s[a])].describe(),
                 }
             )
     return {
-        "pages_checked": len(pages),
-        "pages_disagreeing": len(bad),
+        "pages_checked": int(counts.sum()),
+        "pages_disagreeing": int(counts[bad].sum()),
         "disagreements": ranges,
     }

@@ -1,10 +1,11 @@
-"""Replay, step 1: transitions -> per-row arrays -> one entry per (page, transition).
+"""Replay, step 1: transitions -> per-row arrays -> one entry per (segment, transition).
 
 Internal to :mod:`s2trace.trace.replay`.  Rows are put in replay order (``ts``, then
 ``event_index``, then input order), each gets its rule id (one lookup per distinct
 (op, initiator, completer)), its kvm_share_hyp counting kind and its multi-page coupling mode;
-malformed rows are recorded as problems and skipped.  :func:`_explode` then makes one entry per
-page of every row (``np.repeat``), stably sorted by page: each touched page is a segment.
+malformed rows are recorded as problems and skipped.  :func:`_explode` then cuts page space
+into segments (ranges of pages every row and initial range covers whole or misses) and makes
+one entry per (segment, row), stably sorted by segment: a range stays one entry.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from s2trace.errors import InputError, Problem, ProblemLog
 from s2trace.pkvm.rules import BASE_STATES, COUNTED_SINCE, OPS, RuleTable
 
 _END = np.iinfo(np.int64).max  # "no later transition" sequence number
-_MAX_ENTRIES = 1 << 30  # more exploded pages than this is certainly a wrong size
+_MAX_ENTRIES = 1 << 30  # more (segment, row) entries than this is certainly a wrong size
 _ATOMIC, _PREFIX, _EACH = 0, 1, 2
 _STATE_INDEX = {s.name: i for i, s in enumerate(BASE_STATES)}
 _HOST_OWNED = _STATE_INDEX["host_owned"]
@@ -174,27 +175,74 @@ def _problem(log: ProblemLog, mask: np.ndarray, line: np.ndarray, kind: str, det
 
 @dataclass
 class _Entries:
+    """One entry per (segment, row): a segment is a range of pages that every row and every
+    initial range either covers whole or misses, so all its pages replay alike."""
+
     seq: np.ndarray  # row (replay order) of each entry
-    k: np.ndarray  # page offset within its row
-    seg: np.ndarray  # segment (= touched page) index, non-decreasing
-    seg_page: np.ndarray  # page number of each segment
+    k: np.ndarray  # offset of the segment's first page within its row
+    seg: np.ndarray  # segment index, non-decreasing
+    seg_page: np.ndarray  # first page of each segment (increasing)
     seg_start: np.ndarray  # first entry of each segment (len = nseg + 1)
+    seg_len: np.ndarray  # pages in each segment
+
+    @property
+    def pages(self) -> int:
+        """Pages the segments cover (the pages some row names)."""
+        return int(self.seg_len.sum())
 
 
-def _explode(rows: _Rows) -> _Entries:
-    total = int(rows.npages.sum())
+def _explode(rows: _Rows, cuts: np.ndarray | None = None) -> _Entries:
+    """Cut page space at every row's first and stop page and at ``cuts`` (the boundaries of
+    the initial ranges); one entry per (segment, row), stably sorted by segment.
+
+    Memory and time follow the rows and the cut points, not the pages a row names: one line
+    over 2^26 pages is one segment.  Rows of one page need no cut search (their page is their
+    segment), which keeps the usual one-page trace as cheap as a per-page expansion.
+    """
+    live = rows.npages > 0
+    first = rows.first
+    stop = first + rows.npages
+    extra = np.zeros(0, dtype=np.int64) if cuts is None else np.asarray(cuts, dtype=np.int64)
+    if not (rows.npages > 1).any():  # every segment is one page: its row's
+        bounds = None
+        count = live.astype(np.int64)
+    else:
+        bounds = np.unique(np.concatenate([first[live], stop[live], extra]))
+        count = np.where(
+            live, np.searchsorted(bounds, stop, "left") - np.searchsorted(bounds, first, "left"), 0
+        )
+    total = int(count.sum())
     if total > _MAX_ENTRIES:
-        raise InputError(f"transitions cover {total} pages: more than {_MAX_ENTRIES}; wrong sizes?")
-    seq = np.repeat(np.arange(len(rows.npages), dtype=np.int64), rows.npages)
-    starts = np.cumsum(rows.npages) - rows.npages
-    k = np.arange(total, dtype=np.int64) - np.repeat(starts, rows.npages)
-    page = rows.first[seq] + k
-    order = np.argsort(page, kind="stable")  # (page, seq) order: seq was already ascending
-    page = page[order]  # one at a time: each old array is freed before the next copy
-    seq = seq[order]
-    k = k[order]
-    del order
-    new = np.r_[True, page[1:] != page[:-1]] if total else np.zeros(0, dtype=bool)
+        raise InputError(
+            f"transitions cut into {total} (range, transition) pieces: more than "
+            f"{_MAX_ENTRIES}; wrong sizes?"
+        )
+    seq = np.repeat(np.arange(len(count), dtype=np.int64), count)
+    if bounds is None:
+        lo = first[seq]
+        order = np.argsort(lo, kind="stable")  # (page, seq) order: seq was already ascending
+        seq = seq[order]
+        lo = lo[order]
+        del order
+        new = np.r_[True, lo[1:] != lo[:-1]] if total else np.zeros(0, dtype=bool)
+        first_idx = np.flatnonzero(new)
+        seg_page = lo[first_idx]
+        seg_len = np.ones(len(first_idx), dtype=np.int64)
+    else:
+        j0 = np.searchsorted(bounds, first, "left")
+        piece = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
+        piece += j0[seq]
+        order = np.argsort(piece, kind="stable")  # (segment, seq) order
+        seq = seq[order]
+        piece = piece[order]
+        del order
+        new = np.r_[True, piece[1:] != piece[:-1]] if total else np.zeros(0, dtype=bool)
+        first_idx = np.flatnonzero(new)
+        head = piece[first_idx]
+        seg_page = bounds[head]
+        seg_len = bounds[np.minimum(head + 1, len(bounds) - 1)] - seg_page
+        lo = seg_page[np.cumsum(new) - 1]
     seg = np.cumsum(new) - 1
-    first_idx = np.flatnonzero(new)
-    return _Entries(seq, k, seg, page[first_idx], np.r_[first_idx, total])
+    return _Entries(
+        seq, lo - first[seq], seg, seg_page, np.r_[first_idx, total], seg_len.astype(np.int64)
+    )

@@ -22,14 +22,16 @@ from s2trace.trace.replay.rows import _END, _Entries, _Rows, _str_array
 
 
 def _subtract_pages(
-    start: np.ndarray, stop: np.ndarray, pages: np.ndarray
+    start: np.ndarray, stop: np.ndarray, pages: np.ndarray, counts: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pieces of ranges [start, stop) not containing any of ``pages`` (sorted, unique)."""
+    """Pieces of ranges [start, stop) outside every [pages, pages + counts) (sorted, disjoint;
+    ``counts`` 1 when not given)."""
     if len(pages) == 0:
         return start, stop, np.arange(len(start))
-    brk = np.r_[True, np.diff(pages) != 1]
+    ends = pages + (1 if counts is None else counts)
+    brk = np.r_[True, pages[1:] != ends[:-1]]
     run_start = pages[brk]
-    run_stop = pages[np.r_[brk[1:], True]] + 1
+    run_stop = ends[np.r_[brk[1:], True]]
     lo = np.iinfo(np.int64).min
     gap_start = np.r_[lo, run_stop]
     gap_stop = np.r_[run_start, _END]
@@ -74,7 +76,8 @@ def _page_pieces(
     table: RuleTable,
     basis0_seg: np.ndarray,
 ) -> _Pieces:
-    """One piece per touched page and state: its initial state, then one per change."""
+    """One piece per segment and state: its initial state, then one per change (a piece
+    spans its segment's pages)."""
     nseg = len(ent.seg_page)
     chg = out.after != out.before
     npieces = 1 + np.bincount(ent.seg[chg], minlength=nseg)
@@ -96,14 +99,15 @@ def _page_pieces(
     li = np.flatnonzero(out.rid == table.lost)  # ranged markers: the piece alive at them
     inc[off[ent.seg[li]] + cc[li] - before_seg[ent.seg[li]]] = True
     pstart = np.repeat(ent.seg_page, npieces)
+    pcount = np.repeat(ent.seg_len, npieces)
     bas = np.full(total, -1, dtype=np.int64)
     bas[off] = basis0_seg
-    return _Pieces(pstart, np.ones(total, dtype=np.int64), vis, sseq, eseq, inc, bas)
+    return _Pieces(pstart, pcount, vis, sseq, eseq, inc, bas)
 
 
 def _untouched_pieces(ent: _Entries, rows: _Rows, init: _Initial) -> _Pieces:
     """The parts of the initial ranges no transition touched: one piece each, -inf to +inf."""
-    us, ue, ri = _subtract_pages(init.start, init.stop, ent.seg_page)
+    us, ue, ri = _subtract_pages(init.start, init.stop, ent.seg_page, ent.seg_len)
     n = len(us)
     return _Pieces(
         us, ue - us, init.state[ri].astype(np.int16), np.full(n, -1, dtype=np.int64),
@@ -235,20 +239,21 @@ def _violations(
     if len(vi) == 0:
         return VIOLATIONS.empty()
     page = ent.seg_page[ent.seg[vi]]
+    count = ent.seg_len[ent.seg[vi]]
     seq = ent.seq[vi]
     code = out.code[vi].astype(np.int64)
     before = out.before[vi]
     rid = out.rid[vi].astype(np.int64)
     order = np.lexsort((page, seq))
-    page, seq, code, before, rid = (a[order] for a in (page, seq, code, before, rid))
+    page, count, seq, code, before, rid = (a[order] for a in (page, count, seq, code, before, rid))
     same = (
         (seq[1:] == seq[:-1])
         & (code[1:] == code[:-1])
         & (before[1:] == before[:-1])
-        & (page[1:] == page[:-1] + 1)
+        & (page[1:] == page[:-1] + count[:-1])
     )
     heads = np.flatnonzero(np.r_[True, ~same])
-    npages = np.diff(np.r_[heads, len(page)])
+    npages = np.add.reduceat(count, heads)
     page, seq, code, before, rid = (a[heads] for a in (page, seq, code, before, rid))
     src = tr.iloc[seq]
     details = np.empty(len(heads), dtype=object)

@@ -137,26 +137,32 @@ def _row_outcome(
     """What ``row`` does to slots ``s`` (page order), without changing them; and where a
     counted share stopped (the slot whose page failed, -1: it did not stop)."""
     rid = np.full(len(s), rows.rid[row], dtype=np.int64)
-    ckind, mode = rows.ckind[row], rows.mode[row]
+    ckind = rows.ckind[row]
     hb, base, gc = slots.hcount[s], slots.base[s], slots.gcount[s]
-    executed = np.ones(len(s), dtype=bool)
-    dh = np.zeros(len(s), dtype=np.int64)
     stopped = -1
+    skip = np.zeros(len(s), dtype=bool)
     if ckind == 1:  # counted share: 0->1 reaches EL2; kvm_share_hyp stops at a failure
         rid[hb > 0] = table.noop
         code = table.fail[rid, base]
-        if (code != 0).any():
-            stopped = int(np.flatnonzero(code != 0)[0])
-            executed = np.arange(len(s)) <= stopped
-        dh[executed] = 1
-    elif ckind == 2:  # counted unshare: every page; 1->0 reaches EL2; 0 is the WARN_ON
-        rid[hb == 0] = table.unshare_not_shared
-        rid[hb > 1] = table.noop
-        dh[hb > 0] = -1
-    code = np.where(executed, table.fail[rid, base], 0)
-    apply = executed & table.mutates[rid] & (code == 0)
-    if mode == _ATOMIC and (code != 0).any():
-        apply[:] = False
+        failed = np.flatnonzero(code)
+        if len(failed):
+            stopped = int(failed[0])
+            skip[stopped + 1 :] = True
+            code[stopped + 1 :] = 0
+        h_after = hb + ~skip
+    else:
+        if ckind == 2:  # counted unshare: every page; 1->0 reaches EL2; 0 is the WARN_ON
+            rid[hb == 0] = table.unshare_not_shared
+            rid[hb > 1] = table.noop
+            h_after = hb - (hb > 0)
+        else:
+            h_after = hb
+        code = table.fail[rid, base]
+    refused = code != 0
+    if rows.mode[row] == _ATOMIC and refused.any():
+        apply = np.zeros(len(s), dtype=bool)
+    else:
+        apply = table.mutates[rid] & ~refused & ~skip
     nbase, ncount, _ = table.apply(rid, base, gc)
     values = {
         "rid": rid,
@@ -165,9 +171,9 @@ def _row_outcome(
         "code": code,
         "share_count": hb,
         "guest_count": gc,
-        "skip": ~executed,
+        "skip": skip,
         "gcount_after": np.where(apply, ncount, gc),
-        "hcount_after": hb + dh,
+        "hcount_after": h_after,
     }
     return values, stopped
 
@@ -185,8 +191,11 @@ def _commit(
     slots.base[s] = values["after"]
     slots.gcount[s] = values["gcount_after"]
     slots.hcount[s] = values["hcount_after"]
+    if not slots.chain or e.min() >= 0:  # the usual case: every slot has its entry
+        for name in _PER_ENTRY:
+            getattr(out, name)[e] = values[name]
+        return
     own = e >= 0
     for name in _PER_ENTRY:
         getattr(out, name)[e[own]] = values[name][own]
-    if not own.all():
-        slots.record(s[~own], row, {n: values[n][~own] for n in _PER_ENTRY})
+    slots.record(s[~own], row, {n: values[n][~own] for n in _PER_ENTRY})

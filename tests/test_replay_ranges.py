@@ -25,6 +25,7 @@ from s2trace.trace.synth_helpers import make_transitions
 
 replay_mod = importlib.import_module("s2trace.trace.replay")
 rows_mod = importlib.import_module("s2trace.trace.replay.rows")
+segments_mod = importlib.import_module("s2trace.trace.replay.segments")
 coupled_mod = importlib.import_module("s2trace.trace.replay.coupled")
 
 P = 4096
@@ -48,7 +49,7 @@ def explode_per_page(rows, cuts=None):
     page, seq, k = page[order], seq[order], k[order]
     new = np.r_[True, page[1:] != page[:-1]] if total else np.zeros(0, dtype=bool)
     first_idx = np.flatnonzero(new)
-    return rows_mod._Entries(
+    return segments_mod._Entries(
         seq, k, np.cumsum(new) - 1, page[first_idx], np.r_[first_idx, total],
         np.ones(len(first_idx), dtype=np.int64),
     )  # fmt: skip
@@ -180,5 +181,5 @@ def test_one_row_over_many_pages_is_one_entry():
         replay_mod._sorted(frame), replay_mod.rule_table((6, 12), ()), P,
         replay_mod.ProblemLog(),
     )  # fmt: skip
-    ent = rows_mod._explode(rows)
+    ent = segments_mod._explode(rows)
     assert len(ent.seq) == 4 and list(ent.seg_len) == [1, 1, n - 2]

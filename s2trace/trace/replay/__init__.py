@@ -93,8 +93,6 @@ from s2trace.trace.replay.rows import (
     _SHARED_HYP,
     _STATE_INDEX,
     _codes,
-    _Entries,
-    _explode,
     _problem,
     _Rows,
     _rows,
@@ -102,6 +100,7 @@ from s2trace.trace.replay.rows import (
     _sorted,
     _str_array,
 )
+from s2trace.trace.replay.segments import _Entries, _explode
 from s2trace.trace.replay.tables import (
     _intervals,
     _lost_between,

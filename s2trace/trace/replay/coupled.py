@@ -13,7 +13,8 @@ import numpy as np
 
 from s2trace.pkvm.rules import RuleTable
 from s2trace.trace.replay.engines import _Outcome, _run
-from s2trace.trace.replay.rows import _ATOMIC, _EACH, _END, _PREFIX, _Entries, _Rows
+from s2trace.trace.replay.rows import _ATOMIC, _EACH, _END, _PREFIX, _Rows
+from s2trace.trace.replay.segments import _Entries
 from s2trace.trace.replay.splits import _PER_ENTRY, _grown, _Slots
 
 

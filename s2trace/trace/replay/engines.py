@@ -16,7 +16,8 @@ import numpy as np
 
 from s2trace.intervals import distinct
 from s2trace.pkvm.rules import RuleTable
-from s2trace.trace.replay.rows import _SHARED_GUEST, _SHARED_HYP, _Entries, _Rows
+from s2trace.trace.replay.rows import _SHARED_GUEST, _SHARED_HYP, _Rows
+from s2trace.trace.replay.segments import _Entries
 
 _SLICE = 1 << 20  # entries per step of the prefix composition (bounds its temporaries)
 

@@ -23,7 +23,8 @@ import numpy as np
 from s2trace.pkvm.rules import RuleTable
 from s2trace.trace.replay.engines import _Outcome
 from s2trace.trace.replay.initial import _Initial, _lookup
-from s2trace.trace.replay.rows import _Entries, _Rows
+from s2trace.trace.replay.rows import _Rows
+from s2trace.trace.replay.segments import _Entries
 
 #: Basis of a page's state before a transition that requires it.
 PRECONDITION = "rule: the state its first transition requires (the kernel refuses it otherwise)"

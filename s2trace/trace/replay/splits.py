@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from s2trace.trace.replay.engines import _Outcome
-from s2trace.trace.replay.rows import _Entries, _Rows
+from s2trace.trace.replay.rows import _Rows
+from s2trace.trace.replay.segments import _Entries
 
 _PER_ENTRY = ("rid", "before", "after", "code", "share_count", "guest_count", "skip")
 

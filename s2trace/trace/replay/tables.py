@@ -18,7 +18,8 @@ from s2trace.columns import INTERVALS, VIOLATIONS
 from s2trace.pkvm.rules import HOST_STATES, RuleTable
 from s2trace.trace.replay.engines import _Outcome
 from s2trace.trace.replay.initial import _Initial
-from s2trace.trace.replay.rows import _END, _Entries, _Rows, _str_array
+from s2trace.trace.replay.rows import _END, _Rows, _str_array
+from s2trace.trace.replay.segments import _Entries
 
 
 def _subtract_pages(

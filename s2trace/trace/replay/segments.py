@@ -87,7 +87,7 @@ def _bounds(rows: _Rows, multi: np.ndarray, cuts: np.ndarray | None) -> np.ndarr
     """Sorted cut points inside the rows of several pages: their first and stop pages, the
     ``cuts``, and every one-page row's page (and the next) that falls inside one of them."""
     first = np.sort(rows.first[multi])
-    stop = np.sort(first + rows.npages[multi])
+    stop = np.sort(rows.first[multi] + rows.npages[multi])
     extra = np.zeros(0, dtype=np.int64) if cuts is None else np.asarray(cuts, dtype=np.int64)
     bounds = _unique(np.concatenate([first, stop, extra]))
     n = len(bounds)

@@ -8,9 +8,15 @@ Transitions are applied in time order (``ts``, then ``event_index``, then input 
 rules of :mod:`s2trace.pkvm.rules`; a transition the kernel refuses becomes a VIOLATIONS row
 and leaves the page as it was.
 
-How it stays vectorised (no Python loop per page or per transition):
+How it stays vectorised (no Python loop per page or per transition), and bounded by the rows
+rather than the pages they name:
 
-1. transitions are exploded into one entry per page (``np.repeat``) and stably sorted by page;
+1. page space is cut at every row's first and stop page and at every boundary of the initial
+   ranges; the pages between two cuts (a segment) are covered whole or missed by every row and
+   lie in one initial range, so they replay alike and one entry per (segment, row) stands for
+   them all (a line over 2^26 pages is one entry).  Every step below works on segments; "page"
+   means any page of one.  The one place a segment's pages part ways -- ``kvm_share_hyp``
+   stopping at a failure on the first page of a segment of several -- splits it (step 4);
 2. the ``kvm_share_hyp`` count does not depend on the page state: ``share_pfn_hyp`` records
    the PFN (count 1) before it issues ``__pkvm_host_share_hyp`` and ``unshare_pfn_hyp`` erases
    it before it issues the unshare, whatever the hypercall returns (checked in the Dec 2021
@@ -38,7 +44,8 @@ How it stays vectorised (no Python loop per page or per transition):
 Lost-events markers (``op == "lost"``) with size 0 concern every page; with a size, only that
 range.  An interval alive at a marker is flagged ``incomplete``.
 
-Modules: :mod:`~s2trace.trace.replay.rows` (rows and per-page entries),
+Modules: :mod:`~s2trace.trace.replay.rows` (rows), :mod:`~s2trace.trace.replay.segments`
+(entries per segment and row), :mod:`~s2trace.trace.replay.splits` (segments split apart),
 :mod:`~s2trace.trace.replay.initial` (the initial state), :mod:`~s2trace.trace.replay.engines`
 (steps 2 and 3: every page on its own), :mod:`~s2trace.trace.replay.coupled` (step 4) and
 :mod:`~s2trace.trace.replay.tables` (INTERVALS and VIOLATIONS); this module holds the entry

@@ -1,10 +1,11 @@
 """Replay, step 4: what multi-page transitions couple, redone exactly.
 
 Internal to :mod:`s2trace.trace.replay`.  A hypercall over a range is refused as a whole when
-one page fails (atomic); kvm_share_hyp stops at the first page that fails (prefix).  Pages are
-first replayed independently (:func:`~s2trace.trace.replay.engines._run`); where a multi-page
-row was refused on some pages only, a forward sweep finds from which row each page's history
-may differ and those entries are replayed again, row by row in time order.
+one page fails (atomic); kvm_share_hyp stops at the first page that fails (prefix).  Segments
+are first replayed independently (:func:`~s2trace.trace.replay.engines._run`); where a
+multi-page row was refused on some pages only, a forward sweep finds from which row each
+segment's history may differ and those entries are replayed again, row by row in time order
+(splitting a segment where a counted share stops inside it: :mod:`.splits`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Replay, steps 2 and 3: every page on its own -- the prefix-composition and loop engines.
+"""Replay, steps 2 and 3: every segment on its own -- the prefix-composition and loop engines.
 
-Internal to :mod:`s2trace.trace.replay` (whose docstring explains the method).  The
+Internal to :mod:`s2trace.trace.replay` (whose docstring explains the method).  A segment's
+pages replay alike, so "page" below means any page of a segment.  The
 kvm_share_hyp count is a clamped walk per page (:func:`_reflected`); the page state machine,
 with host_share_guest_count capped at an upper bound computed beforehand, is a segmented
 Hillis-Steele composition of lookup-table rows (:func:`_scan_engine`); pages whose bound

@@ -1,11 +1,10 @@
-"""Replay, step 1: transitions -> per-row arrays -> one entry per (segment, transition).
+"""Replay, step 1: transitions -> per-row arrays.
 
 Internal to :mod:`s2trace.trace.replay`.  Rows are put in replay order (``ts``, then
 ``event_index``, then input order), each gets its rule id (one lookup per distinct
 (op, initiator, completer)), its kvm_share_hyp counting kind and its multi-page coupling mode;
-malformed rows are recorded as problems and skipped.  :func:`_explode` then cuts page space
-into segments (ranges of pages every row and initial range covers whole or misses) and makes
-one entry per (segment, row), stably sorted by segment: a range stays one entry.
+malformed rows are recorded as problems and skipped.  :mod:`~s2trace.trace.replay.segments`
+then makes one entry per (segment, row).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Replay, output: outcomes -> the INTERVALS and VIOLATIONS tables.
 
-Internal to :mod:`s2trace.trace.replay`.  One piece per touched page and state change, plus
-one per untouched part of the initial ranges; adjacent pages with the same state over the same
-span are merged (only pieces that start and end at the initial/current state or at one
-multi-page row can merge).  Refused entries become VIOLATIONS rows, merged over adjacent pages
-of the same row and check.
+Internal to :mod:`s2trace.trace.replay`.  One piece per segment and state change (spanning the
+segment's pages), plus one per untouched part of the initial ranges; adjacent pieces with the
+same state over the same span are merged (only pieces that start and end at the
+initial/current state or at one multi-page row can merge), so the result is the one a replay
+page by page gives.  Refused entries become VIOLATIONS rows, merged over adjacent segments of
+the same row and check.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from s2trace.errors import InputError
+from s2trace.intervals import distinct
 from s2trace.trace.replay.rows import _MAX_ENTRIES, _Rows
 
 
@@ -89,7 +90,7 @@ def _bounds(rows: _Rows, multi: np.ndarray, cuts: np.ndarray | None) -> np.ndarr
     first = np.sort(rows.first[multi])
     stop = np.sort(rows.first[multi] + rows.npages[multi])
     extra = np.zeros(0, dtype=np.int64) if cuts is None else np.asarray(cuts, dtype=np.int64)
-    bounds = _unique(np.concatenate([first, stop, extra]))
+    bounds = distinct(np.concatenate([first, stop, extra]))
     n = len(bounds)
     rise = np.bincount(np.searchsorted(bounds, first), minlength=n)  # sorted keys: fast
     covered = np.cumsum(rise - np.bincount(np.searchsorted(bounds, stop), minlength=n)) > 0
@@ -97,15 +98,8 @@ def _bounds(rows: _Rows, multi: np.ndarray, cuts: np.ndarray | None) -> np.ndarr
     piece = np.searchsorted(bounds, single, "right") - 1
     inside = single[(piece >= 0) & covered[np.maximum(piece, 0)]]
     if len(inside):
-        bounds = _unique(np.concatenate([bounds, inside, inside + 1]))
+        bounds = distinct(np.concatenate([bounds, inside, inside + 1]))
     return bounds
-
-
-def _unique(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (a plain sort: ``np.unique`` is many times slower on millions
-    of int64 with numpy 2.4)."""
-    s = np.sort(values)
-    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
 
 
 def _search(bounds: np.ndarray, keys: np.ndarray) -> np.ndarray:

@@ -76,7 +76,8 @@ KINDS = [
     ("reclaim", "guest", "host"), ("lost", None, None),
 ]  # fmt: skip
 MAP_STATES = [("host", "owned"), ("hyp", "nopage"), ("host", "shared_owned"),
-              ("guest", "nopage"), ("host", "shared_borrowed"), ("ffa", "nopage")]  # fmt: skip
+              ("guest", "nopage"), ("host", "shared_borrowed"), ("ffa", "nopage"),
+              ("host", "unknown")]  # fmt: skip
 
 
 @st.composite

@@ -208,7 +208,7 @@ def replay(
     table = rule_table(version, extras)
     tr = _sorted(transitions)
     rows = _rows(tr, table, page_size, log)
-    cuts = np.concatenate([ground.start, ground.stop, end.start, end.stop])
+    cuts = np.concatenate([ground.start, ground.stop, init.start, init.stop, end.start, end.stop])
     ent = _explode(rows, cuts)
     start = starting_states(ent, rows, table, init, ground, precondition=precondition)
     ent, out, start = _resolve(ent, rows, start, table, _SCAN_COUNT_CAP)

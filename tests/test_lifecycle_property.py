@@ -1,16 +1,18 @@
-"""Property: random legal VM lifecycles, traced as the host kprobes show them, replay to the
-state a slow one-event-at-a-time model of the kernel gives, at every event time.
+"""Property: random legal VM lifecycles, traced as the host kprobes show them, replay to the state
+a slow one-event-at-a-time model of the kernel gives, at every event time.
 
 The generator writes 6.12-style ftrace text: concurrent VMs (one VMM task each, steps
 interleaved), vCPU structs packed back to back so that one page holds parts of two vCPUs (of the
 same or of different VMs: the host's per-PFN share count, docs/kernel-facts.md §KF-3.4), struct
 kvm and donated pages reused after a teardown, and teardowns traced with and without the
-``free_pages`` probe.  The model below is written from the kernel's behaviour (§KF-3.4, §KF-3.5),
+``free_pages`` probe. The model below is written from the kernel's behaviour (§KF-3.4, §KF-3.5),
 not from s2trace's code: a page is "host", "shared" (share count > 0) or "hyp"; a share counts
-at its return probe, an unshare at its entry; pages donated under ``pkvm_create_hyp_vm`` are the
-hypervisor's from its return; every page donated for a ``struct kvm`` is the host's again from
-the first ``free_hyp_memcache`` after ``pkvm_destroy_hyp_vm`` (the teardown hypercall returned);
-``free_pages`` changes nothing.
+at its return probe, an unshare at its entry; pages allocated under ``pkvm_create_hyp_vm`` are
+the hypervisor's once the hypercall that takes them has certainly returned: the pgd and hyp VM
+(the first two allocations, ``__pkvm_init_vm``) from the first vCPU allocation's entry, each
+6.12 hyp vCPU (``__pkvm_init_vcpu``) from the next allocation's entry, else from the return;
+every page donated for a ``struct kvm`` is the host's again from the first ``free_hyp_memcache``
+after ``pkvm_destroy_hyp_vm`` (the teardown hypercall returned); ``free_pages`` changes nothing.
 """
 
 from __future__ import annotations
@@ -192,6 +194,15 @@ def slow_model(text: str) -> tuple[list[float], dict[int, list[tuple[float, str]
             state[page] = new
             history.setdefault(page, []).append((ts, new))
 
+    runs: dict[int, int] = {}  # pid -> allocations begun under pkvm_create_hyp_vm
+
+    def give(pid: int, ts: float) -> None:
+        """The pages allocated so far in this call go to the hypervisor (their hypercall)."""
+        pages, creating[pid] = creating[pid], []
+        donated.setdefault(creating_kvm[pid], []).extend(pages)
+        for p in pages:
+            put(p, ts, "hyp")
+
     def pa_pages(lo: int, hi: int) -> range:
         lo, hi = lo - LM_VA + LM_PA, hi - LM_VA + LM_PA
         return range(lo - lo % PAGE, -(-hi // PAGE) * PAGE, PAGE)
@@ -215,16 +226,19 @@ def slow_model(text: str) -> tuple[list[float], dict[int, list[tuple[float, str]
                     put(p, ts, "host")
         elif event == "s2_pkvm_create_hyp_vm":
             creating[pid], creating_kvm[pid] = [], _num(fields, "host_kvm")
+            runs[pid] = 0
         elif event == "s2_alloc_pages_exact":
             alloc_size[pid] = _num(fields, "size")
+            runs[pid] = runs.get(pid, 0) + 1
+            if runs[pid] > 2:  # __pkvm_init_vm / the previous __pkvm_init_vcpu has returned
+                give(pid, ts)
         elif event == "s2_alloc_pages_exact_ret":
             start = _num(fields, "ret")
             creating[pid] += list(pa_pages(start, start + alloc_size.pop(pid)))
         elif event == "s2_pkvm_create_hyp_vm_ret":
-            pages = creating.pop(pid)
-            donated.setdefault(creating_kvm.pop(pid), []).extend(pages)
-            for p in pages:
-                put(p, ts, "hyp")
+            give(pid, ts)
+            creating.pop(pid)
+            runs.pop(pid, None)
         elif event == "s2_pkvm_destroy_hyp_vm":
             tearing[pid] = _num(fields, "host_kvm")
         elif event == "s2_free_hyp_memcache" and pid in tearing:

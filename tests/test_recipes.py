@@ -103,14 +103,16 @@ def test_real_6_12_shares_and_donations() -> None:
         ("donate", "host", "hyp", 0x438F6000, 0x2000, "hyp_vm_donation"),
         ("donate", "host", "hyp", 0x438F8000, 0x2000, "hyp_vm_donation"),
     ]  # and not the kvm_s2_zalloc_pages_exact page 0x48095000
-    # the share completes at its return probe; the donations are certain only once
-    # pkvm_create_hyp_vm has returned (the hypercall runs after the last allocation, line 33),
-    # and cannot have happened before each page's allocation returned (t_earliest)
-    assert df["line"].tolist() == [15, 22, 33, 33, 33]
-    assert df["event_index"].tolist() == [2, 9, 20, 20, 20]
-    assert df["ts"].tolist() == [18.538323, 18.544941, 18.549893, 18.549893, 18.549893]
-    # lower bounds: the share's entry probe, each donated page's allocation return
-    earliest = [18.537715, 18.544642, 18.548758, 18.548803, 18.549619]
+    # the share completes at its return probe.  The donations come in runs (6.12
+    # arch/arm64/kvm/pkvm.c, docs/kernel-facts.md §KF-3.7): __pkvm_init_vm takes the pgd and the
+    # hyp VM after the second allocation returned (line 30) and has returned by the time the
+    # first vCPU's allocation starts (line 31); __pkvm_init_vcpu takes the vCPU after its
+    # allocation returned (line 32), certain at pkvm_create_hyp_vm's return (line 33)
+    assert df["line"].tolist() == [15, 22, 31, 31, 33]
+    assert df["event_index"].tolist() == [2, 9, 18, 18, 20]
+    assert df["ts"].tolist() == [18.538323, 18.544941, 18.549583, 18.549583, 18.549893]
+    # lower bounds: the share's entry probe, the last allocation of each run
+    earliest = [18.537715, 18.544642, 18.548803, 18.548803, 18.549619]
     assert df["t_earliest"].tolist() == pytest.approx(earliest, abs=1e-9)
     assert df["counted"].tolist() == [True, True, False, False, False]
     # the donations belong to the VM whose struct kvm is at 0x4393d000 (host_kvm of the call)

@@ -32,6 +32,7 @@ from s2trace.trace.family import (
 )
 from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import load_recipes, to_transitions
+from s2trace.trace.recipes.settle import settle_by_map
 from s2trace.trace.replay import Timeline, replay
 
 __all__ = ["Analysis", "analyze", "parse_linear_map", "parse_time"]
@@ -227,6 +228,15 @@ def analyze(
     confirm_alike(choice, transitions)
     release_memory()
     found = _grounds(capture, tuple(dump), (dmesg, kallsyms, iomem), page_size, grounds, meta)
+    if "at_end" in found:  # what the trace leaves uncertain, the dump may settle
+        transitions, settled = settle_by_map(
+            transitions, found["at_end"], found["end_basis"], page_size
+        )
+        if any(settled.values()):
+            meta["settled_by_dump"] = (
+                f"{settled['dropped']} uncertain row(s) never happened, "
+                f"{settled['confirmed']} happened, {settled['left']} left uncertain"
+            )
     timeline = replay(
         transitions,
         initial=initial,

@@ -11,7 +11,6 @@ same CPU (the gap starts after it), so the replay can mark what follows as possi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,9 @@ from s2trace.trace.recipes.evaluate import (
     vm_ids,
 )
 from s2trace.trace.recipes.loader import load_recipes
+from s2trace.trace.recipes.memcache import settle_memcaches
 from s2trace.trace.recipes.model import RECIPE_OPS, Recipe, RecipeSet
+from s2trace.trace.recipes.pin import pin_to_hypervisor
 from s2trace.trace.recipes.related import (
     EventTable,
     complete_rows,
@@ -42,32 +43,11 @@ from s2trace.trace.recipes.related import (
     latest_before_keyed,
     pair_rows,
 )
+from s2trace.trace.recipes.rowset import BasisTexts, RowSet
+from s2trace.trace.recipes.runs import run_windows
 from s2trace.trace.recipes.teardown import expand_vm_scope
 
 __all__ = ["to_transitions"]
-
-
-@dataclass
-class _Rows:
-    """Transition rows of one recipe (positional arrays)."""
-
-    anchor: np.ndarray
-    done: np.ndarray  # the event by which the transition has certainly happened
-    early: np.ndarray  # the event before which it cannot have happened
-    key: np.ndarray
-    start: np.ndarray
-    stop: np.ndarray
-    op: np.ndarray
-    initiator: np.ndarray
-    completer: np.ndarray
-    vm: np.ndarray
-    vm_ok: np.ndarray
-    gfn: np.ndarray
-    gfn_ok: np.ndarray
-    counted: np.ndarray
-
-    def take(self, sel: np.ndarray) -> _Rows:
-        return _Rows(*(getattr(self, f)[sel] for f in self.__dataclass_fields__))
 
 
 def to_transitions(
@@ -78,6 +58,7 @@ def to_transitions(
     linear_map: tuple[int, int] | None = None,
     page_size: int = 4096,
     strict: bool = False,
+    hypercalls: Mapping[int, str] | None = None,
 ) -> tuple[pd.DataFrame, ProblemLog]:
     """Ownership transitions (TRANSITIONS) from EVENTS, by recipes, and the problems found.
 
@@ -86,19 +67,28 @@ def to_transitions(
     (``pa = addr - va + pa``; e.g. ``(0xffff000000000000, 0x40000000)`` on the samples).
     ``page_size`` is the kernel's PAGE_SIZE.  Events no recipe names are not transitions.
     ``event_index`` is the positional row of the completing event in ``events``.
+
+    Timing (docs/recipes.md "Timing"): ``runs`` narrow allocations to the hypercall that takes
+    them (:mod:`.runs`); memcache pages go to the hypervisor only when a refill takes them
+    (:mod:`.memcache`); hypervisor events in ``events`` pin a bracketed transition to the
+    hypercall that made it (:mod:`.pin`; ``hypercalls`` names ACK ``host_hcall`` ids, else the
+    built-in table of ``kernel`` when there is one).
     """
     if page_size <= 0 or page_size & (page_size - 1):
         raise InputError(f"page size {page_size}: expected a power of two")
     rs = (recipes if recipes is not None else load_recipes()).for_kernel(kernel)
     log = ProblemLog(strict=strict)
     ev = EventTable.of(events)
-    done: dict[str, _Rows] = {}
+    done: dict[str, RowSet] = {}
     for recipe in rs.ordered():
         rows = _apply(recipe, ev, linear_map, page_size, log)
         if recipe.covered_by is not None and recipe.covered_by in done and len(rows.anchor):
             rows = rows.take(~_covered(rows, done[recipe.covered_by]))
         done[recipe.name] = rows
-    frame = _assemble(ev, rs, done)
+    texts = BasisTexts()
+    settle_memcaches(ev, rs, done, texts, page_size)
+    pin_to_hypervisor(ev, rs, done, texts, hypercalls)
+    frame = _assemble(ev, rs, done, texts)
     return expand_vm_scope(frame, [r.name for r in rs if r.scope == "vm"], page_size), log
 
 
@@ -115,7 +105,7 @@ _COMPONENTS = pd.CategoricalDtype(list(COMPONENTS))
 
 def _apply(
     r: Recipe, ev: EventTable, linear_map: tuple[int, int] | None, page: int, log: ProblemLog
-) -> _Rows:
+) -> RowSet:
     """The transition rows of one recipe.
 
     Field values are read and evaluated in batches of :data:`_EVAL_BATCH` rows (every step is
@@ -135,11 +125,7 @@ def _apply(
         for i in range(0, max(n, 1), _EVAL_BATCH)
     ]  # fmt: skip
     ev_rows, keep, bad, wrong = (
-        _Rows(
-            *(np.concatenate([getattr(p[0], f) for p in parts]) for f in _Rows.__dataclass_fields__)
-        )
-        if len(parts) > 1
-        else parts[0][0],
+        RowSet.concat([p[0] for p in parts]),
         *(np.concatenate([p[k] for p in parts]) for k in (1, 2)),
         {key: np.concatenate([p[3][key] for p in parts]) for key in parts[0][3]},
     )
@@ -155,7 +141,9 @@ def _apply(
                 "bad_field",
                 f"recipe {r.name}: {key} is not one of {', '.join(vocab)}",
             )
-    return ev_rows if keep.all() else ev_rows.take(np.flatnonzero(keep))
+    if not keep.all():
+        ev_rows, finish = ev_rows.take(np.flatnonzero(keep)), finish[keep]
+    return run_windows(ev_rows, finish, r.runs) if r.runs else ev_rows
 
 
 def _evaluate(
@@ -167,7 +155,7 @@ def _evaluate(
     linear_map: tuple[int, int] | None,
     page: int,
     finish: np.ndarray,
-) -> tuple[_Rows, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+) -> tuple[RowSet, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """One batch of a recipe's rows: (rows, keep, damaged range, {label: not in vocabulary}).
 
     A row is timed at its completing event: the later of the anchor and its pair, or the
@@ -203,7 +191,7 @@ def _evaluate(
     done = np.where(partner > anchor, partner, anchor)
     done = np.where(finish > done, finish, done)
     op = np.where(codes["op"] >= 0, np.asarray(OP_CODES)[np.maximum(codes["op"], 0)], NONE)
-    rows = _Rows(
+    rows = RowSet(
         anchor,
         done,
         anchor,
@@ -218,6 +206,8 @@ def _evaluate(
         gfn,
         gfn_ok,
         counted,
+        partner,
+        np.full(n, -1, np.int32),
     )
     return rows, keep, bad, wrong
 
@@ -292,7 +282,7 @@ def _report_bad(
     )
 
 
-def _covered(rows: _Rows, cover: _Rows) -> np.ndarray:
+def _covered(rows: RowSet, cover: RowSet) -> np.ndarray:
     """Rows whose pages lie inside the range of the latest earlier covering row of the same
     task (the covering call made them)."""
     if not len(cover.anchor) or not len(rows.anchor):
@@ -303,9 +293,11 @@ def _covered(rows: _Rows, cover: _Rows) -> np.ndarray:
     return found & (cover.start[c] <= rows.start) & (rows.stop <= cover.stop[c])
 
 
-def _assemble(ev: EventTable, rs: RecipeSet, done: Mapping[str, _Rows]) -> pd.DataFrame:
+def _assemble(
+    ev: EventTable, rs: RecipeSet, done: Mapping[str, RowSet], texts: BasisTexts
+) -> pd.DataFrame:
     """TRANSITIONS rows of every recipe plus the lost markers, in event order (ties in recipe
-    order)."""
+    order); ``texts`` are the bases the timing passes gave single rows."""
     names = [n for n in rs.names if n in done]
     parts = [done[n] for n in names]
     lost = ev.rows(LOST_EVENT)
@@ -327,12 +319,13 @@ def _assemble(ev: EventTable, rs: RecipeSet, done: Mapping[str, _Rows]) -> pd.Da
     t_earliest = ev.ts[early]
     t_earliest[n_rec:] = ts[n_rec:]
     basis_names = [rs.get(n).basis for n in names]
-    basis_cats = list(dict.fromkeys([*basis_names, "trace"]))
+    basis_cats = list(dict.fromkeys([*basis_names, "trace", *texts.texts]))
+    extra = np.array([basis_cats.index(t) for t in texts.texts] or [0], np.int32)
     basis = np.concatenate(
-        [np.full(len(p.anchor), basis_cats.index(b), np.int32)
+        [np.where(p.basis >= 0, extra[np.maximum(p.basis, 0)], basis_cats.index(b))
          for p, b in zip(parts, basis_names, strict=True)]
         + [np.full(len(lost), basis_cats.index("trace"), np.int32)]
-    )  # fmt: skip
+    ).astype(np.int32)  # fmt: skip
     op = col("op", OPS.index("lost"), np.int8)
     start, stop = col("start", 0, np.uint64), col("stop", 0, np.uint64)
     df = pd.DataFrame(

@@ -23,6 +23,7 @@ from s2trace.trace.recipes.model import (
     Complete,
     Condition,
     Context,
+    Memcache,
     Override,
     Pair,
     Recipe,
@@ -61,6 +62,9 @@ _KEYS = {
     "complete",
     "scope",
     "basis",
+    "runs",
+    "hypercall",
+    "memcache",
 }
 _OVERRIDABLE = {"op", "initiator", "completer", "counted"}
 
@@ -185,6 +189,9 @@ def _recipe(item: Mapping[str, Any], path: Path, index: int) -> Recipe:
         covered_by=text("covered_by"),
         when=tuple(_override(o, where) for o in _list(item.get("when", []), where, "when")),
         complete=_complete(item.get("complete"), where),
+        runs=_runs(item.get("runs", []), where),
+        hypercall=_names(item.get("hypercall", []), where, "hypercall"),
+        memcache=_memcache(item.get("memcache"), where),
         scope=text("scope", "pages", ("pages", "vm")),
         basis=text("basis", "trace") or "trace",
         kernels=text("kernels", "") or "",
@@ -247,6 +254,37 @@ def _complete(value: Any, where: str) -> Complete | None:
     return Complete(tuple(events), tuple(unless))
 
 
+def _runs(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 20 for v in value
+    ):
+        raise InputError(f"{where}: runs must be a list of positive integers (e.g. [2, 1])")
+    return tuple(value)
+
+
+def _names(value: Any, where: str, key: str) -> tuple[str, ...]:
+    value = [value] if isinstance(value, str) else value
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InputError(f"{where}: {key} must be a name or a list of names")
+    return tuple(value)
+
+
+def _memcache(value: Any, where: str) -> Memcache | None:
+    if value is None:
+        return None
+    keys = {"fill", "refill", "free", "key", "min"}
+    if not isinstance(value, dict) or set(value) - keys:
+        raise InputError(f"{where}: memcache must be a table with {', '.join(sorted(keys))}")
+    fill, free = value.get("fill"), value.get("free")
+    refill = _names(value.get("refill", []), where, "memcache.refill")
+    texts = [fill, value.get("key", "mc"), value.get("min", "min_pages")]
+    if not all(isinstance(t, str) and t for t in texts) or not refill:
+        raise InputError(f"{where}: memcache needs fill (an event) and refill (events)")
+    if free is not None and not (isinstance(free, str) and free):
+        raise InputError(f"{where}: memcache.free must be an event name")
+    return Memcache(str(fill), refill, free, str(texts[1]), str(texts[2]))
+
+
 def _override(value: Any, where: str) -> Override:
     if not isinstance(value, dict) or "where" not in value:
         raise InputError(f"{where}: each [[recipe.when]] needs 'where' and values to replace")
@@ -287,5 +325,7 @@ def _check(r: Recipe, where: str) -> None:
         raise InputError(f"{where}: uses pair.* fields but has no [recipe.pair]")
     if "ctx" in sources and r.context is None:
         raise InputError(f"{where}: uses ctx.* fields but has no [recipe.context]")
+    if r.runs and r.complete is None:
+        raise InputError(f"{where}: runs needs complete (the call the allocations are made in)")
     if r.scope == "vm" and r.vm is None:
         raise InputError(f"{where}: scope = \"vm\" needs 'vm' (the VM whose pages it returns)")

@@ -25,6 +25,7 @@ __all__ = [
     "Complete",
     "Condition",
     "Context",
+    "Memcache",
     "Override",
     "Pair",
     "Recipe",
@@ -131,6 +132,26 @@ class Complete:
 
 
 @dataclass(frozen=True, slots=True)
+class Memcache:
+    """The rows' pages go into a host-side memcache (a stack), not to the hypervisor: the
+    hypervisor takes pages from its top only when a hypercall refills from it.
+
+    ``fill``: the call that pushes the pages (its ``key`` field names the memcache, its ``min``
+    field the page count it tops the memcache up to); ``refill``: calls (entry probes, with
+    their ``_ret`` return probes when traced) inside which a hypercall may take pages from the
+    task's latest filled memcache; ``free``: the call that hands the pages still in a memcache
+    (``key`` field) back to the page allocator (the host's own pages, never donated).
+    See :mod:`s2trace.trace.recipes.memcache`.
+    """
+
+    fill: str
+    refill: tuple[str, ...]
+    free: str | None = None
+    key: str = "mc"
+    min: str = "min_pages"
+
+
+@dataclass(frozen=True, slots=True)
 class Override:
     """Values that replace the recipe's when all ``where`` conditions hold (first match wins)."""
 
@@ -166,6 +187,9 @@ class Recipe:
     covered_by: str | None = None
     when: tuple[Override, ...] = ()
     complete: Complete | None = None
+    runs: tuple[int, ...] = ()
+    hypercall: tuple[str, ...] = ()
+    memcache: Memcache | None = None
     scope: str = "pages"
     basis: str = "trace"
     kernels: str = ""

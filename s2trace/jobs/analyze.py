@@ -30,8 +30,10 @@ from s2trace.trace.family import (
     linear_map_from_trace,
     stated_version,
 )
+from s2trace.trace.parse.merge import merge_events
 from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import load_recipes, to_transitions
+from s2trace.trace.recipes.hypercalls import hypercall_table
 from s2trace.trace.recipes.settle import settle_by_map
 from s2trace.trace.replay import Timeline, replay
 
@@ -151,6 +153,8 @@ def analyze(
     grounds: bool = True,
     kallsyms: str | Path | None = None,
     iomem: str | Path | None = None,
+    hyp_trace: str | Path | None = None,
+    hypercalls: str | Path | None = None,
 ) -> Analysis:
     """Read a trace (file or capture folder), derive transitions and replay them.
 
@@ -170,6 +174,12 @@ def analyze(
     The replayed end state of changed pages is checked against the dump
     (``timeline.meta["end_check"]``).  ``grounds=False`` uses neither dump nor boot evidence
     (to compare the trace with the dump, or to plot what the trace did).
+
+    ``hyp_trace``: the hypervisor's own trace buffer, on the same clock (the host traced with
+    ``trace_clock=boot``), merged into the events in time order: its hypercall events pin the
+    transitions the host only brackets (:mod:`s2trace.trace.recipes.pin`).  ``hypercalls``: the
+    kernel's ``arch/arm64/include/asm/kvm_asm.h`` (or a TOML ``names = [...]``), needed to
+    name ACK ``host_hcall`` ids (ACK numbers its hypercalls its own way).
     """
 
     source = Path(path)
@@ -194,11 +204,23 @@ def analyze(
     release_memory()  # each stage's freed temporaries: not held into the next stage's peak
     problems = ProblemLog(strict=strict)
     problems.extend(trace.problems)
+    events = trace.events
+    if hyp_trace is not None:
+        hyp = read_trace(hyp_trace, strict=strict, progress=progress, use_cache=use_cache)
+        problems.extend(hyp.problems)
+        events = merge_events(events, hyp.events)
+        meta["hyp_trace"] = f"{hyp_trace} ({len(hyp.events)} events, merged by time)"
+    table = hypercall_table(path=hypercalls) if hypercalls is not None else None
+    if table is None and (events["event"] == "host_hcall").any():
+        meta["hypercall_pins"] = (
+            "host_hcall events not used to time transitions: their ids need the kernel's own "
+            "kvm_asm.h (hypercalls=...)"
+        )
     if trace.notes:
         meta["trace_notes"] = "; ".join(trace.notes)
     every = load_recipes(list(recipes))
     choice = choose_kernel(
-        trace.events,
+        events,
         every,
         given=given,
         capture=stated,
@@ -209,20 +231,21 @@ def analyze(
     meta["kernel_family"] = choice.header()
     meta["kernel_source"] = choice.source
     recipe_set = every.for_kernel(kernel)
-    ignored = ignored_events(trace.events, every, recipe_set)
+    ignored = ignored_events(events, every, recipe_set)
     if ignored:
         meta["ignored_events"] = ", ".join(f"{e} x{n}" for e, n in sorted(ignored.items()))
     if linear_map is None:
-        linear_map, how = linear_map_from_trace(trace.events, page_size)
+        linear_map, how = linear_map_from_trace(events, page_size)
         if linear_map is not None:
             meta["linear_map_source"] = f"inferred from the trace: {how}"
     transitions, recipe_problems = to_transitions(
-        trace.events,
+        events,
         recipe_set,
         kernel=kernel,
         linear_map=linear_map,
         page_size=page_size,
         strict=strict,
+        hypercalls=table,
     )
     problems.extend(recipe_problems)
     confirm_alike(choice, transitions)
@@ -252,7 +275,7 @@ def analyze(
         trace=str(source),
         format=trace.fmt,
         lines=trace.lines,
-        events=len(trace.events),
+        events=len(events),
         transitions=len(transitions),
         violations=len(timeline.violations),
     )
@@ -264,4 +287,4 @@ def analyze(
             f"{check['pages_checked']} changed page(s) compared with the dump: "
             f"{check['pages_disagreeing']} disagree"
         )
-    return Analysis(source, trace.events, transitions, timeline, problems, kernel, meta)
+    return Analysis(source, events, transitions, timeline, problems, kernel, meta)

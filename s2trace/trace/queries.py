@@ -147,7 +147,9 @@ def basis_words(iv: pd.DataFrame, idx: np.ndarray, at: np.ndarray) -> np.ndarray
     known = ~np.isnan(cause)
     trace = known & (basis == TRACE_BASIS)
     out[trace] = "trace line " + line[trace]
-    rule = known & np.array([str(b).startswith("rule:") for b in basis], dtype=bool)
+    rule = known & np.array(
+        [str(b).startswith(("rule:", "trace:", "uncertain:")) for b in basis], dtype=bool
+    )
     out[rule] = basis[rule] + " (trace line " + line[rule] + ")"
     pre = np.flatnonzero(basis == PRECONDITION)
     if len(pre):

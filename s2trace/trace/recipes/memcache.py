@@ -34,9 +34,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from s2trace.pkvm.rules import COMPONENTS, OPS
-from s2trace.trace.parse.field_access import parse_uint
+from s2trace.trace.parse.field_access import extract_rows, parse_uint
 from s2trace.trace.parse.formats import LOST_EVENT
 from s2trace.trace.recipes.model import Memcache, RecipeSet
 from s2trace.trace.recipes.related import EventTable, latest_before_keyed, nearest_keyed
@@ -93,11 +95,13 @@ def _settle(
     if not len(fills):
         return
     push = _pushes(ev, mc, names, done, fills)
-    vals = ev.values(fills, [mc.key, mc.min])
-    fill_mc, ok_mc = parse_uint(vals[mc.key])
-    fill_min, ok_min = parse_uint(vals[mc.min])
+    fill_mc, ok_mc = _uint_field(ev, fills, mc.key)
     fill_mc = np.where(ok_mc, fill_mc, np.uint64(0)).astype(np.uint64)
-    fill_min = np.where(ok_min, fill_min, np.uint64(1 << 62)).astype(np.int64)  # unread: inexact
+    # the page count matters only where a top-up allocated (few): read it there only
+    fill_min = np.full(len(fills), 1 << 62, np.int64)  # unread: inexact
+    pushing = np.flatnonzero(np.isin(fills, push.fill))
+    got, ok_min = _uint_field(ev, fills[pushing], mc.min)
+    fill_min[pushing[ok_min]] = got[ok_min].astype(np.int64)
     refill = _refills(ev, mc, fills, fill_mc)
     frees, free_mc = _frees(ev, mc)
     page_rows = {n: rows for n, rows in done.items() if n not in scoped}
@@ -164,8 +168,25 @@ def _frees(ev: EventTable, mc: Memcache) -> tuple[np.ndarray, np.ndarray]:
     if mc.free is None:
         return np.zeros(0, np.int64), np.zeros(0, np.uint64)
     rows = ev.rows(mc.free)
-    values, ok = parse_uint(ev.values(rows, [mc.key])[mc.key])
+    values, ok = _uint_field(ev, rows, mc.key)
     return rows[ok], values[ok]
+
+
+def _uint_field(ev: EventTable, rows: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A number field of ``rows``, read once per distinct text: a vCPU's top-ups all print the
+    same fields (tens of thousands of calls, a handful of memcaches), and the rows' text is
+    taken first (the field reader's cost grows with the whole table, not with ``rows``)."""
+    if not len(rows):
+        return np.zeros(0, np.uint64), np.zeros(0, bool)
+    coded = pc.dictionary_encode(ev.text.take(pa.array(rows)))
+    chunks = coded.chunks if isinstance(coded, pa.ChunkedArray) else [coded]
+    if len(chunks) != 1:  # the dictionary is per chunk: one chunk after combining
+        coded = pa.chunked_array(chunks).combine_chunks()
+        chunks = [coded]
+    uniq = chunks[0].dictionary
+    values, ok = parse_uint(extract_rows(uniq, None, [name])[name])
+    index = chunks[0].indices.to_numpy(zero_copy_only=False)
+    return values[index], ok[index]
 
 
 @dataclass
@@ -310,7 +331,13 @@ def _settle_rest(
         _decide([p for p in known if push.page[p] in gone], _NEVER, win, kind, early, last)
         _decide([p for p in known if push.page[p] not in gone], _TAKEN, win, kind, early, last)
         return
-    _decide(stack, _UNCERTAIN, win or (lo, lo), kind, early, last)
+    if exact:
+        _decide(stack, _UNCERTAIN, win or (lo, lo), kind, early, last)
+        return
+    for p in stack:  # the count is lost: any refill since the page's own top-up may have taken it
+        if p >= 0:
+            own = _window(refill, m, int(push.fill[p]), hi)
+            _decide([p], _UNCERTAIN, own or (int(push.anchor[p]),) * 2, kind, early, last)
 
 
 def _decide(

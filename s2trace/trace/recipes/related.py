@@ -70,7 +70,13 @@ class EventTable:
     def values(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, pa.Array]:
         if not names or not len(rows):
             return {n: pa.nulls(len(rows), pa.string()) for n in names}
+        if len(rows) * _FEW < len(self.text):  # the reader's cost follows the whole column:
+            return extract_rows(self.text.take(pa.array(rows)), None, names)  # copy a few first
         return extract_rows(self.text, rows, names)
+
+
+#: Below one row in this many, the rows' text is copied before fields are read from it.
+_FEW = 64
 
 
 def _chunked(values: pd.Series) -> pa.ChunkedArray:

@@ -204,9 +204,10 @@ def test_hand_checked_stack(tmp_path):
     """Top-up 1 pushes A0-A2 and the first share takes all three (the hypervisor's memcache is
     empty) and uses one; top-up 2 allocates three pages (so all of A was taken) and pushes
     B0-B2; the second share takes one (B2, the top: the hypervisor still held two) and uses one;
-    top-up 3 allocates one page, C0 (so one page, B2, was taken); the third share may have taken
-    C0, B1, B0 -- the trace alone cannot tell (it took C0: the hypervisor held two).  The host then frees
-    its memcache: free_pages of B0 and B1 only, so C0 was taken by the third share."""
+    top-up 3 allocates one page, C0 (so one page, B2, was taken); the third share may have
+    taken C0, B1, B0 -- the trace alone cannot tell (it took C0: the hypervisor held two).  The
+    host then frees its memcache: free_pages of B0 and B1 only, so C0 was taken by the third
+    share."""
     k = _Kernel(np.random.default_rng(0), free_pages=True)
     k.emit("s2_pkvm_create_hyp_vm", f"(pkvm_create_hyp_vm+0x0/0x1a8) host_kvm={KVM:#x}")
     mc = 0xFFFF000005C7C238

@@ -38,9 +38,7 @@ def merge_events(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     event = union_categoricals(
         [first["event"].astype("category"), second["event"].astype("category")]
     )
-    both = pd.concat(
-        [first.drop(columns="event"), second.drop(columns="event")], ignore_index=True
-    )
+    both = pd.concat([first.drop(columns="event"), second.drop(columns="event")], ignore_index=True)
     both.insert(list(EVENTS.names).index("event"), "event", pd.Series(event))
     out = both.iloc[order].reset_index(drop=True)
     EVENTS.check(out)

@@ -51,15 +51,15 @@ def test_owner_before_and_after(capsys):
     _, before, _ = run(capsys, "owner", SAMPLE, "0x48115000", "--at", "18.5")
     _, after, _ = run(capsys, "owner", SAMPLE, "0x48115000", "--at", "18.6")
     assert "owner host, host owned" in before
-    # donated by __pkvm_init_vm: after the allocation returned (line 28, 18.548758), certainly
-    # by pkvm_create_hyp_vm's return (line 33, 18.549893)
-    assert "owner hyp, host nopage" in after and "since t=18.549893" in after
-    assert "happened after t=18.548758" in after and "basis: trace line 33" in after
+    # donated by __pkvm_init_vm: after the hyp VM's allocation returned (line 30, 18.548803),
+    # certainly by the first vCPU allocation's entry (line 31, 18.549583; §KF-3.7)
+    assert "owner hyp, host nopage" in after and "since t=18.549583" in after
+    assert "happened after t=18.548803" in after and "basis: trace line 31" in after
 
 
 def test_explain_names_the_event(capsys):
     code, out, _ = run(capsys, "explain", SAMPLE, "0x438f7000")
-    assert code == 0 and "donate" in out and "18.548803" in out and "line 33" in out
+    assert code == 0 and "donate" in out and "18.548803" in out and "line 31" in out
 
 
 def test_timeline_and_violations_formats(capsys):

@@ -111,7 +111,8 @@ def test_sample_hand_checked(sample):
     assert n[(PERFETTO_PID_BASE + 2, 0)] == "s2trace owner hyp"
     # ftrace.txt: kvm_share_hyp 0x4393d000 (1 page) at 18.538323, 0x44c38000 (2 pages) at
     # 18.544941; donations 0x48115000 (1), 0x438f6000 (2) and 0x438f8000 (2), allocated at
-    # 18.548758, 18.548803 and 18.549619, certain at pkvm_create_hyp_vm's return (18.549893).
+    # 18.548758, 18.548803 and 18.549619: the first two certain at the vCPU allocation's entry
+    # (18.549583), the vCPU at pkvm_create_hyp_vm's return (18.549893).
     # Tracks: the 5 ranges, per owner that held them.
     host_tracks = sorted(v for (p, t), v in n.items() if p == PERFETTO_PID_BASE + 1 and t)
     assert host_tracks == [
@@ -125,7 +126,9 @@ def test_sample_hand_checked(sample):
     assert counters == [
         (18537023.0, "host", 32768),  # 8 + 8 + 4 + 8 + 4 KiB touched
         (18537023.0, "hyp", 0),
-        (18549893.0, "host", 12288),
+        (18549583.0, "host", 20480),  # pgd + hyp VM: __pkvm_init_vm (§KF-3.7)
+        (18549583.0, "hyp", 12288),
+        (18549893.0, "host", 12288),  # the hyp vCPU: __pkvm_init_vcpu
         (18549893.0, "hyp", 20480),
     ]
     xs = events(doc, "X")

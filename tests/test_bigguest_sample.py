@@ -59,7 +59,7 @@ def test_end_state_agrees_with_the_dump_but_for_known_gaps(big):
     check = big.timeline.meta["end_check"]
     assert check["pages_checked"] > 50_000
     # the memcache pages the live VMs' host memcaches still hold are no donation: the top-up
-    # counts leave them uncertain and the dump settles them (docs/kernel-facts.md §KF-3.8);
+    # counts leave them uncertain and the dump settles them (docs/kernel-facts.md §KF-3.9);
     # what remains is the second page of a struct kvm that the dump's vmemmap shows unshared
     # (unexplained)
     assert big.meta["settled_by_dump"].startswith("6 uncertain row(s) never happened")

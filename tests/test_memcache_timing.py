@@ -4,7 +4,7 @@ The kernel (arch/arm64/kvm/mmu.c ``topup_hyp_memcache`` -> ``__topup_hyp_memcach
 on a host-side stack until it holds ``min_pages``; arch/arm64/kvm/hyp/nvhe/mm.c
 ``refill_memcache`` -> ``admit_host_page`` pops from the top while the hypervisor's own memcache
 holds fewer than the host's did at the call; hyp-main.c calls it from the guest-share hypercall;
-docs/kernel-facts.md §KF-3.8) is simulated here one event at a time, with a random number of
+docs/kernel-facts.md §KF-3.9) is simulated here one event at a time, with a random number of
 pages the hypervisor uses up in each hypercall (which no trace shows).  The simulation writes the
 7.3 kprobe lines (headers as in ``sample-traces/qemu-pkvm-7.3-lifecycle``) and knows when each
 page really went to the hypervisor; s2trace must never claim otherwise: a page it calls taken

@@ -6,7 +6,7 @@ the host's.  The hypervisor takes pages from the top of that stack only when a h
 its own memcache from it (``refill_memcache`` -> ``admit_host_page`` -> ``__pkvm_host_donate_hyp``
 for each page, in ``arch/arm64/kvm/hyp/nvhe/mm.c``; called by the guest-share and guest-donate
 hypercalls with the host vCPU's memcache, ``hyp-main.c``); ``free_hyp_memcache`` hands whatever
-is left back to the page allocator (docs/kernel-facts.md §KF-3.8).
+is left back to the page allocator (docs/kernel-facts.md §KF-3.9).
 
 What the trace can say, per memcache (the ``mc`` field of the fill call):
 

@@ -7,6 +7,7 @@ the register recovery use the image placement.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -89,7 +90,16 @@ def read_kallsyms(source: str | Path) -> pd.DataFrame:
     :func:`s2trace.pkvm.kallsyms.parse_kallsyms` (lines that are not ``ADDR TYPE NAME`` are
     an :class:`InputError` naming its line here: evidence must be the boot's own file)."""
 
-    text, name = _text(source)
+    return _kallsyms_frame(*_text(source)).copy()
+
+
+# One capture's jobs read the same evidence files more than once (the walk's page states, the
+# check): the parse of the last few files is kept, keyed by their name and whole content.
+_PARSED = 8
+
+
+@functools.lru_cache(maxsize=_PARSED)
+def _kallsyms_frame(text: str, name: str) -> pd.DataFrame:
     k = parse_kallsyms(text, name, strict=True)
     return pd.DataFrame(
         {
@@ -112,7 +122,11 @@ _IOMEM = re.compile(r"^(\s*)([0-9a-fA-F]+)-([0-9a-fA-F]+)\s*:\s*(.*?)\s*$")
 
 def read_iomem(source: str | Path) -> pd.DataFrame:
     """``/proc/iomem`` as ``start, end (exclusive), name, depth``."""
-    text, name = _text(source)
+    return _iomem_frame(*_text(source)).copy()
+
+
+@functools.lru_cache(maxsize=_PARSED)
+def _iomem_frame(text: str, name: str) -> pd.DataFrame:
     lines = pd.Series(text.splitlines(), dtype="string")
     lines = lines[lines.str.strip() != ""]
     parts = lines.str.extract(_IOMEM)

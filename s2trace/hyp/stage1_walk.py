@@ -105,7 +105,7 @@ def walk_hyp(
     traversal = TableWalk.of(
         memory, config, lambda raw, level: decode_stage1(raw, g, level), log, progress=progress
     )
-    pieces: list[pd.DataFrame] = []
+    pieces: list[dict[str, Any]] = []
     for chunk in traversal:
         kind = chunk.decoded.kind
         sel = np.flatnonzero((kind == _BLOCK) | (kind == _PAGE))
@@ -133,7 +133,12 @@ def _cat(codes: np.ndarray, names: list[str]) -> pd.Categorical[Any]:
     return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(names), validate=False)
 
 
-def _rows(chunk: LevelChunk, sel: np.ndarray, config: Stage1Config, states: str) -> pd.DataFrame:
+#: Categorical columns of the hyp map (their codes are gathered per chunk, the frame built once).
+_CATEGORICAL = ("kind", "memattr", "ap", "sh", "hyp_state")
+
+
+def _rows(chunk: LevelChunk, sel: np.ndarray, config: Stage1Config, states: str) -> dict[str, Any]:
+    """The map columns of one chunk's leaves as arrays (categoricals as codes)."""
     raw = chunk.raw[sel]
     f = leaf_fields(raw, config)
     cats = _categories(config, states)
@@ -147,38 +152,44 @@ def _rows(chunk: LevelChunk, sel: np.ndarray, config: Stage1Config, states: str)
         memattr = np.full(n, -1, dtype=np.int8)
     sh = f["sh"].astype(np.int8) if not config.geometry.ds else np.full(n, -1, np.int8)
     hyp_state = (f["sw"] & 3).astype(np.int8) if states == "pte" else np.zeros(n, dtype=np.int8)
-    uxn = pd.arrays.BooleanArray(f["uxn"], np.full(n, not config.e2h))
-    return pd.DataFrame(
-        {
-            "va_start": chunk.ipa[sel],
-            "size": np.full(n, config.geometry.span(chunk.level), dtype=np.uint64),
-            "pa": chunk.decoded.addr[sel],
-            "level": np.full(n, chunk.level, dtype=np.int8),
-            "kind": _cat(np.where(kind == _BLOCK, 0, 1).astype(np.int8), cats["kind"]),
-            "attrindx": f["attrindx"],
-            "memattr": _cat(memattr, cats["memattr"]),
-            "ap": _cat(np.take(ap_table, f["ap"]), cats["ap"]),
-            "sh": _cat(sh, cats["sh"]),
-            "af": f["af"],
-            "pxn": f["pxn"],
-            "uxn": uxn,
-            "sw": f["sw"],
-            "hyp_state": _cat(hyp_state, cats["hyp_state"]),
-            "table_pa": chunk.table_pa[sel],
-            "index": chunk.index[sel],
-            "raw": raw,
-        }
-    )
+    return {
+        "va_start": chunk.ipa[sel],
+        "size": np.full(n, config.geometry.span(chunk.level), dtype=np.uint64),
+        "pa": chunk.decoded.addr[sel],
+        "level": np.full(n, chunk.level, dtype=np.int8),
+        "kind": np.where(kind == _BLOCK, 0, 1).astype(np.int8),
+        "attrindx": f["attrindx"],
+        "memattr": memattr,
+        "ap": np.take(ap_table, f["ap"]),
+        "sh": sh,
+        "af": f["af"],
+        "pxn": f["pxn"],
+        "uxn": f["uxn"],
+        "sw": f["sw"],
+        "hyp_state": hyp_state,
+        "table_pa": chunk.table_pa[sel],
+        "index": chunk.index[sel],
+        "raw": raw,
+    }
 
 
-def _finish(pieces: list[pd.DataFrame], config: Stage1Config, states: str) -> pd.DataFrame:
-    if pieces:
-        out = pd.concat(pieces, ignore_index=True)
-        out = out.sort_values("va_start", kind="stable", ignore_index=True)
-    else:
+def _finish(pieces: list[dict[str, Any]], config: Stage1Config, states: str) -> pd.DataFrame:
+    """One frame from the chunks' columns, sorted by VA (stable): each column concatenated
+    and reordered once, categoricals built from their codes once."""
+    if not pieces:
         out = HYP_MAP.empty()
         for col, names in _categories(config, states).items():
             out[col] = pd.Categorical([], categories=names)
+        HYP_MAP.check(out)
+        return out
+    joined = {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    order = np.argsort(joined["va_start"], kind="stable")
+    cols: dict[str, Any] = {k: v[order] for k, v in joined.items()}
+    cats = _categories(config, states)
+    for k in _CATEGORICAL:
+        cols[k] = _cat(cols[k], cats[k])
+    cols["uxn"] = pd.arrays.BooleanArray(cols["uxn"], np.full(len(order), not config.e2h))
+    out = pd.DataFrame(cols)
     HYP_MAP.check(out)
     return out
 

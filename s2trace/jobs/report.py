@@ -34,6 +34,7 @@ from s2trace.hyp.check import CheckResult, check_dump
 from s2trace.hyp.guests import find_guests
 from s2trace.hyp.memcache import name_untraced, unnamed_topups
 from s2trace.io import open_memory
+from s2trace.io.memory import PhysicalMemory
 from s2trace.jobs.analyze import Analysis, analyze
 from s2trace.jobs.capture import Capture, is_capture, load_capture
 from s2trace.jobs.names import object_labels
@@ -92,14 +93,17 @@ class Report:
 
 
 # ---------------------------------------------------------------------------------------------
-def _walk(cap: Capture, notes: list[str], strict: bool) -> Any:
+def _walk(cap: Capture, memory: PhysicalMemory, notes: list[str], strict: bool) -> Any:
 
-    result = walk_dump(request_from_capture(cap.folder, coalesce=True, strict=strict))
+    req = request_from_capture(cap, coalesce=True, strict=strict)
+    result = walk_dump(req, memory=memory)
     notes.extend(result.notes)
     return result
 
 
-def _memcache(cap: Capture, report: Report, notes: list[str]) -> tuple[Any, Any]:
+def _memcache(
+    cap: Capture, report: Report, memory: PhysicalMemory, notes: list[str]
+) -> tuple[Any, Any]:
     """Memcache top-ups the trace cannot name, and the untraced ranges the dump's guest
     stage 2s name (:mod:`s2trace.hyp.memcache`)."""
 
@@ -111,41 +115,35 @@ def _memcache(cap: Capture, report: Report, notes: list[str]) -> tuple[Any, Any]
         return topups, None
 
     try:
-        with open_memory(list(cap.dump)) as memory:
-            guests = find_guests(
-                memory,
-                ttbr0,
-                tcr,
-                kallsyms=cap.kallsyms,
-                iomem=cap.iomem,
-                host_map=report.walk.map,
-                hcr=cap.reg("hcr_el2"),
-            )
+        guests = find_guests(
+            memory,
+            ttbr0,
+            tcr,
+            kallsyms=cap.kallsyms,
+            iomem=cap.iomem,
+            host_map=report.walk.map,
+            hcr=cap.reg("hcr_el2"),
+        )
     except InputError as exc:
         notes.append(f"memcache pages not named from the dump: {exc}")
         return topups, None
     return topups, name_untraced(report.untraced, guests)
 
 
-def _check(cap: Capture, notes: list[str]) -> Any | None:
+def _check(cap: Capture, memory: PhysicalMemory, notes: list[str]) -> Any | None:
     regs = ("vttbr_el2", "vtcr_el2", "ttbr0_el2", "tcr_el2")
     if any(cap.reg(r) is None for r in regs):
         notes.append("hyp bookkeeping not checked: capture.toml gives no TTBR0_EL2/TCR_EL2")
         return None
-
-    memory = open_memory(list(cap.dump))
-    try:
-        return check_dump(
-            memory,
-            *(int(cap.reg(r)) for r in regs),  # type: ignore[arg-type]
-            kernel=cap.kernel,
-            hcr=cap.reg("hcr_el2"),
-            mair=cap.reg("mair_el2"),
-            kallsyms=cap.kallsyms,
-            iomem=cap.iomem,
-        )
-    finally:
-        memory.close()
+    return check_dump(
+        memory,
+        *(int(cap.reg(r)) for r in regs),  # type: ignore[arg-type]
+        kernel=cap.kernel,
+        hcr=cap.reg("hcr_el2"),
+        mair=cap.reg("mair_el2"),
+        kallsyms=cap.kallsyms,
+        iomem=cap.iomem,
+    )
 
 
 def _diff(analysis: Analysis, walk_map: pd.DataFrame) -> pd.DataFrame:
@@ -177,8 +175,36 @@ def build_report(
         raise InputError(f"{capture_dir}: not a capture folder (no capture.toml, no host-s2.elf)")
     cap = load_capture(capture_dir)
     notes: list[str] = []
-    walked = _walk(cap, notes, strict)
-    report = Report(cap, walked, summarize(walked), notes=notes)
+    # The dump is opened once: the walk and the check read the same memory.
+    with open_memory(list(cap.dump)) as memory:
+        walked = _walk(cap, memory, notes, strict)
+        report = Report(cap, walked, summarize(walked), notes=notes)
+        _rest(
+            report,
+            memory,
+            trace=trace,
+            check=check,
+            memcache=memcache,
+            strict=strict,
+            use_cache=use_cache,
+        )
+    if out_dir is not None:
+        report.files = write_outputs(report, out_dir, plots=plots)
+    return report
+
+
+def _rest(
+    report: Report,
+    memory: PhysicalMemory,
+    *,
+    trace: bool,
+    check: bool,
+    memcache: bool,
+    strict: bool,
+    use_cache: bool,
+) -> None:
+    """The stages after the walk: trace, diff and memcache naming, then the check."""
+    cap, walked, notes = report.capture, report.walk, report.notes
     if cap.trace is not None and not trace:
         notes.append("trace not read (not asked for): no replay, diff or memcache naming")
     elif cap.trace is not None:
@@ -187,14 +213,11 @@ def build_report(
         )  # the report compares the trace with the dump: the dump is not its ground
         report.diff = _diff(report.analysis, walked.map)
         if memcache:
-            report.topups, report.memcache = _memcache(cap, report, notes)
+            report.topups, report.memcache = _memcache(cap, report, memory, notes)
     else:
         notes.append("no trace in the capture: nothing to replay")
     if check:
-        report.check = _check(cap, notes)
-    if out_dir is not None:
-        report.files = write_outputs(report, out_dir, plots=plots)
-    return report
+        report.check = _check(cap, memory, notes)
 
 
 # ---------------------------------------------------------------------------------------------

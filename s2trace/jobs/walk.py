@@ -56,11 +56,11 @@ class DumpRequest:
     capture: Capture | None = None  # the Capture it came from, if any
 
 
-def request_from_capture(folder: str | Path, **overrides: Any) -> DumpRequest:
-    """A request from a capture folder's ``capture.toml`` (or its conventional layout);
-    ``overrides`` that are not None win over the folder's values."""
+def request_from_capture(folder: str | Path | Capture, **overrides: Any) -> DumpRequest:
+    """A request from a capture folder's ``capture.toml`` (or its conventional layout, or a
+    :class:`Capture` already loaded); ``overrides`` that are not None win over its values."""
 
-    cap = load_capture(folder)
+    cap = folder if isinstance(folder, Capture) else load_capture(folder)
     req = DumpRequest(
         specs=tuple(cap.dump),
         vttbr=cap.reg("vttbr_el2"),
@@ -125,10 +125,13 @@ def walk_dump(
     req: DumpRequest,
     progress: Callable[[int, int], None] | None = None,
     sink: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    memory: PhysicalMemory | None = None,
 ) -> WalkResult:
     """Open ``req.specs``, walk the host stage 2 and return the WalkResult (map with vmemmap
     page states where they can be read; ``notes`` says what was decided).  ``sink``: the map
-    goes to it piece by piece instead (see :func:`write_map`)."""
+    goes to it piece by piece instead (see :func:`write_map`).  ``memory``: ``req.specs``
+    already opened (by a caller that reads it again, e.g. for the check); left open."""
 
     if (req.vttbr is None) != (req.vtcr is None):
         raise InputError("VTTBR_EL2 and VTCR_EL2 go together")
@@ -143,7 +146,9 @@ def walk_dump(
     if req.ttbr0_el2 is not None and req.tcr_el2 is not None:
         hyp = (req.ttbr0_el2, req.tcr_el2, req.hcr_el2)
     best_effort = hyp is None
-    memory = open_memory(list(req.specs), base=req.base)
+    owned = memory is None
+    if memory is None:
+        memory = open_memory(list(req.specs), base=req.base)
     try:
         if config is None:
             regs, note = registers_from_memory(memory, req.kallsyms, req.iomem, label=req.specs[0])
@@ -172,7 +177,8 @@ def walk_dump(
                     raise
                 notes.append(f"page states not read from the vmemmap: {exc}")
     finally:
-        memory.close()
+        if owned:
+            memory.close()
     for p in getattr(memory, "problems", []):
         result.problems.add(p)
     result.notes = notes

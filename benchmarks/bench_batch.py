@@ -53,9 +53,9 @@ def make_fleet(folder: Path, count: int, size: int) -> list[str]:
     return [s.name for s in seeds]
 
 
-def _children_cpu() -> float:
+def _children() -> tuple[float, float]:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+    return ru.ru_utime, ru.ru_stime
 
 
 def run_batch(fleet: Path, out: Path, workers: int, stages: str, cache: Path) -> dict:
@@ -64,17 +64,34 @@ def run_batch(fleet: Path, out: Path, workers: int, stages: str, cache: Path) ->
            "-o", str(out), "--workers", str(workers)]  # fmt: skip
     if stages != "all":
         cmd += ["--stages", stages]
-    cpu0, load0 = _children_cpu(), os.getloadavg()[0]
+    (user0, sys0), load0 = _children(), os.getloadavg()[0]
+    # /usr/bin/time-style peak: the largest resident set of the batch process or a worker
+    # (workers are the batch's descendants, reaped before it exits).
+    wrap = [sys.executable, "-c", _PEAK, *cmd]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, env={**_ENV, "S2TRACE_CACHE": str(cache)})
+    done = subprocess.run(
+        wrap, check=True, capture_output=True, text=True,
+        env={**_ENV, "S2TRACE_CACHE": str(cache)},
+    )  # fmt: skip
     wall = time.perf_counter() - t
+    user1, sys1 = _children()
     summary = pd.read_parquet(out / "summary.parquet")
     return {
         "wall": wall,
-        "cpu": _children_cpu() - cpu0,
+        "user": user1 - user0,
+        "sys": sys1 - sys0,
+        "peak_mib": int(done.stdout.strip().splitlines()[-1]) / 1024,
         "load": (load0, os.getloadavg()[0]),
         "summary": summary,
     }
+
+
+#: Runs the command, then prints the largest peak RSS (KiB) of it and its descendants.
+_PEAK = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
 
 
 def main() -> None:
@@ -84,16 +101,30 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--stages", default="check,summary", help="comma-separated, or 'all'")
     ap.add_argument("--repeat", type=int, default=1, help="runs per worker count (best kept)")
+    ap.add_argument(
+        "--fleet",
+        type=Path,
+        help="keep the fleet in this folder and reuse it when it already holds --count captures",
+    )
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")  # fmt: skip
+          f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M %Z')}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        fleet = Path(tmp) / "fleet"
-        fleet.mkdir()
+        fleet = args.fleet or Path(tmp) / "fleet"
+        fleet.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        seeds = make_fleet(fleet, args.count, args.size)
-        print(f"fleet of {args.count} captures (in turn: {', '.join(seeds)}) built in "
-              f"{time.perf_counter() - t:.0f} s")  # fmt: skip
+        seeds_file = fleet / "seeds.txt"
+        if seeds_file.exists() and len(list(fleet.glob("cap-*"))) == args.count:
+            seeds = seeds_file.read_text().split()
+            print(f"fleet of {args.count} captures reused from {fleet}")
+        else:
+            for old in fleet.glob("cap-*"):
+                shutil.rmtree(old)
+            seeds = make_fleet(fleet, args.count, args.size)
+            seeds_file.write_text("\n".join(seeds) + "\n")
+            print(f"fleet of {args.count} captures built in {time.perf_counter() - t:.0f} s")
+        print(f"  in turn: {', '.join(seeds)}")
         for n in args.workers:
             best = None
             for r in range(args.repeat):
@@ -104,9 +135,11 @@ def main() -> None:
                 per = s.groupby(s.index % len(seeds))["seconds"]
                 print(
                     f"batch --stages {args.stages}, {n} worker(s): {res['wall']:.1f} s wall, "
-                    f"{res['cpu']:.1f} s CPU for {len(s)} captures "
+                    f"{res['user'] + res['sys']:.1f} s CPU ({res['user']:.1f} user + "
+                    f"{res['sys']:.1f} sys) for {len(s)} captures "
                     f"({len(s) / res['wall']:.1f} captures/s), {failed} failed, "
-                    f"load {res['load'][0]:.1f} -> {res['load'][1]:.1f}"
+                    f"peak RSS {res['peak_mib']:.0f} MiB (largest process), "
+                    f"load {res['load'][0]:.2f} -> {res['load'][1]:.2f}"
                 )
                 if r == 0:
                     means = per.mean()

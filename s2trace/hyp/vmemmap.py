@@ -173,6 +173,9 @@ def _state_codes(values: np.ndarray, layout: HypPageLayout) -> np.ndarray:
     return np.take(lut, values.astype(np.intp))
 
 
+_STATES_DTYPE = pd.CategoricalDtype(list(STATES))
+
+
 def decode_entries(raw: np.ndarray, layout: HypPageLayout) -> dict[str, object]:
     """Members of ``struct hyp_page`` entries given as little-endian integers (vectorised)."""
     raw = np.asarray(raw, dtype=np.uint64)
@@ -189,7 +192,7 @@ def decode_entries(raw: np.ndarray, layout: HypPageLayout) -> dict[str, object]:
         )
     else:
         count = pd.arrays.IntegerArray(np.zeros(n, np.uint32), np.ones(n, bool))
-    cat = pd.CategoricalDtype(list(STATES))
+    cat = _STATES_DTYPE
     return {
         "refcount": _get(raw, layout.refcount).astype(np.uint16),
         "order": _get(raw, layout.order).astype(np.uint16),
@@ -205,6 +208,20 @@ def _runs(values: np.ndarray) -> list[tuple[int, int]]:
         return []
     cuts = np.flatnonzero(np.diff(values) != 1) + 1
     return [(int(r[0]), int(r[-1])) for r in np.split(values, cuts)]
+
+
+def _entries(
+    words: np.ndarray, bytes_: np.ndarray, rows: np.ndarray, offs: np.ndarray, size: int, page: int
+) -> np.ndarray:
+    """The little-endian ``size``-byte entries at byte ``offs`` of page ``rows``: one gather
+    of whole words when the entries are aligned words (the usual case), else byte by byte."""
+    if size in (1, 2, 4, 8) and not (offs % size).any():
+        per_page = words.view(f"<u{size}").reshape(bytes_.shape[0], page // size)
+        return per_page[rows, offs // size].astype(np.uint64)
+    entry = np.zeros(rows.size, dtype=np.uint64)
+    for b in range(size):
+        entry |= bytes_[rows, offs + b].astype(np.uint64) << np.uint64(8 * b)
+    return entry
 
 
 def read_vmemmap(
@@ -231,7 +248,11 @@ def read_vmemmap(
     va = np.uint64(vmemmap_va) + pfns * size
     page = np.uint64(page_size)
     vpage = va - va % page
-    upages, inverse = np.unique(vpage, return_inverse=True)
+    # pfns are sorted and distinct, so their hyp pages are sorted: runs, not a search.
+    first = np.ones(vpage.size, bool)
+    np.not_equal(vpage[1:], vpage[:-1], out=first[1:])
+    upages = vpage[first]
+    inverse = np.cumsum(first) - 1
     pa_pages, mapped = translate(upages)  # type: ignore[operator]
     words, present = memory.gather(np.where(mapped, pa_pages, 0).astype(np.uint64), page_size)
     present &= mapped
@@ -251,9 +272,7 @@ def read_vmemmap(
     bytes_ = words.view(np.uint8).reshape(len(upages), page_size)
     offs = (va[keep] % page).astype(np.intp)
     rows = inverse[keep]
-    entry = np.zeros(keep.size, dtype=np.uint64)
-    for b in range(layout.size):
-        entry |= bytes_[rows, offs + b].astype(np.uint64) << np.uint64(8 * b)
+    entry = _entries(words, bytes_, rows, offs, layout.size, page_size)
     cols = decode_entries(entry, layout)
     frame = pd.DataFrame(
         {

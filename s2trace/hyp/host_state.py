@@ -22,7 +22,7 @@ import pandas as pd
 
 from s2trace.arch.attributes import KINDS
 from s2trace.columns import HOST_STATE_MAP, MAP, PAGE_STATES
-from s2trace.hyp.stage1_walk import HYP_STATES
+from s2trace.hyp.stage1_walk import HYP_STATES, category_dtype
 from s2trace.hyp.vmemmap import STATES, KernelLayout
 from s2trace.intervals import covering, distinct
 
@@ -45,7 +45,7 @@ def _codes(cat: pd.Series | pd.Categorical, names: tuple[str, ...] = STATES) -> 
 
 def _cat(codes: np.ndarray, names: tuple[str, ...] = STATES) -> pd.Categorical[Any]:
     return pd.Categorical.from_codes(
-        codes.astype(np.int8), dtype=pd.CategoricalDtype(list(names)), validate=False
+        codes.astype(np.int8), dtype=category_dtype(names), validate=False
     )
 
 

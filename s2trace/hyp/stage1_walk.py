@@ -17,6 +17,7 @@ them; pKVM never sets them).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ from s2trace.columns import HYP_MAP
 from s2trace.errors import Problem, ProblemLog
 from s2trace.walk.tables import LevelChunk, Memory, TableWalk
 
-__all__ = ["HYP_MAP", "HYP_STATES", "HypWalkResult", "translate", "walk_hyp"]
+__all__ = ["HYP_MAP", "HYP_STATES", "HypWalkResult", "category_dtype", "translate", "walk_hyp"]
 
 _TABLE, _BLOCK, _PAGE, _INVALID, _RESERVED = range(len(KINDS))
 
@@ -130,7 +131,14 @@ def _categories(config: Stage1Config, hyp_states: str) -> dict[str, list[str]]:
 
 
 def _cat(codes: np.ndarray, names: list[str]) -> pd.Categorical[Any]:
-    return pd.Categorical.from_codes(codes, dtype=pd.CategoricalDtype(names), validate=False)
+    return pd.Categorical.from_codes(codes, dtype=category_dtype(tuple(names)), validate=False)
+
+
+@functools.lru_cache(maxsize=64)
+def category_dtype(names: tuple[str, ...]) -> pd.CategoricalDtype:
+    """The categorical dtype of ``names``, made once (pandas validates the categories of every
+    new dtype: a few hundred microseconds each, per column and per walk otherwise)."""
+    return pd.CategoricalDtype(list(names))
 
 
 #: Categorical columns of the hyp map (their codes are gathered per chunk, the frame built once).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,8 +13,9 @@ from s2trace.columns import MAP
 from s2trace.decode.build import build_descriptor
 from s2trace.errors import StrictError
 from s2trace.io import open_memory
+from s2trace.jobs.walk import request_from_capture, walk_dump
 from s2trace.walk.build import Stage2Builder
-from s2trace.walk.ownership import coalesce, summarize
+from s2trace.walk.ownership import coalesce, summarize, totals
 from s2trace.walk.ptdump import ptdump_lines, size_label
 from s2trace.walk.walker import walk
 
@@ -294,3 +297,30 @@ def test_coalesce_while_walking_equals_coalesce_after(tmp_path, profile):
     late = coalesce(_walk(b, tmp_path, identity=False).map)
     assert_same_map(early, late)
     assert len(early) < 12
+
+
+def _groupby_totals(m: pd.DataFrame, keys: list[str], dropna: bool) -> pd.DataFrame:
+    out = m.groupby(keys, observed=True, dropna=dropna)["size"].agg(["sum", "count"])
+    return out.rename(columns={"sum": "bytes", "count": "ranges"}).reset_index()
+
+
+@pytest.mark.parametrize(
+    "capture",
+    ["qemu-pkvm-6.12", "qemu-pkvm-7.3", "qemu-pkvm-7.3-lifecycle", "synthetic/buggy"],
+)
+def test_totals_equal_pandas_groupby(capture):
+    """The summary's totals, computed on category codes, equal pandas' groupby: same groups in
+    the same order, same dtypes (categories kept), also with missing owners and states (both
+    dropna settings) and on an empty map."""
+    root = Path(__file__).resolve().parents[1] / "sample-traces"
+    m = walk_dump(request_from_capture(root / capture, coalesce=True)).map
+    holes = m.copy()
+    holes.loc[holes.index[::3], "page_state"] = None
+    holes.loc[holes.index[1::4], "owner"] = None
+    assert holes["page_state"].isna().any() and holes["owner"].isna().any()
+    for frame in (m, holes, m.iloc[:0]):
+        for keys in (["owner"], ["owner", "page_state"], ["page_state"]):
+            for dropna in (True, False):
+                pd.testing.assert_frame_equal(
+                    totals(frame, keys, "ranges", dropna), _groupby_totals(frame, keys, dropna)
+                )

@@ -15,7 +15,7 @@ from s2trace.columns import MAP
 from s2trace.units import fmt_bytes
 from s2trace.walk.result import WalkResult
 
-__all__ = ["ATTRIBUTES", "Summary", "coalesce", "summarize"]
+__all__ = ["ATTRIBUTES", "Summary", "coalesce", "summarize", "totals"]
 
 #: Columns that must be equal for two neighbouring rows to merge.
 ATTRIBUTES = (
@@ -115,22 +115,49 @@ def _fmt_bytes_table(df: pd.DataFrame) -> str:
     return shown.to_string(index=False)
 
 
+def totals(m: pd.DataFrame, keys: list[str], rows: str, dropna: bool = True) -> pd.DataFrame:
+    """Bytes and rows of ``m`` per observed combination of the categorical columns ``keys``:
+    ``m.groupby(keys, observed=True, dropna=dropna)["size"].agg(["sum", "count"])`` renamed
+    ``bytes`` and ``rows``, computed on the category codes (a groupby's set-up costs more than
+    the sums on a map of a few hundred rows, and a fleet summarises thousands of maps).
+    Groups come in category order, a missing value after the categories."""
+    cats = [m[k].array for k in keys]
+    if not all(isinstance(c, pd.Categorical) for c in cats):
+        out = m.groupby(keys, observed=True, dropna=dropna)["size"].agg(["sum", "count"])
+        return out.rename(columns={"sum": "bytes", "count": rows}).reset_index()
+    codes = [np.asarray(c.codes, np.int64) for c in cats]
+    widths = [len(c.categories) + 1 for c in cats]  # NA (-1) sorts after every category
+    key = np.zeros(len(m), np.int64)
+    keep = np.ones(len(m), bool)
+    for code, width in zip(codes, widths, strict=True):
+        if dropna:
+            keep &= code >= 0
+        key = key * width + np.where(code < 0, width - 1, code)
+    size = m["size"].to_numpy(np.uint64)[keep]
+    groups, inverse = np.unique(key[keep], return_inverse=True)
+    out: dict[str, object] = {}
+    rest = groups
+    parts = []
+    for width in widths[::-1]:
+        parts.append(rest % width)
+        rest = rest // width
+    for k, c, part in zip(keys, cats, parts[::-1], strict=True):
+        out[k] = pd.Categorical.from_codes(
+            np.where(part == len(c.categories), -1, part), dtype=c.dtype, validate=False
+        )
+    sums = np.zeros(len(groups), np.uint64)
+    np.add.at(sums, inverse, size)
+    out["bytes"] = sums
+    out[rows] = np.bincount(inverse, minlength=len(groups)).astype(np.int64)
+    return pd.DataFrame(out)
+
+
 def summarize(result: WalkResult) -> Summary:
     """Summary of a walk (``s2trace decode DUMP --summary``)."""
     m = result.map
     rows = "ranges" if result.meta.get("coalesced") else "entries"
-    by_owner = (
-        m.groupby("owner", observed=True)["size"]
-        .agg(["sum", "count"])
-        .rename(columns={"sum": "bytes", "count": rows})
-        .reset_index()
-    )
-    by_state = (
-        m.groupby(["owner", "page_state"], observed=True, dropna=False)["size"]
-        .agg(["sum", "count"])
-        .rename(columns={"sum": "bytes", "count": rows})
-        .reset_index()
-    )
+    by_owner = totals(m, ["owner"], rows)
+    by_state = totals(m, ["owner", "page_state"], rows, dropna=False)
     tables = result.tables.groupby("level").size().rename("tables").reset_index()
     kinds = pd.DataFrame(
         {"kind": list(result.entry_counts), "entries": list(result.entry_counts.values())}

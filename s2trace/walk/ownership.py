@@ -123,8 +123,8 @@ def totals(m: pd.DataFrame, keys: list[str], rows: str, dropna: bool = True) -> 
     Groups come in category order, a missing value after the categories."""
     cats = [m[k].array for k in keys]
     if not all(isinstance(c, pd.Categorical) for c in cats):
-        out = m.groupby(keys, observed=True, dropna=dropna)["size"].agg(["sum", "count"])
-        return out.rename(columns={"sum": "bytes", "count": rows}).reset_index()
+        grouped = m.groupby(keys, observed=True, dropna=dropna)["size"].agg(["sum", "count"])
+        return grouped.rename(columns={"sum": "bytes", "count": rows}).reset_index()
     codes = [np.asarray(c.codes, np.int64) for c in cats]
     widths = [len(c.categories) + 1 for c in cats]  # NA (-1) sorts after every category
     key = np.zeros(len(m), np.int64)

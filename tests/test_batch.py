@@ -132,6 +132,44 @@ def test_stages_and_groups_equal_one_at_a_time(fleet, tmp_path):
     real = summary[summary["path"].str.endswith("real-6.12")].iloc[0]
     assert real["status"] == "ok" and real["breaches"] == 0  # checked: it has TTBR0_EL2
     assert (out / "totals" / f"capture={real['capture']}").is_dir()
+    assert real["stages"] == "summary,check" and pd.isna(real["note"])
+
+
+def test_stages_not_run_are_absent_never_zero(fleet, local_run, tmp_path):
+    """A check + summary batch: the stages each row holds are named; the replay and diff
+    columns are absent (not zero), a capture without hyp registers has a null ``breaches``
+    and a note saying why; what did run equals the all-stages batch, row for row."""
+    out = tmp_path / "ds"
+    args = ["batch", *_inputs(fleet), "-o", str(out), "--workers", "1", "--kernel", "6.12"]
+    assert main([*args, "--stages", "check,summary"]) == 0
+    some = pd.read_parquet(out / "summary.parquet").set_index("capture")
+    full = pd.read_parquet(local_run / "summary.parquet").set_index("capture")
+    assert list(some.index) == list(full.index)
+    for absent in ("violations", "transitions", "diff_traced", "diff_untraced"):
+        assert absent not in some.columns and absent in full.columns
+    by_name = {Path(p).name: c for c, p in some["path"].items()}
+    stages = some["stages"].to_dict()
+    assert stages[by_name["real-6.12"]] == "summary,check"
+    assert full.loc[by_name["real-6.12"], "stages"] == "summary,replay,diff,check"
+    for synthetic in ("boot", "buggy"):  # no hyp stage 1 in a synthetic dump: no check
+        cap = by_name[synthetic]
+        assert stages[cap] == "summary" and pd.isna(some.loc[cap, "breaches"])
+        assert "no check" in some.loc[cap, "note"] and "TTBR0_EL2" in some.loc[cap, "note"]
+        assert full.loc[cap, "stages"] == "summary,replay,diff"
+    assert stages[by_name["alone-trace.txt"]] == ""  # skipped: only replay applies
+    assert full.loc[by_name["alone-trace.txt"], "stages"] == "replay"
+    for failed in ("broken.txt", "alone-dump.elf"):
+        assert pd.isna(full.loc[by_name[failed], "stages"])
+    both = ["status", "kernel", "problems", "breaches"]
+    both += [c for c in some.columns if c.startswith("bytes_")]
+    ok = some["status"] == "ok"
+    pd.testing.assert_frame_equal(some.loc[ok, both], full.loc[ok, both])
+    for name in ("totals", "findings"):
+        pd.testing.assert_frame_equal(_tables(out, name), _tables(local_run, name))
+    # a failed capture leaves no partition in any table but its timing
+    for name in ("totals", "violations", "findings", "diff"):
+        for failed in ("broken.txt", "alone-dump.elf"):
+            assert not (local_run / name / f"capture={by_name[failed]}").exists()
 
 
 def test_stage_names_are_checked(fleet, tmp_path, capsys):

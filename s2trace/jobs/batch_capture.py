@@ -11,8 +11,14 @@
 * a dump alone: ``summary`` (the walk job, registers recovered from the dump's memory);
 * a trace alone: ``replay`` (the analysis job: parse, recipes, replay).
 
-An input none of the chosen stages applies to is a row with ``status="skipped"`` and a
-``note`` saying why.  An exception is a row with ``status="error"`` and its one line.
+Every row says which stages it holds results of (``stages``, comma-separated, in
+:data:`STAGES` order): a stage that was not asked for, or does not apply (a capture without
+a trace has no replay, one without TTBR0_EL2/TCR_EL2 no check), leaves its columns null or
+absent and its tables without a partition -- never a zero -- and a chosen stage that does not
+apply is named in ``note`` with the reason.  An input none of the chosen stages applies to is
+a row with ``status="skipped"``, empty ``stages`` and a ``note`` saying why.  An exception is a
+row with ``status="error"``, its one line, and nothing else (no stages, no tables but its
+timing).
 
 :func:`run_group` runs several inputs in one Dask task, so that the scheduler's cost per task
 (a few ms) and the per-call set-up are paid once per group; what every capture shares
@@ -110,12 +116,16 @@ def run_capture(
     out = CaptureTables(row)
     try:
         skipped = _run(item, chosen, kernel, out)
+        row.setdefault("stages", "")
         if skipped:
             row["status"] = "skipped"
             row["note"] = skipped
     except Exception as exc:  # one failing capture is a row, never a stopped batch
-        row["status"] = "error"
-        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        # Nothing of a failed capture is kept but its error: no partial counts or tables.
+        row = {k: row[k] for k in ("capture", "path", "kind")}
+        row.update(status="error", stages=None, error=f"{type(exc).__name__}: {exc}")
+        row["error"] = row["error"].splitlines()[0]
+        out = CaptureTables(row)
     seconds = time.perf_counter() - t0
     row["seconds"] = seconds
     out.tables["timings"] = pd.DataFrame(
@@ -134,11 +144,25 @@ def _run(item: BatchItem, chosen: set[str], kernel: str | None, out: CaptureTabl
         walked = walk_dump(DumpRequest(specs=(item.path,), coalesce=True))
         _totals(summarize(walked).by_state, out)
         out.summary["problems"] = len(walked.problems.problems)
+        _ran(out, {"summary"}, chosen, "a dump alone has only the summary stage")
     else:
         if "replay" not in chosen:
             return "a trace alone has only the replay stage"
         _trace(analyze(item.path, kernel=kernel, progress=False, use_cache=False), out)
+        _ran(out, {"replay"}, chosen, "a trace alone has only the replay stage")
     return ""
+
+
+def _ran(out: CaptureTables, ran: set[str], chosen: set[str], why: str | dict[str, str]) -> None:
+    """Record the stages that ran, and a note naming the chosen ones that did not and why."""
+    out.summary["stages"] = ",".join(s for s in STAGES if s in ran)
+    missed = [s for s in STAGES if s in chosen - ran]
+    if not missed:
+        return
+    if isinstance(why, str):
+        out.summary["note"] = f"no {', '.join(missed)}: {why}"
+    else:
+        out.summary["note"] = "; ".join(f"no {s}: {why[s]}" for s in missed)
 
 
 def _from_report(item: BatchItem, chosen: set[str], out: CaptureTables) -> None:
@@ -165,6 +189,21 @@ def _from_report(item: BatchItem, chosen: set[str], out: CaptureTables) -> None:
     if report.check is not None:
         out.tables["findings"] = report.check.breaches
         row["breaches"] = len(report.check.breaches)
+    ran = {"summary"} & chosen
+    ran |= {"replay"} if report.analysis is not None and "replay" in chosen else set()
+    ran |= {"diff"} if report.diff is not None and "diff" in chosen else set()
+    ran |= {"check"} if report.check is not None else set()
+    no_trace = "the capture has no trace"
+    _ran(
+        out,
+        ran,
+        chosen,
+        {
+            "replay": no_trace,
+            "diff": no_trace,
+            "check": "capture.toml lacks one of VTTBR_EL2, VTCR_EL2, TTBR0_EL2, TCR_EL2",
+        },
+    )
 
 
 def _trace(analysis: Any, out: CaptureTables) -> None:

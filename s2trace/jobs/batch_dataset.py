@@ -27,7 +27,7 @@ from s2trace.jobs.batch_capture import CaptureTables
 __all__ = ["publish", "stage_dir", "summary_table", "write_group"]
 
 _COUNTS = ("problems", "transitions", "violations", "diff_traced", "diff_untraced", "breaches")
-_FRONT = ("capture", "path", "kind", "status", "error", "note", "kernel", "seconds")
+_FRONT = ("capture", "path", "kind", "status", "stages", "error", "note", "kernel", "seconds")
 
 
 def stage_dir(target: Path) -> Path:

@@ -30,7 +30,9 @@ def register(cli: click.Group) -> None:
     @click.option("--no-check", is_flag=True, help="Skip the hyp consistency check.")
     @click.option(
         "--stages",
-        help="Stages per capture, comma-separated, of summary,replay,diff,check (default: all).",
+        help="Stages per capture, comma-separated, of summary,replay,diff,check (default: "
+        "all).  A stage not run leaves its columns out (null where another capture has them) "
+        "and its tables without a partition; the summary's stages column names those run.",
     )
     @click.option(
         "--per-task",
@@ -44,7 +46,8 @@ def register(cli: click.Group) -> None:
 
         INPUTS are capture folders, dumps, traces, glob patterns, or a text file listing
         them one per line.  Per capture: walk summary, replay and violations, trace-to-dump
-        diff, consistency check.  A capture that fails is a summary row with its error.
+        diff, consistency check (--stages chooses; check + summary never reads the traces).
+        A capture that fails is a summary row with its error.
 
         \b
         s2trace batch 'fleet/*/' -o fleet.dataset
@@ -68,7 +71,15 @@ def register(cli: click.Group) -> None:
         )
         shown = [
             c
-            for c in ("capture", "kind", "status", "violations", "breaches", "diff_traced")
+            for c in (
+                "capture",
+                "kind",
+                "status",
+                "stages",
+                "violations",
+                "breaches",
+                "diff_traced",
+            )
             if c in summary.columns
         ]
         write_frame(summary[shown], "table", out=sys.stdout)

@@ -8,7 +8,7 @@ the chosen stages on each in a Dask cluster (:mod:`s2trace.jobs.batch_capture`: 
 The output is a directory (written beside, renamed into place when complete;
 :mod:`s2trace.jobs.batch_dataset`)::
 
-    DATASET/summary.parquet                      one row per capture (status, error, counts)
+    DATASET/summary.parquet                      one row per capture (status, stages, counts)
     DATASET/totals/capture=ID/part-0.parquet     bytes by owner and page state
     DATASET/violations/capture=ID/part-0.parquet replay violations
     DATASET/findings/capture=ID/part-0.parquet   consistency-check breaches
@@ -17,8 +17,11 @@ The output is a directory (written beside, renamed into place when complete;
 
 Each table is Hive-partitioned by capture (``pd.read_parquet(DATASET / "violations")`` or
 ``dask.dataframe.read_parquet`` give a ``capture`` column); a capture with no rows of a table
-has no partition there.  A capture that fails is a summary row with ``status="error"`` and the
-error's one line (so is every capture of a task whose worker died); the batch goes on.
+has no partition there.  The summary's ``stages`` names the stages each row holds results of;
+a stage not run (not chosen, or not applicable: then ``note`` says why) has null or absent
+columns and no partitions, never zeros.  A capture that fails is a summary row with
+``status="error"`` and the error's one line, and nothing else (so is every capture of a task
+whose worker died); the batch goes on.
 Results are the same as running :func:`~s2trace.jobs.batch_capture.run_capture` one capture
 at a time (the tests compare them).
 
@@ -272,6 +275,7 @@ def _lost(item: BatchItem, exc: Exception) -> CaptureTables:
             "path": item.path,
             "kind": item.kind,
             "status": "error",
+            "stages": None,
             "error": f"task lost ({line})",
         }
     )

@@ -34,6 +34,7 @@ __all__ = [
     "OwnershipCodes",
     "as_descriptors",
     "decode_array",
+    "decode_columns",
     "decode_kinds",
     "decode_ownership",
     "res0_masks",
@@ -511,6 +512,22 @@ def decode_array(
     ``columns`` limits the result to those columns (in schema order), computing only them:
     the walk asks for the dozen it keeps in the ownership map.
     """
+    frame = pd.DataFrame(decode_columns(raw, geometry, level, profile, fwb, columns), copy=False)
+    if columns is None:
+        DESCRIPTOR.check(frame)
+    return frame
+
+
+def decode_columns(
+    raw: object,
+    geometry: Geometry | None = None,
+    level: int = 3,
+    profile: Profile | str | None = None,
+    fwb: bool = False,
+    columns: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The columns :func:`decode_array` puts in its DataFrame, as arrays by name (numpy or
+    pandas extension arrays), without the DataFrame (the walk assembles its own)."""
     arr, geometry, prof = _prepare(raw, geometry, level, profile)
     wanted = (
         DESCRIPTOR.names if columns is None else [c for c in DESCRIPTOR.names if c in set(columns)]
@@ -577,10 +594,7 @@ def decode_array(
 
     for name in ("locked", "inv_type", "vm_handle", "gfn", "note"):
         build[name] = from_inv(name)
-    frame = pd.DataFrame({c: build[c]() for c in wanted}, copy=False)
-    if columns is None:
-        DESCRIPTOR.check(frame)
-    return frame
+    return {c: build[c]() for c in wanted}
 
 
 def _invalid_columns(

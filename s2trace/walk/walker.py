@@ -29,7 +29,7 @@ from s2trace.arch.attributes import KINDS
 from s2trace.arch.registers import Stage2Config
 from s2trace.columns import MAP
 from s2trace.decode.numpy_engine import (
-    decode_array,
+    decode_columns,
     decode_kinds,
     decode_ownership,
     res0_masks,
@@ -293,8 +293,7 @@ def _rows(
     fwb: bool,
 ) -> dict[str, Any]:
     """Map columns for the kept entries of one chunk (full decode of the subset only)."""
-    d = decode_array(raw, config.geometry, level, prof, fwb, columns=_DECODED)
-    cols = {c: d[c].array if c not in ("size", "level") else d[c].to_numpy() for c in _DECODED}
+    cols = decode_columns(raw, config.geometry, level, prof, fwb, columns=_DECODED)
     cols.update(ipa_start=ipa, table_pa=table_pa, index=index, raw=raw)
     return cols
 

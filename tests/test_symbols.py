@@ -18,6 +18,7 @@ from s2trace.hyp.evidence import (
     read_iomem,
     read_kallsyms,
 )
+from s2trace.hyp.evidence import _symbols as _symbols
 from s2trace.hyp.symbols import (
     LABELS,
     collect_labels,
@@ -307,3 +308,19 @@ def test_percpu_areas_612():
     assert ((areas["start"] % 4096) == 0).all()
     assert (areas["start"] >= 0x40000000).all() and (areas["end"] <= 0x80000000).all()
     assert {"kallsyms", "percpu", "iomem", "dmesg"} <= set(labels["source"].astype(str))
+
+
+def test_symbol_table_takes_each_names_first_line():
+    """A name kallsyms lists twice (static functions of two files) resolves to its first
+    line, as ``drop_duplicates("name")`` keeps it."""
+    from s2trace.hyp.evidence import _symbols
+
+    frame = pd.DataFrame(
+        {
+            "addr": np.array([0x10, 0x20, 0x30, 0x40], np.uint64),
+            "type": ["t", "t", "T", "t"],
+            "name": ["a", "b", "a", "c"],
+            "line": [1, 2, 3, 4],
+        }
+    )
+    assert _symbols(frame) == {"a": 0x10, "b": 0x20, "c": 0x40}

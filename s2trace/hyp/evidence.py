@@ -112,8 +112,10 @@ def _kallsyms_frame(text: str, name: str) -> pd.DataFrame:
 
 
 def _symbols(kallsyms: pd.DataFrame) -> dict[str, int]:
-    first = kallsyms.drop_duplicates("name")
-    return dict(zip(first["name"], first["addr"].astype(np.uint64).tolist(), strict=True))
+    """Address of each name's first line (filled from the last line up, so the first wins)."""
+    names = kallsyms["name"].tolist()
+    addrs = kallsyms["addr"].to_numpy(np.uint64).tolist()
+    return dict(zip(reversed(names), reversed(addrs), strict=True))
 
 
 # -- iomem and dmesg ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -39,19 +40,21 @@ def stage_dir(target: Path) -> Path:
 
 def write_group(stage: Path, results: Sequence[CaptureTables]) -> None:
     """The non-empty tables of ``results``, one partition per capture and table."""
-    by_table: dict[str, dict[tuple[tuple[str, str], ...], list[pd.DataFrame]]] = {}
+    by_table: dict[str, dict[tuple[tuple[str, str], ...], list[tuple[str, pd.DataFrame]]]] = {}
     for result in results:
         capture = result.summary["capture"]
         for name, frame in result.tables.items():
             if frame is None or frame.empty:
                 continue
-            plain = _plain(frame)
-            key = tuple((str(c), str(t)) for c, t in plain.dtypes.items())
-            plain["capture"] = capture
-            by_table.setdefault(name, {}).setdefault(key, []).append(plain)
+            key = tuple((str(c), _plain_dtype(t)) for c, t in frame.dtypes.items())
+            by_table.setdefault(name, {}).setdefault(key, []).append((capture, frame))
     for name, kinds in by_table.items():
-        for frames in kinds.values():
-            joined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        for pairs in kinds.values():
+            frames = [f for _, f in pairs]
+            # One conversion per group: categoricals of different categories concatenate to
+            # object columns, which _plain turns into strings like a categorical's values.
+            joined = _plain(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
+            joined["capture"] = np.repeat([c for c, _ in pairs], [len(f) for f in frames])
             pads.write_dataset(
                 pa.Table.from_pandas(joined, preserve_index=False),
                 stage / name,
@@ -61,16 +64,25 @@ def write_group(stage: Path, results: Sequence[CaptureTables]) -> None:
                 basename_template="part-{i}.parquet",
                 existing_data_behavior="overwrite_or_ignore",
                 preserve_order=True,
-                max_partitions=len(frames) + 1,
+                max_partitions=len(pairs) + 1,
                 use_threads=False,
             )
+
+
+def _stringlike(dtype: Any) -> bool:
+    return isinstance(dtype, pd.CategoricalDtype) or pd.api.types.is_object_dtype(dtype)
+
+
+def _plain_dtype(dtype: Any) -> str:
+    """The dtype a column has once :func:`_plain` made it plain."""
+    return "string" if _stringlike(dtype) else str(dtype)
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:
     """Categoricals as strings, so that every partition of a table has one schema."""
     out = frame.copy()
     for c in out.columns:
-        if isinstance(out[c].dtype, pd.CategoricalDtype) or out[c].dtype == object:
+        if _stringlike(out[c].dtype):
             out[c] = out[c].astype("string")
     return out
 

@@ -37,7 +37,7 @@ def register(cli: click.Group) -> None:
     @click.option(
         "--per-task",
         type=int,
-        help="Captures per Dask task (default: up to 8, at least 4 tasks per worker).",
+        help="Captures per Dask task (default: up to 32, at least 4 tasks per worker).",
     )
     @click.option("--kernel", help="Kernel version of traces given alone (e.g. 6.12).")
     @click.option("--overwrite", is_flag=True, help="Replace an existing dataset.")

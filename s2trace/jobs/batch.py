@@ -76,7 +76,7 @@ __all__ = [
 _DUMP_NAMES = (".elf", ".core", ".vmcore", ".bin", ".img", ".raw", ".mem", ".dump", ".dmp", ".cmm")
 _LIST_MAX_BYTES = 1 << 20
 #: Captures per Dask task at most, and tasks per worker at least (load balance at the end).
-_GROUP_MAX = 8
+_GROUP_MAX = 32
 _TASKS_PER_WORKER = 4
 
 
@@ -172,7 +172,7 @@ def batch(
     the captures ``per_task``.  ``workers``: processes of the embedded cluster (default: the
     CPU count); ignored with ``scheduler``.  ``stages``: names or comma-separated text (None:
     all of :data:`STAGES`); ``check=False`` drops ``check``.  ``per_task``: captures per
-    Dask task (None: up to 8, at least 4 tasks per worker).  ``kernel``: the kernel version
+    Dask task (None: up to 32, at least 4 tasks per worker).  ``kernel``: the kernel version
     of traces given alone.
     """
     chosen = tuple(s for s in parse_stages(stages) if check or s != "check")

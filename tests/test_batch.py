@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import zstandard
@@ -18,7 +19,8 @@ import zstandard
 from s2trace.cli.main import main
 from s2trace.errors import InputError
 from s2trace.jobs.batch import TABLES, resolve_batch_inputs, run_capture
-from s2trace.jobs.batch_capture import parse_stages
+from s2trace.jobs.batch_capture import CaptureTables, parse_stages
+from s2trace.jobs.batch_dataset import summary_table, write_group
 
 pytest.importorskip("dask.distributed")
 
@@ -78,8 +80,10 @@ def _tables(dataset: Path, name: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def local_run(fleet, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "ds"
-    code = main(["batch", *_inputs(fleet), "-o", str(out), "--workers", "2", "--kernel", "6.12"])
-    assert code == 0
+    # three captures a task: a group's tables are written together (the scheduler run below,
+    # one a task, must give the same dataset)
+    args = ["batch", *_inputs(fleet), "-o", str(out), "--workers", "2", "--kernel", "6.12"]
+    assert main([*args, "--per-task", "3"]) == 0
     return out
 
 
@@ -105,6 +109,15 @@ def _assert_equals_alone(dataset, items, **run):
                 continue
             back = pd.read_parquet(part)
             assert len(back) == len(frame), (item.capture, name)
+            # categoricals and objects are written as strings (one schema per table), the
+            # rest keeps its dtype
+            plain = {
+                c: "string"
+                if isinstance(t, pd.CategoricalDtype) or pd.api.types.is_object_dtype(t)
+                else str(t)
+                for c, t in frame.dtypes.items()
+            }
+            assert {c: str(t) for c, t in back.dtypes.items()} == plain, (item.capture, name)
             for col in frame.columns:
                 want = frame[col].astype(object).where(frame[col].notna(), None).tolist()
                 have = back[col].astype(object).where(back[col].notna(), None).tolist()
@@ -179,6 +192,39 @@ def test_stage_names_are_checked(fleet, tmp_path, capsys):
     assert main(["batch", str(fleet / "boot"), "-o", str(tmp_path / "x"), "--stages", "x"]) == 2
     assert "--stages" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_group_written_as_each_capture_alone(tmp_path):
+    """Captures written in one group keep the schema each would have alone: categoricals of
+    different categories (which concatenate to ``str``) are strings, ``str`` stays ``str``,
+    missing values stay missing; the summary's columns do not depend on the rows' order."""
+    frames = [
+        pd.DataFrame(
+            {
+                "owner": pd.Categorical(owners, categories=cats),
+                "host": pd.array(["a", "b"][: len(owners)], dtype="str"),
+                "bytes": np.arange(len(owners), dtype=np.uint64),
+            }
+        )
+        for owners, cats in ((["host", None], ["host", "hyp"]), (["guest"], ["guest"]))
+    ]
+    results = [CaptureTables({"capture": f"c{i}"}, {"totals": f}) for i, f in enumerate(frames)]
+    write_group(tmp_path, results)
+    for i, frame in enumerate(frames):
+        back = pd.read_parquet(tmp_path / "totals" / f"capture=c{i}" / "part-0.parquet")
+        assert [str(t) for t in back.dtypes] == ["string", "str", "uint64"]
+        assert back["owner"].astype(object).where(back["owner"].notna(), None).tolist() == [
+            None if pd.isna(v) else v for v in frame["owner"].astype(object)
+        ]
+    rows = [
+        {"capture": "b", "status": "ok", "violations": 1, "problems": 0},
+        {"capture": "a", "status": "ok", "problems": 2, "bytes_host": 4096, "breaches": 0},
+    ]
+    one, other = summary_table(rows), summary_table(rows[::-1])
+    pd.testing.assert_frame_equal(one, other)
+    assert list(one.columns) == [
+        "capture", "status", "problems", "bytes_host", "violations", "breaches"
+    ]  # fmt: skip
 
 
 def test_compressed_trace_is_a_trace(tmp_path):

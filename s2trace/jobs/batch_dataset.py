@@ -27,7 +27,7 @@ from s2trace.jobs.batch_capture import CaptureTables
 
 __all__ = ["publish", "stage_dir", "summary_table", "write_group"]
 
-_COUNTS = ("problems", "transitions", "violations", "diff_traced", "diff_untraced", "breaches")
+_COUNTS = ("problems", "violations", "transitions", "diff_traced", "diff_untraced", "breaches")
 _FRONT = ("capture", "path", "kind", "status", "stages", "error", "note", "kernel", "seconds")
 
 
@@ -49,11 +49,14 @@ def write_group(stage: Path, results: Sequence[CaptureTables]) -> None:
             key = tuple((str(c), _plain_dtype(t)) for c, t in frame.dtypes.items())
             by_table.setdefault(name, {}).setdefault(key, []).append((capture, frame))
     for name, kinds in by_table.items():
-        for pairs in kinds.values():
+        for key, pairs in kinds.items():
             frames = [f for _, f in pairs]
-            # One conversion per group: categoricals of different categories concatenate to
-            # object columns, which _plain turns into strings like a categorical's values.
-            joined = _plain(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
+            # One conversion per group, of the columns the frames had as categoricals or
+            # objects (concatenated, categoricals of different categories become str or object).
+            joined = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].copy()
+            for column, dtype in key:
+                if dtype == "string":
+                    joined[column] = joined[column].astype("string")
             joined["capture"] = np.repeat([c for c, _ in pairs], [len(f) for f in frames])
             pads.write_dataset(
                 pa.Table.from_pandas(joined, preserve_index=False),
@@ -74,28 +77,24 @@ def _stringlike(dtype: Any) -> bool:
 
 
 def _plain_dtype(dtype: Any) -> str:
-    """The dtype a column has once :func:`_plain` made it plain."""
+    """The dtype a column is written with: categoricals and objects as strings, so that every
+    partition of a table has one schema."""
     return "string" if _stringlike(dtype) else str(dtype)
 
 
-def _plain(frame: pd.DataFrame) -> pd.DataFrame:
-    """Categoricals as strings, so that every partition of a table has one schema."""
-    out = frame.copy()
-    for c in out.columns:
-        if _stringlike(out[c].dtype):
-            out[c] = out[c].astype("string")
-    return out
-
-
 def summary_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per capture, sorted by capture id; counts as nullable integers."""
+    """One row per capture, sorted by capture id; counts as nullable integers.  The columns
+    come in one order whatever order the rows arrived in: :data:`_FRONT`, ``problems``, the
+    ``bytes_OWNER`` columns by name, the other counts, anything else by name."""
     summary = pd.DataFrame(rows).sort_values("capture", kind="stable").reset_index(drop=True)
-    counts = [c for c in summary.columns if c.startswith("bytes_")]
-    counts += [c for c in _COUNTS if c in summary.columns]
-    for c in counts:
+    owners = sorted(c for c in summary.columns if c.startswith("bytes_"))
+    counts = [c for c in _COUNTS if c in summary.columns]
+    for c in owners + counts:
         summary[c] = summary[c].astype("Int64")
     cols = [c for c in _FRONT if c in summary.columns]
-    return summary[cols + [c for c in summary.columns if c not in cols]]
+    cols += counts[:1] if counts[:1] == ["problems"] else []
+    cols += owners + [c for c in counts if c not in cols]
+    return summary[cols + sorted(c for c in summary.columns if c not in cols)]
 
 
 def publish(stage: Path, target: Path, summary: pd.DataFrame) -> None:

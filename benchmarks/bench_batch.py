@@ -8,7 +8,11 @@ default ``--stages check,summary``, the issue's case; ``--stages all`` for every
 wall time includes starting the process, the cluster and its workers.  CPU time is the batch
 process and its workers together.  Each run gets a fresh, empty ``S2TRACE_CACHE``.
 
+The peak RSS printed is the largest single process (batch or worker).  ``--fleet DIR``
+keeps the fleet there and reuses it on the next run (building it takes a few seconds).
+
     python benchmarks/bench_batch.py [--count 1000] [--workers 1 2] [--stages check,summary]
+        [--repeat 2] [--fleet /tmp/fleet]
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import itertools
 import struct
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import _plain
 from hypothesis import given, settings
@@ -16,7 +17,7 @@ from s2trace.arch.schema import descriptor_schema
 from s2trace.decode import decode, decode_array, decode_ownership
 from s2trace.decode.build import build_descriptor
 from s2trace.decode.explain import explain, explain_text
-from s2trace.decode.numpy_engine import res0_masks
+from s2trace.decode.numpy_engine import decode_fields, res0_masks
 from s2trace.pkvm.profiles import profile_names
 
 GEOMETRIES = [
@@ -90,6 +91,43 @@ def test_fast_path_agrees(geometry, level, values, profile):
         owner = codes.owner_names[codes.owner[i]] if codes.owner[i] >= 0 else None
         state = codes.state_names[codes.state[i]] if codes.state[i] >= 0 else None
         assert (owner, state) == (ref.owner, ref.page_state), hex(raw)
+
+
+@pytest.mark.parametrize(("geometry", "level"), CASES, ids=CASE_IDS)
+@settings(max_examples=25, deadline=None)
+@given(
+    values=st.lists(descriptor, min_size=1, max_size=40),
+    profile=st.sampled_from(profile_names()),
+    fwb=st.booleans(),
+    data=st.data(),
+)
+def test_fields_from_codes_equal_the_full_decode(geometry, level, values, profile, fwb, data):
+    """decode_fields (the walk's map: the fast path's codes plus the other fields of the kept
+    rows) equals decode_array on every column, value, null, dtype and category list, for
+    any subset of rows taken from the codes."""
+    raw = np.array(values, dtype=np.uint64)
+    codes = decode_ownership(raw, geometry, level, profile, ids=True)
+    rows = np.array(
+        sorted(data.draw(st.sets(st.integers(0, len(values) - 1), min_size=1))), dtype=np.intp
+    )
+    want = decode_array(raw[rows], geometry, level, profile, fwb)
+    got = decode_fields(raw[rows], codes.take(rows), geometry, level, profile, fwb)
+    assert list(got) == list(want.columns)
+    for name, column in got.items():
+        ref = want[name]
+        if isinstance(column, np.ndarray):
+            assert column.dtype == ref.dtype and np.array_equal(column, ref.to_numpy()), name
+        else:
+            assert column.dtype == ref.dtype, name
+            assert pd.Series(column).equals(ref), name
+
+
+def test_fields_need_the_owner_ids():
+    raw = np.array([0x4393D7FF], dtype=np.uint64)
+    with pytest.raises(ValueError, match="ids=True"):
+        decode_fields(raw, decode_ownership(raw))
+    with pytest.raises(ValueError, match="length"):
+        decode_fields(raw[:0], decode_ownership(raw, ids=True))
 
 
 @pytest.mark.parametrize(("geometry", "level"), CASES, ids=CASE_IDS)

@@ -35,6 +35,7 @@ __all__ = [
     "as_descriptors",
     "decode_array",
     "decode_columns",
+    "decode_fields",
     "decode_kinds",
     "decode_ownership",
     "res0_masks",
@@ -116,7 +117,14 @@ class _Words:
     def __init__(self, raw: np.ndarray) -> None:
         self.raw = raw
         self.lo = raw.astype(np.uint16)
-        self.hi = (raw >> _U64(48)).astype(np.uint16)
+        self._hi: np.ndarray | None = None
+
+    @property
+    def hi(self) -> np.ndarray:
+        """Bits 63:48 (made when a field there is first read)."""
+        if self._hi is None:
+            self._hi = (self.raw >> _U64(48)).astype(np.uint16)
+        return self._hi
 
     def field(self, hi: int, lo: int) -> np.ndarray:
         """``FIELD_GET(GENMASK(hi, lo))`` in the narrowest dtype that holds it."""
@@ -144,8 +152,9 @@ class OwnershipCodes:
 
     ``kind``: int8 codes into :data:`KINDS`; ``addr``: output address of leaves and
     next-table address of tables (0 elsewhere); ``owner``: int16 codes into ``owner_names``
-    (-1 = none); ``state``: int8 codes into ``state_names`` (-1 = none).  Raw owner ids and
-    every other field come from :func:`decode_array`.
+    (-1 = none); ``state``: int8 codes into ``state_names`` (-1 = none); with ``ids=True``,
+    ``owner_id`` (uint32) and ``has_id`` (bool: where the id applies).  Every other field comes
+    from :func:`decode_array`, or from :func:`decode_fields` given these codes.
     """
 
     kind: np.ndarray
@@ -154,6 +163,26 @@ class OwnershipCodes:
     state: np.ndarray
     owner_names: tuple[str, ...]
     state_names: tuple[str, ...]
+    #: Raw owner ids and where they apply (``decode_ownership(..., ids=True)`` only).
+    owner_id: np.ndarray | None = None
+    has_id: np.ndarray | None = None
+
+    def take(self, rows: Any) -> OwnershipCodes:
+        """The codes of the descriptors ``rows`` (positions, a mask or a slice)."""
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[rows]
+
+        return OwnershipCodes(
+            self.kind[rows],
+            self.addr[rows],
+            self.owner[rows],
+            self.state[rows],
+            self.owner_names,
+            self.state_names,
+            pick(self.owner_id),
+            pick(self.has_id),
+        )
 
 
 def _addresses(w: _Words, kind: np.ndarray, t: _Tables, geometry: Geometry) -> np.ndarray:
@@ -406,40 +435,54 @@ def decode_ownership(
     geometry: Geometry | None = None,
     level: int = 3,
     profile: Profile | str | None = None,
+    *,
+    ids: bool = False,
 ) -> OwnershipCodes:
-    """Kind, address, owner and page state of every descriptor (the walk's fast path)."""
+    """Kind, address, owner and page state of every descriptor (the walk's fast path);
+    ``ids`` adds the raw owner ids (what :func:`decode_fields` needs)."""
     arr, geometry, prof = _prepare(raw, geometry, level, profile)
     t = _Tables.build(geometry, level)
     w = _Words(arr)
     kind = np.take(t.kind_by_low2, w.lo & np.uint16(3))
     addr = _addresses(w, kind, t, geometry)
     key, tables, owner_names, state_names = _compile(prof)
+    owner_id = has_id = None
     if prof.owner_bits and key.owner_w == 0:
-        owner, _, _, state, owner_names, state_names = _wide_annotations(
+        owner, owner_id, has_id, state, owner_names, state_names = _wide_annotations(
             w, kind, prof, key, tables, owner_names, state_names
         )
     else:
         k = key.compute(w, kind, prof)
         owner, state = np.take(tables["owner"], k), np.take(tables["state"], k)
-    return OwnershipCodes(kind, addr, owner, state, tuple(owner_names), tuple(state_names))
+        if ids:
+            owner_id, has_id = np.take(tables["owner_id"], k), np.take(tables["has_id"], k)
+    if not ids:
+        owner_id = has_id = None
+    return OwnershipCodes(
+        kind, addr, owner, state, tuple(owner_names), tuple(state_names), owner_id, has_id
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class KindCodes:
-    """Kind codes and addresses only (what a traversal needs to follow tables)."""
+    """Kind codes, and the next-table address of table entries (0 elsewhere): what a
+    traversal needs to follow tables."""
 
     kind: np.ndarray
     addr: np.ndarray
 
 
 def decode_kinds(raw: object, geometry: Geometry | None = None, level: int = 3) -> KindCodes:
-    """Kind and address of every descriptor, nothing else: for walks that only look at the
-    raw values (the profile probe of :func:`s2trace.walk.walker.walk`)."""
+    """Kind of every descriptor and next-table address of the tables, nothing else: for walks
+    that only look at the raw values (the profile probe of :func:`s2trace.walk.walker.walk`)."""
     arr, geometry, _ = _prepare(raw, geometry, level, None)
     t = _Tables.build(geometry, level)
-    w = _Words(arr)
-    kind = np.take(t.kind_by_low2, w.lo & np.uint16(3))
-    return KindCodes(kind, _addresses(w, kind, t, geometry))
+    kind = np.take(t.kind_by_low2, (arr & _U64(3)).astype(np.intp))
+    addr = np.zeros(arr.shape[0], dtype=np.uint64)
+    tables = np.flatnonzero(kind == _TABLE)
+    if tables.size:
+        addr[tables] = _addresses(_Words(arr[tables]), kind[tables], t, geometry)
+    return KindCodes(kind, addr)
 
 
 # -- the full DataFrame ------------------------------------------------------------------------
@@ -509,8 +552,7 @@ def decode_array(
 ) -> pd.DataFrame:
     """Every field of every descriptor, as a DataFrame with the ``descriptors`` schema.
 
-    ``columns`` limits the result to those columns (in schema order), computing only them:
-    the walk asks for the dozen it keeps in the ownership map.
+    ``columns`` limits the result to those columns (in schema order), computing only them.
     """
     frame = pd.DataFrame(decode_columns(raw, geometry, level, profile, fwb, columns), copy=False)
     if columns is None:
@@ -527,36 +569,105 @@ def decode_columns(
     columns: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The columns :func:`decode_array` puts in its DataFrame, as arrays by name (numpy or
-    pandas extension arrays), without the DataFrame (the walk assembles its own)."""
+    pandas extension arrays), without the DataFrame."""
     arr, geometry, prof = _prepare(raw, geometry, level, profile)
-    wanted = (
-        DESCRIPTOR.names if columns is None else [c for c in DESCRIPTOR.names if c in set(columns)]
+    wanted = _wanted(columns)
+    w = _Words(arr)
+    t = _Tables.build(geometry, level)
+    kind = np.take(t.kind_by_low2, (w.lo & np.uint16(3)).astype(np.intp)).astype(np.intp)
+    return _columns(w, kind, geometry, level, prof, fwb, wanted)
+
+
+def decode_fields(
+    raw: object,
+    codes: OwnershipCodes,
+    geometry: Geometry | None = None,
+    level: int = 3,
+    profile: Profile | str | None = None,
+    fwb: bool = False,
+    columns: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The columns of :func:`decode_array` (as arrays: numpy, or pandas' categorical and
+    nullable arrays), for descriptors already decoded by ``decode_ownership(raw, geometry,
+    level, profile, ids=True)`` into ``codes``: kinds, addresses and annotations are taken
+    from the codes, not decoded again (the walk's map).  The values are those of
+    :func:`decode_array`."""
+    arr, geometry, prof = _prepare(raw, geometry, level, profile)
+    if codes.owner_id is None or codes.has_id is None:
+        raise ValueError("decode_fields needs codes from decode_ownership(..., ids=True)")
+    if len(codes.kind) != len(arr):
+        raise ValueError("decode_fields: codes and descriptors differ in length")
+    ann = (
+        codes.owner,
+        codes.owner_id,
+        codes.has_id,
+        codes.state,
+        list(codes.owner_names),
+        list(codes.state_names),
     )
-    unknown = set(columns or ()) - set(DESCRIPTOR.names)
+    return _columns(
+        _Words(arr),
+        codes.kind,
+        geometry,
+        level,
+        prof,
+        fwb,
+        _wanted(columns),
+        addr=codes.addr,
+        ann=ann,
+    )
+
+
+def _wanted(columns: Sequence[str] | None) -> list[str]:
+    if columns is None:
+        return DESCRIPTOR.names
+    unknown = set(columns) - set(DESCRIPTOR.names)
     if unknown:
         raise ValueError(f"unknown descriptor columns: {sorted(unknown)}")
+    return [c for c in DESCRIPTOR.names if c in set(columns)]
+
+
+def _columns(
+    w: _Words,
+    kind: np.ndarray,
+    geometry: Geometry,
+    level: int,
+    prof: Profile,
+    fwb: bool,
+    wanted: list[str],
+    addr: np.ndarray | None = None,
+    ann: tuple[Any, ...] | None = None,
+) -> dict[str, Any]:
+    """The ``wanted`` columns, each computed once and only when asked for; ``addr`` and
+    ``ann`` (:func:`_annotations`' answer) when they are known already."""
+    arr = w.raw
     n = arr.shape[0]
     t = _Tables.build(geometry, level)
-    w = _Words(arr)
-    kind = np.take(t.kind_by_low2, (w.lo & np.uint16(3)).astype(np.intp)).astype(np.intp)
     absent_leaf = _absent(kind, _LEAVES)
     not_leaf = absent_leaf != 0
     lazy: dict[str, Any] = {}
+    if addr is not None:
+        lazy["addr"] = addr
+    if ann is not None:
+        lazy["ann"] = ann
 
     def once(name: str, fn: Callable[[], Any]) -> Any:
         if name not in lazy:
             lazy[name] = fn()
         return lazy[name]
 
-    def addr() -> np.ndarray:
+    def address() -> np.ndarray:
         return once("addr", lambda: _addresses(w, kind, t, geometry))
 
-    def ann() -> tuple[Any, ...]:
+    def annotations() -> tuple[Any, ...]:
         return once("ann", lambda: _annotations(w, kind, prof))
 
     def inv() -> dict[str, object]:
         inv_type = w.field(*prof.type_bits) if prof.type_bits else None
-        return once("inv", lambda: _invalid_columns(w, kind, ann()[1], ann()[2], inv_type, prof))
+        return once(
+            "inv",
+            lambda: _invalid_columns(w, kind, annotations()[1], annotations()[2], inv_type, prof),
+        )
 
     memattr = lambda: once("memattr", lambda: w.field(5, 2))  # noqa: E731
     xn = lambda: once("xn", lambda: w.field(54, 53))  # noqa: E731
@@ -564,9 +675,9 @@ def decode_columns(
         "raw": lambda: arr,
         "level": lambda: np.full(n, level, dtype=np.int8),
         "granule": lambda: _cat(np.zeros(n, dtype=np.int8), [geometry.granule.label]),
-        "kind": lambda: _cat(kind.astype(np.int8), KINDS),
-        "oa": lambda: _nullable(addr(), not_leaf, "UInt64"),
-        "next_table": lambda: _nullable(addr(), kind != _TABLE, "UInt64"),
+        "kind": lambda: _cat(kind.astype(np.int8, copy=False), KINDS),
+        "oa": lambda: _nullable(address(), not_leaf, "UInt64"),
+        "next_table": lambda: _nullable(address(), kind != _TABLE, "UInt64"),
         "size": lambda: np.full(n, geometry.span(level), dtype=np.uint64),
         "memattr": lambda: _nullable(memattr(), not_leaf, "UInt8"),
         "memattr_name": lambda: _lut_cat(memattr(), memattr_names(fwb), absent_leaf),
@@ -583,9 +694,9 @@ def decode_columns(
         "sw": lambda: _nullable(w.field(58, 55), not_leaf, "UInt8"),
         "pbha": lambda: _nullable(w.field(62, 59), not_leaf, "UInt8"),
         "res0": lambda: arr & np.take(t.res0, kind),
-        "owner": lambda: _drop_unused(_cat(ann()[0], ann()[4])),
-        "owner_id": lambda: _nullable(ann()[1], ~ann()[2], "UInt32"),
-        "page_state": lambda: _cat(ann()[3], ann()[5]),
+        "owner": lambda: _drop_unused(_cat(annotations()[0], annotations()[4])),
+        "owner_id": lambda: _nullable(annotations()[1], ~annotations()[2], "UInt32"),
+        "page_state": lambda: _cat(annotations()[3], annotations()[5]),
         "fnxs": lambda: _nullable(w.bit(11), not_leaf, "boolean"),
     }
 

@@ -14,7 +14,6 @@ followed) and ``table_reused`` (a table reached again from elsewhere, walked onc
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,16 +34,54 @@ class Memory(Protocol):
     def gather(self, pas: np.ndarray, nbytes: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
-@dataclass(frozen=True, slots=True)
 class LevelChunk:
-    """Every entry read at one level: raw value, input address, where it sits, its decode."""
+    """Every entry read from a batch of tables of one level: raw value, its decode, and
+    (computed when first asked for) input address, table page and index in the table."""
 
-    level: int
-    raw: np.ndarray
-    ipa: np.ndarray
-    table_pa: np.ndarray
-    index: np.ndarray
-    decoded: Any
+    __slots__ = ("_index", "_ipa", "_table_pa", "_tables", "decoded", "level", "raw", "span")
+
+    def __init__(
+        self,
+        level: int,
+        raw: np.ndarray,
+        decoded: Any,
+        tables: np.ndarray,
+        tables_ipa: np.ndarray,
+        span: int,
+    ) -> None:
+        self.level, self.raw, self.decoded, self.span = level, raw, decoded, span
+        self._tables = (tables, tables_ipa)
+        self._ipa: np.ndarray | None = None
+        self._table_pa: np.ndarray | None = None
+        self._index: np.ndarray | None = None
+
+    @property
+    def per_table(self) -> int:
+        """Entries read from each table."""
+        return self.raw.shape[0] // max(1, self._tables[0].shape[0])
+
+    @property
+    def ipa(self) -> np.ndarray:
+        """Input address of every entry."""
+        if self._ipa is None:
+            idx = np.arange(self.per_table, dtype=np.uint64) * np.uint64(self.span)
+            self._ipa = (self._tables[1][:, None] + idx[None, :]).reshape(-1)
+        return self._ipa
+
+    @property
+    def table_pa(self) -> np.ndarray:
+        """Physical address of the table page holding each entry."""
+        if self._table_pa is None:
+            self._table_pa = np.repeat(self._tables[0], self.per_table)
+        return self._table_pa
+
+    @property
+    def index(self) -> np.ndarray:
+        """Index of each entry in its table (uint16)."""
+        if self._index is None:
+            idx = np.arange(self.per_table, dtype=np.uint16)
+            self._index = np.tile(idx, self._tables[0].shape[0])
+        return self._index
 
 
 def _problem(log: ProblemLog, kind: str, where: int, detail: str, level: int) -> None:
@@ -164,22 +201,17 @@ class TableWalk:
         empty = (np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.int64))
         if not ok.any():
             return None, empty
-        span = np.uint64(self.geometry.span(level))
-        idx = np.arange(n_read, dtype=np.uint64)
-        raw = words[ok].reshape(-1)
-        chunk_ipa = (ipa[ok][:, None] + idx[None, :] * span).reshape(-1)
+        span = self.geometry.span(level)
+        every = bool(ok.all())
+        raw = (words if every else words[ok]).reshape(-1)
+        tables, tables_ipa = (pa, ipa) if every else (pa[ok], ipa[ok])
         ids = np.arange(first_id, first_id + pa.size)[ok]
         decoded = self.decode(raw, level)
-        chunk = LevelChunk(
-            level,
-            raw,
-            chunk_ipa,
-            np.repeat(pa[ok], n_read),
-            np.tile(idx.astype(np.uint16), int(ok.sum())),
-            decoded,
-        )
+        chunk = LevelChunk(level, raw, decoded, tables, tables_ipa, span)
         sel = np.flatnonzero(decoded.kind == _TABLE)
-        return chunk, (decoded.addr[sel], chunk_ipa[sel], ids[sel // n_read])
+        # Input addresses of the table entries only (the chunk's are made when asked for).
+        sel_ipa = tables_ipa[sel // n_read] + (sel % n_read).astype(np.uint64) * np.uint64(span)
+        return chunk, (decoded.addr[sel], sel_ipa, ids[sel // n_read])
 
     @classmethod
     def of(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -142,3 +144,76 @@ def test_empty_and_aborted_outputs(tmp_path):
     w = StreamWriter(tmp_path / "x.csv", "csv", MAP, HEX_COLUMNS)
     w.abort()
     assert list(tmp_path.iterdir()) == [tmp_path / "e.parquet"]
+
+
+def _device(tmp_path, name, minor):
+    """A character device like /dev/null (minor 3) or /dev/full (minor 7) in ``tmp_path``:
+    the streamed writers must write it in place, never rename a file over it."""
+    path = tmp_path / name
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, minor))
+        with open(path, "wb"):
+            pass
+    except OSError:
+        pytest.skip("cannot make a device node here")
+    return path
+
+
+def _dump_args(tmp_path):
+    b = _mixed()
+    path = b.write_elf(tmp_path / "dump.elf")
+    return ["decode", str(path), "--vttbr", hex(b.vttbr), "--vtcr", hex(b.vtcr)]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_streamed_output_to_a_device_is_written_in_place(tmp_path, fmt):
+    null = _device(tmp_path, "null", 3)
+    assert main([*_dump_args(tmp_path), "--format", fmt, "-o", str(null)]) == 0
+    assert stat.S_ISCHR(os.stat(null).st_mode)  # still the device, not a renamed file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.elf", "null"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_streamed_output_to_a_full_disk_is_one_line(tmp_path, capsys, fmt):
+    full = _device(tmp_path, "full", 7)
+    assert main([*_dump_args(tmp_path), "--format", fmt, "-o", str(full)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s2trace: error:" in err and str(full) in err, err
+    assert "Traceback" not in err and "standard output" not in err
+    assert stat.S_ISCHR(os.stat(full).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.elf", "full"]
+
+
+def test_streamed_write_error_midway_leaves_the_old_output(tmp_path, monkeypatch):
+    """An I/O error after some row groups: one InputError, the previous output untouched,
+    no temporary file left."""
+    import pyarrow.parquet as pq_mod
+
+    from s2trace.errors import InputError
+
+    out = tmp_path / "map.parquet"
+    out.write_bytes(b"previous")
+    calls = {"n": 0}
+    real = pq_mod.ParquetWriter.write_batch
+
+    def failing(self, batch, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, batch, *a, **kw)
+
+    monkeypatch.setattr(pq_mod.ParquetWriter, "write_batch", failing)
+    b = _mixed()
+    with open_memory([str(b.write_elf(tmp_path / "dump.elf"))]) as memory:
+        pieces = []
+        walk(memory, b.config, b.profile, sink=pieces.append)
+    piece = concat_pieces(pieces, MAP.names)
+    w = StreamWriter(out, "parquet", MAP, HEX_COLUMNS)
+    with pytest.raises(InputError, match="No space left"):
+        for _ in range(50):
+            w.write(piece)
+        w.close()
+    w.abort()
+    assert calls["n"] == 2
+    assert out.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.elf", "map.parquet"]

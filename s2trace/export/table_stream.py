@@ -6,22 +6,25 @@ A walk of a large map hands its rows over in pieces (dicts of column arrays, in 
 * Parquet: one record batch (a row group) per piece, straight from the arrays; categorical
   columns become dictionary-encoded columns (pandas reads them back as categoricals).  The
   schema carries pandas' metadata for the declared dtypes and the caller's ``meta`` as JSON
-  under the key ``s2trace``.
+  under the key ``s2trace``; columns of a non-nullable dtype (numpy integers and booleans)
+  are ``required``.  The caller's thread turns each piece into Arrow arrays; a writer thread
+  encodes them (Parquet encoding releases the GIL), so the encoding of one piece overlaps
+  the making of the next.
 * CSV: the text :func:`s2trace.render.write_frame` writes for the whole frame (address
   columns in ``0x`` hex, booleans ``True``/``False``, missing values empty), made for a
   piece at a time with numpy: each field is laid out at a fixed width in a byte matrix and
   the padding squeezed out, so there is no Python work per row.
 
-The output goes to a temporary file beside the target, renamed over it when complete
-(:meth:`close`); :meth:`abort` removes it.
+The output goes through :func:`s2trace.outputs.output_path` (a temporary file beside the
+target, renamed over it by :meth:`StreamWriter.close`; devices and pipes written in place);
+:meth:`StreamWriter.abort` drops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import queue
-import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from s2trace.columns import Schema
+from s2trace.outputs import output_path
 
 __all__ = ["StreamWriter", "csv_bytes"]
 
@@ -43,7 +47,8 @@ _CSV_ROWS = 1 << 18  # rows laid out at once
 
 class StreamWriter:
     """Write a table of ``schema`` to ``path`` as ``fmt`` (``parquet`` or ``csv``), piece by
-    piece: ``write(piece)`` for each, then ``close()``."""
+    piece: ``write(piece)`` for each, then ``close()`` (or ``abort()``).  The target is
+    checked (and refused with an InputError) when the writer is made."""
 
     def __init__(
         self,
@@ -58,43 +63,49 @@ class StreamWriter:
         self.path, self.fmt, self.schema = Path(path), fmt, schema
         self.hex_columns = frozenset(hex_columns)
         self.meta = meta
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent or ".")
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self._output = contextlib.ExitStack()
+        self.tmp = self._output.enter_context(output_path(self.path))
         self.rows = 0
         self._arrow_schema = _arrow_schema(schema)
         self._parquet: pq.ParquetWriter | None = None
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=2)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._csv: Any = None
         if fmt == "csv":
-            self._csv = open(self.tmp, "wb")  # noqa: SIM115 (closed in close/abort)
-            self._csv.write((",".join(schema.names) + "\n").encode())
+            try:
+                self._csv = open(self.tmp, "wb")  # noqa: SIM115 (closed in close/abort)
+                self._csv.write((",".join(schema.names) + "\n").encode())
+            except BaseException as exc:
+                self._fail(exc)
 
     def write(self, piece: dict[str, Any]) -> None:
         """Append the rows of one piece (columns of ``schema``, any extra ignored)."""
         self.rows += len(piece[self.schema.names[0]])
         if self._csv is not None:
-            self._csv.write(csv_bytes(piece, self.schema, self.hex_columns))
+            text = csv_bytes(piece, self.schema, self.hex_columns)
+            try:
+                self._csv.write(text)
+            except OSError as exc:
+                self._fail(exc)
             return
+        batch = pa.RecordBatch.from_arrays(
+            [_arrow(piece[n]) for n in self.schema.names], schema=self._arrow_schema
+        )
         if self._thread is None:
             self._thread = threading.Thread(target=self._write_parquet, daemon=True)
             self._thread.start()
-        self._queue.put(piece)
+        self._queue.put(batch)
         if self._error is not None:
-            raise self._error
+            self._fail(self._error)
 
     def _write_parquet(self) -> None:
-        """The writer thread: Arrow conversion and Parquet encoding (which release the GIL)
-        overlap the walk that makes the next piece."""
+        """The writer thread: Parquet encoding (which releases the GIL) overlaps the walk
+        that makes the next piece."""
         try:
-            while (piece := self._queue.get()) is not None:
-                batch = pa.RecordBatch.from_arrays(
-                    [_arrow(piece[n]) for n in self.schema.names], schema=self._arrow_schema
-                )
-                del piece
+            while (batch := self._queue.get()) is not None:
                 self._parquet_writer().write_batch(batch)
+                del batch
         except BaseException as exc:  # reported by the next write() or close()
             self._error = exc
             while self._queue.get() is not None:  # unblock the producer
@@ -121,61 +132,78 @@ class StreamWriter:
             self._thread = None
 
     def close(self, meta: dict[str, Any] | None = None) -> Path:
-        """Finish the file (``meta`` replaces the constructor's) and rename it into place."""
+        """Finish the file (``meta`` replaces the constructor's) and rename it into place.
+        An I/O error (a full disk) is one InputError line and leaves no file."""
         if meta is not None:
             self.meta = meta
-        if self._csv is not None:
-            self._csv.close()
-        else:
-            self._join()
-            if self._error is not None:
-                raise self._error
-            writer = self._parquet_writer()  # no rows: an empty table with the schema
-            if self.meta:
-                writer.add_key_value_metadata({"s2trace": json.dumps(self.meta, default=str)})
-            writer.close()
-        os.chmod(self.tmp, 0o666 & ~_umask())
-        os.replace(self.tmp, self.path)
+        try:
+            if self._csv is not None:
+                self._csv.close()
+            else:
+                self._join()
+                if self._error is not None:
+                    raise self._error
+                writer = self._parquet_writer()  # no rows: an empty table with the schema
+                if self.meta:
+                    writer.add_key_value_metadata({"s2trace": json.dumps(self.meta, default=str)})
+                writer.close()
+        except BaseException as exc:
+            self._fail(exc)
+        self._output.close()  # renamed into place
         return self.path
 
     def abort(self) -> None:
         """Drop the partial output."""
-        try:
+        with contextlib.suppress(Exception):
+            self._fail(RuntimeError("aborted"))
+
+    def _fail(self, exc: BaseException) -> None:
+        """Close what is open, remove the temporary file and raise ``exc`` (an OSError as
+        the output writer's one-line InputError)."""
+        with contextlib.suppress(Exception):
             if self._csv is not None:
                 self._csv.close()
             self._join()
             if self._parquet is not None:
                 self._parquet.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        if not self._output.__exit__(type(exc), exc, exc.__traceback__):
+            raise exc
 
 
 def _arrow_schema(schema: Schema) -> pa.Schema:
-    """The Arrow schema of a declared table (categoricals as dictionary<int32, string>),
-    with pandas' metadata so that pandas reads the declared dtypes back."""
-    empty = pa.Schema.from_pandas(schema.empty(), preserve_index=False)
-    fields = [
-        pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
-        if pa.types.is_dictionary(f.type)
-        else f
-        for f in empty
-    ]
-    return pa.schema(fields, metadata=empty.metadata)
+    """The Arrow schema of a declared table (categoricals as dictionary<int32, string>;
+    numpy integer and boolean columns, which cannot hold a missing value, required), with
+    pandas' metadata so that pandas reads the declared dtypes back."""
+    empty = schema.empty()
+    arrow = pa.Schema.from_pandas(empty, preserve_index=False)
+    fields = []
+    for f in arrow:
+        dtype = empty[f.name].dtype
+        if pa.types.is_dictionary(f.type):
+            f = pa.field(f.name, pa.dictionary(pa.int32(), pa.string()))
+        elif isinstance(dtype, np.dtype) and dtype.kind in "iub":
+            f = f.with_nullable(False)
+        fields.append(f)
+    return pa.schema(fields, metadata=arrow.metadata)
 
 
 def _arrow(values: Any) -> pa.Array:
+    """An Arrow array of a piece's column (no validity bitmap where nothing is missing)."""
     if isinstance(values, pd.Categorical):
-        codes = np.asarray(values.codes, dtype=np.int32)
-        indices = pa.array(codes, mask=codes < 0)
+        codes = np.asarray(values.codes)
+        missing = codes < 0
+        indices = pa.array(
+            codes.astype(np.int32), mask=missing if missing.any() else None, type=pa.int32()
+        )
         return pa.DictionaryArray.from_arrays(
             indices, pa.array(np.asarray(values.categories, dtype=object), pa.string())
         )
+    if isinstance(values, pd.arrays.IntegerArray | pd.arrays.BooleanArray):
+        masked: Any = values  # values and mask: pandas' masked-array layout
+        data, mask = np.asarray(masked._data), np.asarray(masked._mask)
+        if mask.all():
+            return pa.nulls(len(mask), pa.from_numpy_dtype(data.dtype))
+        return pa.array(data, mask=mask if mask.any() else None)
     return pa.array(values)
 
 

@@ -453,6 +453,8 @@ def decode_ownership(
         )
     else:
         k = key.compute(w, kind, prof)
+        if ids:  # one index conversion for four lookups
+            k = k.astype(np.intp)
         owner, state = np.take(tables["owner"], k), np.take(tables["state"], k)
         if ids:
             owner_id, has_id = np.take(tables["owner_id"], k), np.take(tables["has_id"], k)

@@ -46,6 +46,11 @@ __all__ = ["AUTO", "Memory", "WalkResult", "detect_profile", "walk"]
 
 _TABLE, _BLOCK, _PAGE, _INVALID, _RESERVED = range(len(KINDS))
 
+#: Entries per chunk when the map goes to a sink: pieces of a quarter million rows keep the
+#: pieces in flight (made, queued, being written) within a few tens of MiB, so memory freed by
+#: one piece is reused by the next instead of new pages being faulted in.
+_SINK_BATCH = 1 << 18
+
 #: ``walk(..., profile=AUTO)``: choose the annotation profile from the dump (detect_profile).
 AUTO = "auto"
 #: Profiles :func:`detect_profile` chooses between (mem_protect.c v5.13-7.1;
@@ -82,7 +87,7 @@ def walk(
     result as :func:`s2trace.walk.ownership.coalesce` on the full map, without building it).
     ``sink`` receives the map piece by piece (dicts of columns, in the map's row order:
     :class:`~s2trace.walk.pieces.IpaOrder`) instead of the map being built; the result's
-    map is then empty.  Memory stays bounded by a piece (about a million rows).
+    map is then empty.  Memory stays bounded by a few pieces (a quarter million rows each).
     """
     if sink is not None and coalesce:
         raise ValueError("walk: coalesce builds the map; it cannot stream to a sink")
@@ -107,6 +112,7 @@ def walk(
         lambda raw, level: decode_ownership(raw, g, level, prof, ids=True),
         log,
         progress=progress,
+        **({"batch_entries": _SINK_BATCH} if sink is not None else {}),
     )
     pieces: list[Piece] = []
     order = IpaOrder(sink, g.levels[-1], MAP.names) if sink is not None else None
@@ -298,7 +304,8 @@ def _check_entries(
     def where(pos: int | np.integer) -> int:
         return int(chunk.table_pa[pos]) + 8 * int(chunk.index[pos])
 
-    for pos in np.flatnonzero(kind == _RESERVED):
+    reserved = kind == _RESERVED
+    for pos in np.flatnonzero(reserved) if reserved.any() else ():
         _problem(
             log,
             "reserved_encoding",
@@ -311,7 +318,8 @@ def _check_entries(
     per_kind = np.array([masks[k] for k in KINDS], dtype=np.uint64)
     # Only entries with a bit of some kind's RES0 mask set can break their own kind's.
     union = np.bitwise_or.reduce(per_kind)
-    cand = np.flatnonzero(raw & union) if union else np.empty(0, np.intp)
+    hits = raw & union
+    cand = np.flatnonzero(hits) if union and hits.any() else np.empty(0, np.intp)
     res0 = raw[cand] & per_kind[kind[cand]]
     for i in np.flatnonzero(res0):
         pos = cand[i]
@@ -323,8 +331,10 @@ def _check_entries(
             level,
         )
     if identity:
-        leaf = (kind == _BLOCK) | (kind == _PAGE)
-        for pos in np.flatnonzero(leaf & (addr != ipa)):
+        moved = addr != ipa
+        if moved.any():
+            moved &= (kind == _BLOCK) | (kind == _PAGE)
+        for pos in np.flatnonzero(moved) if moved.any() else ():
             _problem(
                 log,
                 "not_identity",

@@ -217,3 +217,31 @@ def test_streamed_write_error_midway_leaves_the_old_output(tmp_path, monkeypatch
     assert calls["n"] == 2
     assert out.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dump.elf", "map.parquet"]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, (1 << 64) - 1), max_size=40),
+    st.sampled_from([np.uint8, np.uint16, np.uint32, np.uint64, np.int64]),
+    st.data(),
+)
+def test_csv_digits_are_pythons_formatting(values, dtype, data):
+    """The numpy digit layouts of the streamed CSV (hex with 0x, decimal; missing values
+    empty) give exactly Python's "0x%x" and str(), for any widths mixed in one column."""
+    from s2trace.export.table_stream import _field_bytes
+
+    top = np.iinfo(dtype).max
+    arr = np.array([v & top for v in values], dtype=dtype)
+    mask = np.array(
+        data.draw(st.lists(st.booleans(), min_size=len(arr), max_size=len(arr))), dtype=bool
+    )
+    column = pd.array(arr, dtype=str(arr.dtype).replace("u", "U").replace("int", "Int"))
+    column[mask] = pd.NA
+    for hex_column in (True, False):
+        for values_in in (arr, column):
+            rows = _field_bytes(values_in, hex_column)
+            got = [bytes(r[r != 0]).decode() for r in rows]
+            want = [("0x%x" if hex_column else "%d") % int(v) for v in arr]
+            if values_in is column:
+                want = ["" if m else w for w, m in zip(want, mask, strict=True)]
+            assert got == want

@@ -23,6 +23,7 @@ target, renamed over it by :meth:`StreamWriter.close`; devices and pipes written
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import queue
 import threading
@@ -41,7 +42,6 @@ from s2trace.outputs import output_path
 __all__ = ["StreamWriter", "csv_bytes"]
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_DEC = np.frombuffer(b"0123456789", dtype=np.uint8)
 _CSV_ROWS = 1 << 18  # rows laid out at once
 
 
@@ -265,28 +265,48 @@ def _field_bytes(values: Any, hex_column: bool) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _hex4() -> np.ndarray:
+    """The four lowercase hex digits of every 16-bit value: a (65536, 4) uint8 table."""
+    x = np.arange(1 << 16, dtype=np.uint32)
+    return _HEX[(x[:, None] >> np.array([12, 8, 4, 0], dtype=np.uint32)) & np.uint32(15)]
+
+
+def _blank_leading_zeros(digits: np.ndarray) -> None:
+    """Zero (squeezed out later) the leading ``0`` digits of each row, keeping the last."""
+    if digits.shape[1] < 2:
+        return
+    significant = digits != ord("0")
+    significant[:, -1] = True
+    first = significant.argmax(axis=1)
+    digits[np.arange(digits.shape[1]) < first[:, None]] = 0
+
+
 def _hex_digits(data: np.ndarray) -> np.ndarray:
-    """``0x``-prefixed lowercase hex without leading zeros (``0x0`` for zero)."""
-    v = data.astype(np.uint64)
-    shifts = np.arange(60, -4, -4, dtype=np.uint64)
-    nibbles = ((v[:, None] >> shifts[None, :]) & np.uint64(15)).astype(np.intp)
-    digits = _HEX[nibbles]
-    lead = np.cumsum(nibbles != 0, axis=1) == 0
-    lead[:, -1] = False
-    digits[lead] = 0
-    prefix = np.empty((len(v), 2), np.uint8)
-    prefix[:, 0], prefix[:, 1] = ord("0"), ord("x")
-    return np.concatenate([prefix, digits], axis=1)
+    """``0x``-prefixed lowercase hex without leading zeros (``0x0`` for zero): four digits
+    per 16-bit word from one table lookup, only as many words as the largest value needs."""
+    v = np.ascontiguousarray(data, dtype="<u8")
+    n = v.shape[0]
+    ndig = max(1, (int(v.max()).bit_length() + 3) // 4) if n else 1
+    groups = -(-ndig // 4)
+    words = v.view("<u2").reshape(n, 4)[:, groups - 1 :: -1]  # most significant first
+    chars = _hex4()[words.astype(np.intp)].reshape(n, 4 * groups)
+    out = np.empty((n, ndig + 2), np.uint8)
+    out[:, 0], out[:, 1] = ord("0"), ord("x")
+    out[:, 2:] = chars[:, 4 * groups - ndig :]
+    _blank_leading_zeros(out[:, 2:])
+    return out
 
 
 def _dec_digits(data: np.ndarray) -> np.ndarray:
-    """Decimal without leading zeros."""
+    """Decimal without leading zeros (one division per digit place, not per row)."""
     v = data.astype(np.uint64)
     width = max(1, len(str(int(v.max())))) if len(v) else 1
-    powers = np.array([10**k for k in range(width - 1, -1, -1)], dtype=np.uint64)
-    places = ((v[:, None] // powers[None, :]) % np.uint64(10)).astype(np.intp)
-    digits = _DEC[places]
-    lead = np.cumsum(places != 0, axis=1) == 0
-    lead[:, -1] = False
-    digits[lead] = 0
+    digits = np.empty((len(v), width), np.uint8)
+    ten = np.uint64(10)
+    for place in range(width - 1, -1, -1):
+        digits[:, place] = v % ten
+        v //= ten
+    digits += ord("0")
+    _blank_leading_zeros(digits)
     return digits

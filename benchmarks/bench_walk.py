@@ -5,15 +5,20 @@ Prints wall time and entries/s for the walk (ownership map of every leaf), for t
 ``coalesce``, and for the whole CLI command (a fresh process, cold imports) with
 ``--coalesce``, and writing the full map as Parquet (streamed while walking; its data checked
 equal, column by column and null by null, to the API walk's map); and the peak RSS of each.
-Optionally times the real 1 GiB sample through the CLI.  Usage::
+The Parquet run is repeated (``--repeat``; best wall time shown, with the CPU time, user +
+system, of that run) and the load average printed, since the machine may be shared.
+``--csv`` also streams the map as CSV (slow: minutes).  Optionally times the real 1 GiB
+sample through the CLI.  Usage::
 
-    python benchmarks/bench_walk.py [--gib 64] [--real ../shared/samples/qemu-pkvm-6.12]
+    python benchmarks/bench_walk.py [--gib 64] [--repeat 3] [--csv] \
+        [--real ../shared/samples/qemu-pkvm-6.12]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,6 +39,14 @@ RAM_BASE = 0x40000000
 
 def _cli(argv: list[str]) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of one ``s2trace`` process."""
+    wall, rss, _ = _cli_cpu(argv)
+    return wall, rss
+
+
+def _cli_cpu(argv: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system, every thread) of one
+    ``s2trace`` process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # ru_maxrss survives exec on Linux, so read the child's own high-water mark (VmHWM).
     code = (
         "import re,sys,time;t=time.perf_counter();"
@@ -47,8 +60,21 @@ def _cli(argv: list[str]) -> tuple[float, float]:
         [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True
     )
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     rss = float(proc.stderr.strip().split("@@ ")[-1].split()[1])
-    return wall, rss
+    return wall, rss, cpu
+
+
+def _best(argv: list[str], repeat: int) -> tuple[float, float, float, list[float]]:
+    """The fastest of ``repeat`` runs (wall, RSS, CPU) and every run's wall time."""
+    runs = [_cli_cpu(argv) for _ in range(repeat)]
+    best = min(runs)
+    return (*best, [r[0] for r in runs])
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _check_same(path: Path, frame) -> None:
@@ -73,6 +99,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gib", type=int, default=64)
     ap.add_argument("--real", type=Path, help="a capture folder with host-s2.elf(.zst)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of the streamed Parquet case")
+    ap.add_argument("--csv", action="store_true", help="also stream the map as CSV (minutes)")
     ap.add_argument(
         "--default-allocator",
         action="store_true",
@@ -126,13 +154,28 @@ def main() -> None:
         )
         print(f"CLI decode --summary:  {wall:6.2f} s wall (fresh process), peak RSS {rss:.0f} MiB")
         out = Path(tmp) / "map.parquet"
-        wall, rss = _cli(["decode", str(path), *regs, "--format", "parquet", "-o", str(out)])
+        print(f"CLI decode --format parquet, {args.repeat} runs ({_load()})")
+        wall, rss, cpu, walls = _best(
+            ["decode", str(path), *regs, "--format", "parquet", "-o", str(out)], args.repeat
+        )
         print(
             f"CLI decode --format parquet (full map, {entries} rows): {wall:6.2f} s wall "
-            f"(fresh process), peak RSS {rss:.0f} MiB, {os.path.getsize(out) >> 20} MiB file"
+            f"(best; fresh process), {cpu:.2f} s CPU, peak RSS {rss:.0f} MiB, "
+            f"{os.path.getsize(out) / 2**20:.1f} MiB file; runs "
+            + " ".join(f"{w:.2f}" for w in walls)
+            + f" ({_load()})"
         )
         _check_same(out, result.map)
         print("  parquet data equal to the API walk's map (every column, nulls included)")
+        if args.csv:
+            out = Path(tmp) / "map.csv"
+            wall, rss, cpu = _cli_cpu(
+                ["decode", str(path), *regs, "--format", "csv", "-o", str(out)]
+            )
+            print(
+                f"CLI decode --format csv: {wall:6.2f} s wall, {cpu:.2f} s CPU, peak RSS "
+                f"{rss:.0f} MiB, {os.path.getsize(out) / 1e9:.2f} GB file ({_load()})"
+            )
     if args.real:
         core = args.real / "host-s2.elf"
         if not core.exists():

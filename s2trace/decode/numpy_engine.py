@@ -527,8 +527,13 @@ def _nullable(values: np.ndarray, absent: np.ndarray, dtype: str) -> object:
 
 
 def _drop_unused(cat: pd.Categorical) -> pd.Categorical:
-    """Remove categories no row uses (one bincount and one lookup over the codes)."""
+    """Remove categories no row uses (one bincount and one lookup over the codes; two
+    narrow passes when every row has the same category, as in most chunks of a map)."""
     codes = cat.codes
+    if codes.size and len(cat.categories) > 1:
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo == hi and lo >= 0:
+            return _cat(np.zeros(codes.size, np.int8), [cat.categories[lo]])
     ucodes: np.ndarray = (
         codes.view(np.uint8 if codes.dtype.itemsize == 1 else np.uint16)
         if codes.dtype.itemsize <= 2

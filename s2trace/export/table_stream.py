@@ -104,6 +104,7 @@ class StreamWriter:
         """The writer thread: Parquet encoding (which releases the GIL) overlaps the walk
         that makes the next piece.  Pieces are gathered into row groups of about a million
         rows (fewer row groups: a smaller footer and slightly less encoding work)."""
+        ended = False  # the end marker was taken from the queue
         try:
             held: list[pa.RecordBatch] = []
             rows = 0
@@ -114,11 +115,12 @@ class StreamWriter:
                 if rows >= _ROW_GROUP_ROWS:
                     self._write_row_group(held)
                     held, rows = [], 0
+            ended = True
             if held:
                 self._write_row_group(held)
         except BaseException as exc:  # reported by the next write() or close()
             self._error = exc
-            while self._queue.get() is not None:  # unblock the producer
+            while not ended and self._queue.get() is not None:  # unblock the producer
                 pass
 
     def _write_row_group(self, batches: list[pa.RecordBatch]) -> None:

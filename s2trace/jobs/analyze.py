@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,27 +31,40 @@ from s2trace.trace.family import (
     linear_map_from_trace,
     stated_version,
 )
+from s2trace.trace.parse.formats import TEXT_FORMATS, detect_format
 from s2trace.trace.parse.merge import merge_events
 from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import load_recipes, to_transitions
+from s2trace.trace.recipes.engine import transitions_of_table
 from s2trace.trace.recipes.hypercalls import hypercall_table
 from s2trace.trace.recipes.settle import settle_by_map
 from s2trace.trace.replay import Timeline, replay
+from s2trace.trace.stream import StreamedTrace, stream_trace
 
 __all__ = ["Analysis", "analyze", "parse_linear_map", "parse_time"]
 
 
 @dataclass
 class Analysis:
-    """Every stage of one trace analysis."""
+    """Every stage of one trace analysis.
+
+    ``events``: the EVENTS table; a trace read in bounded memory (:mod:`s2trace.trace.stream`)
+    is parsed again, whole, the first time they are asked for (``_events`` is then how).
+    """
 
     source: Path
-    events: pd.DataFrame
+    _events: pd.DataFrame | Callable[[], pd.DataFrame] = field(repr=False)
     transitions: pd.DataFrame
     timeline: Timeline
     problems: ProblemLog
     kernel: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events(self) -> pd.DataFrame:
+        if callable(self._events):
+            self._events = self._events()
+        return self._events
 
     @property
     def intervals(self) -> pd.DataFrame:
@@ -155,6 +169,7 @@ def analyze(
     iomem: str | Path | None = None,
     hyp_trace: str | Path | None = None,
     hypercalls: str | Path | None = None,
+    stream: bool | None = None,
 ) -> Analysis:
     """Read a trace (file or capture folder), derive transitions and replay them.
 
@@ -180,6 +195,11 @@ def analyze(
     transitions the host only brackets (:mod:`s2trace.trace.recipes.pin`).  ``hypercalls``: the
     kernel's ``arch/arm64/include/asm/kvm_asm.h`` (or a TOML ``names = [...]``), needed to
     name ACK ``host_hcall`` ids (ACK numbers its hypercalls its own way).
+
+    ``stream``: read the trace in bounded memory (:mod:`s2trace.trace.stream`: parse and
+    row-local recipes chunk by chunk, the other recipes over compact rows; same results, the
+    parse cache unused; ``events`` parsed again when asked for).  Default: for text traces of
+    :data:`STREAM_BYTES` or more, without ``hyp_trace``.
     """
 
     source = Path(path)
@@ -200,15 +220,37 @@ def analyze(
         stated = cap.kernel
     elif not os.path.exists(source):  # False also for a name too long to look up
         raise InputError(f"{source}: no such trace file or capture folder")
-    trace = read_trace(source, strict=strict, progress=progress, use_cache=use_cache)
+    every = load_recipes(list(recipes))
+    streamed: StreamedTrace | None = None
+    if _streams(source, stream, hyp_trace):
+        streamed = stream_trace(
+            source, every, strict=strict, progress=progress, linear_map=linear_map,
+            page_size=page_size,
+        )  # fmt: skip
+        trace_problems, notes, fmt, lines = (
+            streamed.problems,
+            streamed.notes,
+            streamed.fmt,
+            streamed.lines,
+        )
+        events = streamed.events  # the compact rows: what the recipes and kernel choice read
+        n_events = streamed.n_events
+        whole: pd.DataFrame | Callable[[], pd.DataFrame] = partial(
+            _events_of, source, strict, use_cache
+        )
+    else:
+        trace = read_trace(source, strict=strict, progress=progress, use_cache=use_cache)
+        trace_problems, notes, fmt, lines = trace.problems, trace.notes, trace.fmt, trace.lines
+        events = whole = trace.events
+        n_events = len(events)
     release_memory()  # each stage's freed temporaries: not held into the next stage's peak
     problems = ProblemLog(strict=strict)
-    problems.extend(trace.problems)
-    events = trace.events
+    problems.extend(trace_problems)
     if hyp_trace is not None:
         hyp = read_trace(hyp_trace, strict=strict, progress=progress, use_cache=use_cache)
         problems.extend(hyp.problems)
-        events = merge_events(events, hyp.events)
+        events = whole = merge_events(events, hyp.events)
+        n_events = len(events)
         meta["hyp_trace"] = f"{hyp_trace} ({len(hyp.events)} events, merged by time)"
     table = hypercall_table(path=hypercalls) if hypercalls is not None else None
     if table is None and (events["event"] == "host_hcall").any():
@@ -216,9 +258,8 @@ def analyze(
             "host_hcall events not used to time transitions: their ids need the kernel's own "
             "kvm_asm.h (hypercalls=...)"
         )
-    if trace.notes:
-        meta["trace_notes"] = "; ".join(trace.notes)
-    every = load_recipes(list(recipes))
+    if notes:
+        meta["trace_notes"] = "; ".join(notes)
     choice = choose_kernel(
         events,
         every,
@@ -238,15 +279,30 @@ def analyze(
         linear_map, how = linear_map_from_trace(events, page_size)
         if linear_map is not None:
             meta["linear_map_source"] = f"inferred from the trace: {how}"
-    transitions, recipe_problems = to_transitions(
-        events,
-        recipe_set,
-        kernel=kernel,
-        linear_map=linear_map,
-        page_size=page_size,
-        strict=strict,
-        hypercalls=table,
-    )
+    if streamed is not None:
+        if page_size <= 0 or page_size & (page_size - 1):
+            raise InputError(f"page size {page_size}: expected a power of two")
+        transitions, recipe_problems = transitions_of_table(
+            streamed.table(),
+            recipe_set.for_kernel(kernel),
+            local=streamed.local,
+            linear_map=linear_map,
+            page_size=page_size,
+            strict=strict,
+            hypercalls=table,
+        )
+        streamed = None  # the compact rows: not held into the replay
+        del events
+    else:
+        transitions, recipe_problems = to_transitions(
+            events,
+            recipe_set,
+            kernel=kernel,
+            linear_map=linear_map,
+            page_size=page_size,
+            strict=strict,
+            hypercalls=table,
+        )
     problems.extend(recipe_problems)
     confirm_alike(choice, transitions)
     release_memory()
@@ -273,9 +329,9 @@ def analyze(
     meta.update(
         kernel=kernel,
         trace=str(source),
-        format=trace.fmt,
-        lines=trace.lines,
-        events=len(events),
+        format=fmt,
+        lines=lines,
+        events=n_events,
         transitions=len(transitions),
         violations=len(timeline.violations),
     )
@@ -287,4 +343,22 @@ def analyze(
             f"{check['pages_checked']} changed page(s) compared with the dump: "
             f"{check['pages_disagreeing']} disagree"
         )
-    return Analysis(source, events, transitions, timeline, problems, kernel, meta)
+    return Analysis(source, whole, transitions, timeline, problems, kernel, meta)
+
+
+#: Text traces of this size or more are read in bounded memory by default (``stream``).
+STREAM_BYTES = 256 << 20
+
+
+def _streams(source: Path, stream: bool | None, hyp_trace: str | Path | None) -> bool:
+    """Whether to read ``source`` with :func:`~s2trace.trace.stream.stream_trace`."""
+    if stream is False or hyp_trace is not None:
+        return False
+    if detect_format(source) not in TEXT_FORMATS:
+        return False
+    return bool(stream) or source.stat().st_size >= STREAM_BYTES
+
+
+def _events_of(source: Path, strict: bool, use_cache: bool) -> pd.DataFrame:
+    """The whole EVENTS table of a streamed trace, when asked for."""
+    return read_trace(source, strict=strict, progress=False, use_cache=use_cache).events

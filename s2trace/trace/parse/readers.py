@@ -188,17 +188,29 @@ def trace_notes(events: pd.DataFrame, lines: int) -> tuple[str, ...]:
     ProblemLog and ``--strict`` are for lines that cannot be used."""
     ts = events["ts"].to_numpy(np.float64)
     finite = np.flatnonzero(np.isfinite(ts))
-    if not len(finite):
-        return (f"the trace holds no event ({lines} line(s) read); answers from it are the "
-                "initial state only",)  # fmt: skip
     ts = ts[finite]
     back = np.flatnonzero(ts[1:] < ts[:-1])
-    if not len(back):
+    first = None
+    if len(back):
+        line = int(events["line"].iloc[finite[back[0] + 1]])
+        first = (line, float(ts[back[0] + 1]), float(ts[back[0]]))
+    return notes_text(len(finite), lines, len(back), first)
+
+
+def notes_text(
+    finite: int, lines: int, back: int, first: tuple[int, float, float] | None
+) -> tuple[str, ...]:
+    """The notes of :func:`trace_notes` from ``finite`` timed events and ``back`` steps back
+    in time, the first at ``first`` = (line, time, time before it)."""
+    if not finite:
+        return (f"the trace holds no event ({lines} line(s) read); answers from it are the "
+                "initial state only",)  # fmt: skip
+    if not back or first is None:
         return ()
-    line = int(events["line"].iloc[finite[back[0] + 1]])
+    line, now, before = first
     return (
-        f"timestamps go back in time {len(back)} time(s), first at line {line} ({ts[back[0] + 1]} "
-        f"after {ts[back[0]]}); events are replayed in time order",
+        f"timestamps go back in time {back} time(s), first at line {line} ({now} "
+        f"after {before}); events are replayed in time order",
     )
 
 
@@ -211,7 +223,7 @@ def _parse_text(src: Path, fmt: str, log: ProblemLog, show: bool) -> tuple[pd.Da
     size = src.stat().st_size
     parts: list[EventCols] = []
     next_line = 1
-    default_cpu = _cpu_from_path(src) if fmt == "hyp-early" else None
+    default_cpu = cpu_from_path(src) if fmt == "hyp-early" else None
     with tqdm(
         total=size,
         unit="B",
@@ -234,7 +246,7 @@ def _parse_text(src: Path, fmt: str, log: ProblemLog, show: bool) -> tuple[pd.Da
     return events_frame(parts), next_line - 1
 
 
-def _cpu_from_path(src: Path) -> int | None:
+def cpu_from_path(src: Path) -> int | None:
     """The N of a ``cpuN`` directory in the path (per-CPU hypervisor trace files)."""
     for part in reversed(src.parts[:-1]):
         if m := re.fullmatch(r"cpu(\d+)", part):

@@ -10,7 +10,8 @@ same CPU (the gap starts after it), so the replay can mark what follows as possi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,7 @@ from s2trace.trace.recipes.rowset import BasisTexts, RowSet
 from s2trace.trace.recipes.runs import run_windows
 from s2trace.trace.recipes.teardown import expand_vm_scope
 
-__all__ = ["to_transitions"]
+__all__ = ["LocalRows", "is_row_local", "to_transitions", "transitions_of_table"]
 
 
 def to_transitions(
@@ -77,11 +78,40 @@ def to_transitions(
     if page_size <= 0 or page_size & (page_size - 1):
         raise InputError(f"page size {page_size}: expected a power of two")
     rs = (recipes if recipes is not None else load_recipes()).for_kernel(kernel)
+    return transitions_of_table(
+        EventTable.of(events),
+        rs,
+        linear_map=linear_map,
+        page_size=page_size,
+        strict=strict,
+        hypercalls=hypercalls,
+    )
+
+
+def transitions_of_table(
+    ev: EventTable,
+    rs: RecipeSet,
+    *,
+    local: Mapping[int, LocalRows] | None = None,
+    linear_map: tuple[int, int] | None = None,
+    page_size: int = 4096,
+    strict: bool = False,
+    hypercalls: Mapping[int, str] | None = None,
+) -> tuple[pd.DataFrame, ProblemLog]:
+    """:func:`to_transitions` over an :class:`EventTable` and the recipes ``rs`` (already for
+    one kernel).  ``local`` holds, by ``id()`` of the recipe, the rows and problems of
+    row-local recipes already evaluated chunk by chunk (:func:`is_row_local`,
+    :mod:`s2trace.trace.stream`): they are taken as they are, in the same order."""
     log = ProblemLog(strict=strict)
-    ev = EventTable.of(events)
     done: dict[str, RowSet] = {}
     for recipe in rs.ordered():
-        rows = _apply(recipe, ev, linear_map, page_size, log)
+        pre = local.get(id(recipe)) if local is not None else None
+        if pre is not None:
+            rows = pre.rows
+            for p in pre.problems():
+                log.add(p)
+        else:
+            rows = _apply(recipe, ev, linear_map, page_size, log)
         if recipe.covered_by is not None and recipe.covered_by in done and len(rows.anchor):
             rows = rows.take(~_covered(rows, done[recipe.covered_by]))
         done[recipe.name] = rows
@@ -98,13 +128,72 @@ def _problem(log: ProblemLog, ev: EventTable, rows: np.ndarray, kind: str, detai
         log.add(Problem(kind, line, detail))
 
 
+def is_row_local(r: Recipe, linear_map: tuple[int, int] | None) -> bool:
+    """Whether a recipe's rows depend on its own event alone (no pair, context, completion,
+    covering, runs, memcache, VM scope or hypercall pin; no linear-map address still to be
+    inferred), so that evaluating it over any cut of the events into chunks gives the same
+    rows and problems, in the same order per problem group."""
+    linear = "linear" in (r.space, r.vm_space)
+    return (
+        r.pair is None
+        and r.context is None
+        and r.complete is None
+        and r.covered_by is None
+        and not r.runs
+        and r.memcache is None
+        and r.scope != "vm"
+        and not r.hypercall
+        and not (linear and linear_map is None)
+    )
+
+
+@dataclass
+class LocalRows:
+    """The rows of one row-local recipe gathered chunk by chunk, and its problems by group
+    (the order :func:`_apply` records them in: damaged ranges, then each label)."""
+
+    parts: list[RowSet] = field(default_factory=list)
+    groups: list[list[Problem]] = field(default_factory=lambda: [[] for _ in range(4)])
+
+    @property
+    def rows(self) -> RowSet:
+        return RowSet.concat(self.parts) if self.parts else RowSet.empty()
+
+    def problems(self) -> list[Problem]:
+        return [p for g in self.groups for p in g]
+
+    def add(
+        self,
+        r: Recipe,
+        ev: EventTable,
+        linear_map: tuple[int, int] | None,
+        page: int,
+        remap: np.ndarray,
+    ) -> None:
+        """Evaluate ``r`` over one chunk's table; anchors become ``remap[anchor]``."""  # fmt: skip
+        logs = [ProblemLog() for _ in range(4)]
+        rows = _apply(r, ev, linear_map, page, logs[0], label_logs=logs[1:])
+        for g, lg in zip(self.groups, logs, strict=True):
+            g.extend(lg)
+        if len(rows):
+            rows.anchor = remap[rows.anchor]
+            rows.done = remap[rows.done]
+            rows.early = remap[rows.early]
+            self.parts.append(rows)
+
+
 #: Rows evaluated at once: field text is held only for one batch (bounded memory).
 _EVAL_BATCH = 1 << 20
 _COMPONENTS = pd.CategoricalDtype(list(COMPONENTS))
 
 
 def _apply(
-    r: Recipe, ev: EventTable, linear_map: tuple[int, int] | None, page: int, log: ProblemLog
+    r: Recipe,
+    ev: EventTable,
+    linear_map: tuple[int, int] | None,
+    page: int,
+    log: ProblemLog,
+    label_logs: Sequence[ProblemLog] = (),
 ) -> RowSet:
     """The transition rows of one recipe.
 
@@ -132,10 +221,11 @@ def _apply(
     del parts
     if bad.any():
         _report_bad(log, ev, anchor[bad], r, linear_map)
-    for key, vocab in (("op", RECIPE_OPS), ("initiator", COMPONENTS), ("completer", COMPONENTS)):
+    labelled = (("op", RECIPE_OPS), ("initiator", COMPONENTS), ("completer", COMPONENTS))
+    for k, (key, vocab) in enumerate(labelled):
         if wrong[key].any():
             _problem(
-                log,
+                label_logs[k] if label_logs else log,
                 ev,
                 anchor[wrong[key]],
                 "bad_field",
@@ -314,7 +404,7 @@ def _assemble(
     row = col("done", 0, np.int64)
     row[n_rec:] = lost
     ts = ev.ts[row].copy()
-    ts[n_rec:] = _lost_times(ev, lost)
+    ts[n_rec:] = _lost_times(ev, lost) if ev.lost_ts is None else ev.lost_ts
     early = col("early", 0, np.int64)
     t_earliest = ev.ts[early]
     t_earliest[n_rec:] = ts[n_rec:]
@@ -332,7 +422,7 @@ def _assemble(
         {
             "ts": ts,
             "line": ev.line[row],
-            "event_index": row,
+            "event_index": row if ev.index is None else ev.index[row],
             "op": pd.Categorical.from_codes(op, dtype=pd.CategoricalDtype(list(OPS))),
             "initiator": pd.Categorical.from_codes(
                 col("initiator", NONE, np.int8), dtype=_COMPONENTS

@@ -43,9 +43,17 @@ class EventTable:
     line: np.ndarray
     ts: np.ndarray
     text: pa.ChunkedArray
+    #: when ``frame`` holds some of a trace's events only: the row of each in the whole
+    #: events table (becomes ``event_index``), and when each lost-events gap began
+    index: np.ndarray | None = None
+    lost_ts: np.ndarray | None = None
 
     @staticmethod
-    def of(events: pd.DataFrame) -> EventTable:
+    def of(
+        events: pd.DataFrame, index: np.ndarray | None = None, lost_ts: np.ndarray | None = None
+    ) -> EventTable:
+        """The table of ``events``; ``index``/``lost_ts`` when they are a subset of a trace's
+        events (see the attributes)."""
         EVENTS.check(events)
         cat = events["event"].astype("category")
         pid = events["pid"].to_numpy(dtype="float64", na_value=np.nan)
@@ -61,6 +69,8 @@ class EventTable:
             line=events["line"].to_numpy(np.int64),
             ts=events["ts"].to_numpy(np.float64),
             text=_chunked(events["fields"]),
+            index=index,
+            lost_ts=lost_ts,
         )
 
     def rows(self, event: str) -> np.ndarray:

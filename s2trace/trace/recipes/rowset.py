@@ -48,6 +48,14 @@ class RowSet:
         names = [f.name for f in fields(RowSet)]
         return RowSet(*(np.concatenate([getattr(p, n) for p in parts]) for n in names))
 
+    @staticmethod
+    def empty() -> RowSet:
+        i64, u64, i8, b = (np.zeros(0, t) for t in (np.int64, np.uint64, np.int8, bool))
+        return RowSet(
+            i64, i64, i64, i64, u64, u64, i8, i8, i8, i64, b, u64, b, b, i64,
+            np.zeros(0, np.int32),
+        )  # fmt: skip
+
     def __len__(self) -> int:
         return len(self.anchor)
 

@@ -221,7 +221,7 @@ def replay(
     if strict and len(violations):
         v = violations.iloc[0]
         raise StrictError(f"--strict: violation at line {v['line']}: {v['check']}: {v['detail']}")
-    lost_rows = tr[tr["op"].astype("object") == "lost"]
+    lost_rows = tr[(tr["op"] == "lost").to_numpy(dtype=bool, na_value=False)]
     meta = {
         "kernel": str(kernel),
         "version": f"{version[0]}.{version[1]}",

@@ -4,9 +4,13 @@ The trace is host ftrace text of s2trace's own tracepoint (docs/trace-format.md)
 ``--pages`` pages in turn, a legal cycle of share / unshare / donate / reclaim between the host
 and the hypervisor, repeated until ``--lines`` transitions; about 1 % more lines are other
 events (kept, not transitions).  The analysis runs in a fresh process (``s2trace.trace.analyze``,
-no cache) whose peak resident set (VmHWM) is reported.
+no cache) whose wall time, CPU time (user + system) and peak resident set (VmHWM) are reported.
+A trace of 256 MiB or more is read in bounded memory (``analyze(stream=None)``,
+:mod:`s2trace.trace.stream`); ``--whole`` reads it whole (``stream=False``) to compare.
+``--trace PATH`` analyses a trace written before (``--keep PATH`` keeps the one written).
 
-    python benchmarks/bench_trace_e2e.py [--lines 10000000] [--pages 1000000]
+    python benchmarks/bench_trace_e2e.py [--lines 10000000] [--pages 1000000] [--whole]
+                                         [--keep PATH | --trace PATH]
 """
 
 from __future__ import annotations
@@ -61,13 +65,16 @@ def write_trace(path: Path, lines: int, pages: int, seed: int = 1) -> None:
 
 
 CHILD = r"""
-import re, sys, time
+import re, resource, sys, time
 from s2trace.jobs.analyze import analyze
 t = time.perf_counter()
-r = analyze(sys.argv[1], kernel="6.12", use_cache=False, progress=False)  # states no kernel
-wall = time.perf_counter() - t
+stream = None if sys.argv[2] == "auto" else False
+r = analyze(sys.argv[1], kernel="6.12", use_cache=False, progress=False, stream=stream)
+wall = time.perf_counter() - t  # (the trace states no kernel)
+ru = resource.getrusage(resource.RUSAGE_SELF)
 hwm = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1]) // 1024
-print(wall, len(r.events), len(r.transitions), len(r.intervals), len(r.violations), hwm)
+print(wall, r.meta["events"], len(r.transitions), len(r.intervals), len(r.violations), hwm,
+      ru.ru_utime, ru.ru_stime)
 """
 
 
@@ -75,22 +82,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--lines", type=int, default=10_000_000)
     ap.add_argument("--pages", type=int, default=1_000_000)
+    ap.add_argument("--whole", action="store_true", help="read the trace whole (stream=False)")
+    ap.add_argument("--keep", type=Path, help="write the trace here and keep it")
+    ap.add_argument("--trace", type=Path, help="analyse this trace (written before)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trace.txt"
-        t = time.perf_counter()
-        write_trace(path, args.lines, args.pages)
-        print(
-            f"wrote {args.lines} lines ({path.stat().st_size >> 20} MiB) in "
-            f"{time.perf_counter() - t:.0f} s"
-        )
+        path = args.trace or args.keep or Path(tmp) / "trace.txt"
+        if args.trace is None:
+            t = time.perf_counter()
+            write_trace(path, args.lines, args.pages)
+            print(
+                f"wrote {args.lines} lines ({path.stat().st_size >> 20} MiB) in "
+                f"{time.perf_counter() - t:.0f} s"
+            )
+        mode = "whole" if args.whole else "auto"
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True
+            [sys.executable, "-c", CHILD, str(path), mode],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.split()
-    wall, events, trans, intervals, violations, hwm = float(out[0]), *map(int, out[1:])
+    wall, user, system = float(out[0]), float(out[6]), float(out[7])
+    events, trans, intervals, violations, hwm = map(int, out[1:6])
     print(
-        f"analyze (parse + recipes + replay): {wall:.1f} s, {args.lines / wall / 1e6:.2f} M "
-        f"lines/s end to end"
+        f"analyze (parse + recipes + replay, {mode}): {wall:.1f} s wall, CPU {user:.1f} s user "
+        f"+ {system:.1f} s sys, {events / wall / 1e6:.2f} M events/s end to end"
     )
     print(
         f"events {events}, transitions {trans} ({trans / wall / 1e6:.2f} M/s end to end), "

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
 from s2trace.errors import InputError, Problem, ProblemLog
@@ -254,8 +253,10 @@ def stream_trace(
                 sub = cols.keep(wanted[code])
                 m = len(sub)
                 nulls = pa.nulls(m, STR)
-                keep_text = pa.array(text_rows[rows])
-                sub.fields = pc.if_else(keep_text, sub.fields, pa.scalar(None, STR))
+                keep_text = text_rows[rows]
+                if not keep_text.all():  # a take, not if_else: that keeps every row's bytes
+                    at = pa.array(np.arange(m), mask=~keep_text)
+                    sub.fields = sub.fields.take(at)
                 sub.task = sub.flags = nulls
                 parts.append(sub)
                 index.append(rows + n_events)

@@ -352,8 +352,8 @@ STREAM_BYTES = 256 << 20
 
 def _streams(source: Path, stream: bool | None, hyp_trace: str | Path | None) -> bool:
     """Whether to read ``source`` with :func:`~s2trace.trace.stream.stream_trace`."""
-    if stream is False or hyp_trace is not None:
-        return False
+    if stream is False or hyp_trace is not None or not source.is_file():
+        return False  # a FIFO or device is refused by read_trace, before anything opens it
     if detect_format(source) not in TEXT_FORMATS:
         return False
     return bool(stream) or source.stat().st_size >= STREAM_BYTES

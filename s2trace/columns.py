@@ -501,9 +501,53 @@ SCHEMAS: tuple[Schema, ...] = (
 )
 
 
+#: Address-like columns (addresses, sizes, raw descriptors and register values) in every
+#: schema and result table: shown as ``0x`` hex in every table, CSV and JSON a person reads
+#: (:mod:`s2trace.render`); Parquet and DataFrames keep them as integers.
+ADDRESS_COLUMNS = frozenset(
+    {
+        "actual_raw",
+        "addr",
+        "addr_start",
+        "end",
+        "expected_raw",
+        "gfn",
+        "handle",
+        "host_kvm",
+        "host_raw",
+        "hyp_pa",
+        "hyp_raw",
+        "hyp_va",
+        "ipa",
+        "ipa_start",
+        "next_table",
+        "oa",
+        "pa",
+        "params_pa",
+        "pgd_pa",
+        "pgd_va",
+        "raw",
+        "res0",
+        "size",
+        "start",
+        "table_pa",
+        "va",
+        "va_start",
+        "vm_handle",
+        "vmemmap_raw",
+        "vtcr",
+    }
+)
+
+
 def markdown() -> str:
     """All schemas as the Markdown of ``docs/columns.md``."""
-    head = "# s2trace DataFrame columns\n\nGenerated from `s2trace/columns.py`.\n\n"
+    head = (
+        "# s2trace DataFrame columns\n\nGenerated from `s2trace/columns.py`.  Address-like "
+        "columns (" + ", ".join(f"`{c}`" for c in sorted(ADDRESS_COLUMNS)) + ") are integers "
+        "in DataFrames and Parquet and `0x` hex in tables, CSV and JSON "
+        "(`s2trace.render.hex_frame` does the same for a DataFrame).\n\n"
+    )
     return head + "\n".join(s.markdown() for s in SCHEMAS)
 
 

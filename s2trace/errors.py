@@ -96,6 +96,14 @@ class ProblemLog:
         line every command and report prints."""
         return ", ".join(f"{k}: {n}" for k, n in sorted(self.counts().items()))
 
+    def summary(self, where: str = "") -> str | None:
+        """``N problem(s) in WHERE (kind: n, ...); first: ...`` -- the one line a command
+        prints about recorded damage (None when there is none)."""
+        if not self.problems:
+            return None
+        at = f" in {where}" if where else ""
+        return f"{len(self)} problem(s){at} ({self.by_kind()}); first: {self.problems[0]}"
+
     def frame(self) -> pd.DataFrame:
         """The problems as a DataFrame (columns ``kind, where, level, detail, source``)."""
         import pandas as pd

@@ -1,14 +1,16 @@
-"""Interval lookups shared by maps, timelines and guests: which range holds each point.
+"""Interval helpers shared by maps, timelines, guests, plots and exports.
 
-Ranges are half-open ``[start, end)``, sorted by start and not overlapping; the lookup is one
-``searchsorted`` over all points (no loop per point or per range).
+:func:`covering`: which range holds each point (ranges half-open ``[start, end)``, sorted by
+start and not overlapping; one ``searchsorted`` over all points).  :func:`sweep`: how much of
+each kind is alive over time (one ``cumsum`` over all starts and ends).  Neither loops per
+point or per range.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["covering", "distinct"]
+__all__ = ["covering", "distinct", "sweep"]
 
 
 def covering(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -34,3 +36,23 @@ def distinct(values: object) -> np.ndarray:
     keep = np.ones(s.size, bool)
     np.not_equal(s[1:], s[:-1], out=keep[1:])
     return s[keep]
+
+
+def sweep(
+    starts: np.ndarray,
+    ends: np.ndarray,
+    codes: np.ndarray,
+    weights: np.ndarray,
+    kinds: int,
+    also: np.ndarray | tuple[float, ...] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(times, level)``: the sorted distinct times at which anything starts or ends (plus
+    ``also``), and the summed ``weights`` alive per kind at each (shape ``(len(times),
+    kinds)``): +weight at every start, -weight at every finite end, for intervals
+    ``[starts[i], ends[i])`` of kind ``codes[i]``.  An end that is not finite never comes."""
+    finite = np.isfinite(ends)
+    times = np.unique(np.concatenate([np.asarray(also, np.float64), starts, ends[finite]]))
+    delta = np.zeros((len(times), max(kinds, 1)))
+    np.add.at(delta, (np.searchsorted(times, starts), codes), weights)
+    np.add.at(delta, (np.searchsorted(times, ends[finite]), codes[finite]), -weights[finite])
+    return times, np.cumsum(delta, axis=0)[:, :kinds]

@@ -16,51 +16,43 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from s2trace.columns import ADDRESS_COLUMNS
 from s2trace.errors import InputError
 from s2trace.outputs import output_path, write_text
 
-__all__ = ["FORMATS", "HEX_COLUMNS", "TABLE_WIDTH", "json_records", "plain_value", "write_frame"]
+__all__ = [
+    "FORMATS",
+    "HEX_COLUMNS",
+    "TABLE_WIDTH",
+    "hex_frame",
+    "json_records",
+    "plain_value",
+    "write_frame",
+]
 
 FORMATS = ("table", "csv", "json", "parquet")
 
-#: Columns shown in hex in tables and CSV.
-HEX_COLUMNS = frozenset(
-    {
-        "raw",
-        "oa",
-        "next_table",
-        "size",
-        "res0",
-        "ipa_start",
-        "table_pa",
-        "addr",
-        "addr_start",
-        "gfn",
-        "pa",
-        "va",
-        "start",
-        "end",
-        "vm_handle",
-        "hyp_va",
-        "expected_raw",
-        "actual_raw",
-    }
-)
+#: Columns shown in hex in tables, CSV and JSON (declared in :mod:`s2trace.columns`).
+HEX_COLUMNS = ADDRESS_COLUMNS
 
 
 def plain_value(value: Any) -> Any:
-    """A JSON-ready Python value: ints stay ints, NA becomes None."""
+    """A JSON-ready Python value: ints stay ints, NA becomes None, and so does a float that is
+    not finite (JSON, RFC 8259, has no infinity: a time before the trace's first event or after
+    its last, ``-inf``/``inf`` in tables and CSV, is null in JSON)."""
     if value is None or value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
-def json_records(df: pd.DataFrame) -> Iterator[dict[str, Any]]:
-    """Rows as dicts of plain Python values (integers stay integers, NA is None)."""
+def json_records(df: pd.DataFrame, hex_columns: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+    """Rows as dicts of plain Python values (NA is None; integers stay integers except in
+    ``hex_columns``, which become ``0x`` strings)."""
+    df = hex_frame(df, hex_columns) if hex_columns else df
     columns = list(df.columns)
     arrays = [df[c].astype(object).to_numpy() for c in columns]
     for row in zip(*arrays, strict=True):
@@ -219,7 +211,7 @@ def write_frame(
         return
     hex_columns = set(hex_columns)
     if fmt == "json":
-        text = "".join(json.dumps(r) + "\n" for r in json_records(df))
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in json_records(df, hex_columns))
     elif fmt == "csv":
         text = hex_frame(df, hex_columns).to_csv(index=False)
     elif fmt == "table":

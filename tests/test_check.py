@@ -396,7 +396,7 @@ def test_cli_check_json_and_bad_input(tmp_path, capsys):
     assert result.exit_code == 1
     rows = [json.loads(x) for x in result.stdout.splitlines()]
     assert [r["invariant"] for r in rows] == ["hyp_shared_owned_vs_host_borrowed"]
-    assert rows[0]["pa"] == pa(0x72) and "INCONSISTENT" in result.stderr
+    assert rows[0]["pa"] == hex(pa(0x72)) and "INCONSISTENT" in result.stderr
     assert main(["check", str(m.path), "--vttbr", hex(m.vttbr), "--vtcr", hex(m.vtcr)]) == 2
     assert "--ttbr0-el2" in capsys.readouterr().err
 

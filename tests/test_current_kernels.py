@@ -215,10 +215,11 @@ def test_cli_decode_capture_with_vmemmap(
     assert rc == 0
     if fmt == "csv":
         frame = pd.read_csv(out, comment="#")
-        for col in ("ipa_start", "size", "raw"):
-            frame[col] = frame[col].map(lambda v: int(str(v), 0))
     else:
         frame = pd.DataFrame([json.loads(line) for line in out.read_text().splitlines()])
+    for col in ("ipa_start", "size", "raw"):  # hex text in CSV and JSON alike
+        assert frame[col].map(lambda v: str(v).startswith("0x")).all()
+        frame[col] = frame[col].map(lambda v: int(str(v), 0))
     assert {"hyp_state", "host_share_guest_count"} <= set(frame.columns)
     _check_evidence(frame)
 

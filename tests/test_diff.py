@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s2trace.cli.diff_cmd import clip_map
 from s2trace.cli.main import main
 from s2trace.walk.build import Stage2Builder
+from s2trace.walk.ranges import clip_map
 
 REPO = Path(__file__).resolve().parents[1]
 S73 = REPO / "sample-traces" / "qemu-pkvm-7.3"
@@ -41,9 +41,9 @@ def test_sample_trace_agrees_with_its_dump(
 
 def test_73_states_come_from_the_vmemmap(capsys: pytest.CaptureFixture[str]) -> None:
     """The agreement is not vacuous: the dump side has real states on the trace's pages."""
-    from s2trace.cli.diff_cmd import _walk_side
+    from s2trace.jobs.walk import walk_dump, walk_request
 
-    r = _walk_side(str(S73), {"fmt": "table"})
+    r = walk_dump(walk_request(S73, coalesce=True))
     assert r.meta.get("page_states") == "hyp_vmemmap"
     cover = pd.DataFrame({"ipa_start": [0x45134000], "size": [0x2000]})
     clipped = clip_map(r.map, cover)

@@ -12,10 +12,13 @@ field-less ``hyp_enter``/``hyp_exit``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from s2trace.cli.main import cli
 from s2trace.jobs.analyze import analyze
 from s2trace.trace.queries import owner_at
 
@@ -131,3 +134,30 @@ def test_ack_host_hcall_pins_with_the_kernels_own_ids(tmp_path):
     b = _run(tmp_path, body)
     assert str(_donations(b).loc[PGD, "basis"]) == "trace"
     assert "kvm_asm.h" in b.meta["hypercall_pins"]
+
+
+def test_cli_takes_the_hyp_trace_and_the_hypercall_ids(tmp_path):
+    """``--hyp-trace`` and ``--hypercalls`` on a trace command give the API's answer."""
+    names = [f"__call_{i}" for i in range(40)]
+    names[24] = "__pkvm_init_vm"
+    table = tmp_path / "hcalls.toml"
+    table.write_text("names = [" + ", ".join(f'"{n}"' for n in names) + "]\n")
+    hyp = _hyp(
+        tmp_path,
+        [
+            _line(0, 43.080100, "hyp_enter  "),
+            _line(0, 43.080600, "host_hcall id=24 invalid=0"),
+            _line(0, 43.080650, "hyp_exit  "),
+        ],
+    )
+    args = [
+        "owner", str(_host(tmp_path)), hex(PGD), "--at", "43.0807", "--json", "--kernel", "7.3",
+        "--linear-map", "0xffff000000000000=0x40000000", "--no-cache",
+    ]  # fmt: skip
+    pinned = CliRunner().invoke(cli, [*args, "--hyp-trace", str(hyp), "--hypercalls", str(table)])
+    assert pinned.exit_code == 0, pinned.output
+    ans = json.loads(pinned.stdout)
+    assert (ans["owner"], ans["since"], ans["t_earliest"]) == ("hyp", 43.0806, 43.0801)
+    assert ans["basis"].startswith("trace: the hypervisor's host_hcall")
+    bracketed = json.loads(CliRunner().invoke(cli, [*args, "--hyp-trace", str(hyp)]).stdout)
+    assert bracketed["owner"] == "host"  # bracketed only: hyp's for certain from 43.08081

@@ -13,7 +13,7 @@ from s2trace.columns import MAP
 from s2trace.decode.build import build_descriptor
 from s2trace.errors import StrictError
 from s2trace.io import open_memory
-from s2trace.jobs.walk import request_from_capture, walk_dump
+from s2trace.jobs.walk import walk_dump, walk_request
 from s2trace.walk.build import Stage2Builder
 from s2trace.walk.ownership import coalesce, summarize, totals
 from s2trace.walk.ptdump import ptdump_lines, size_label
@@ -313,7 +313,7 @@ def test_totals_equal_pandas_groupby(capture):
     the same order, same dtypes (categories kept), also with missing owners and states (both
     dropna settings) and on an empty map."""
     root = Path(__file__).resolve().parents[1] / "sample-traces"
-    m = walk_dump(request_from_capture(root / capture, coalesce=True)).map
+    m = walk_dump(walk_request(root / capture, coalesce=True)).map
     holes = m.copy()
     holes.loc[holes.index[::3], "page_state"] = None
     holes.loc[holes.index[1::4], "owner"] = None

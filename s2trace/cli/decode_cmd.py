@@ -6,56 +6,27 @@ walk options (``--vttbr/--vtcr`` or ``--root ...``), which it hands to the walk 
 
 from __future__ import annotations
 
+import json
 import os
-import stat
-import sys
-from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
+from s2trace.arch.geometry import Geometry, Granule
 from s2trace.cli.options import OUTPUT, StrictInt, parse_int, parse_u64, profile_options
+from s2trace.cli.output import emit_frame
+from s2trace.cli.walk_cmd import run_walk
+from s2trace.decode import decode
+from s2trace.decode.build import build_descriptor
 from s2trace.errors import InputError
-from s2trace.files import input_file, read_bytes
+from s2trace.files import input_file
+from s2trace.io.opener import looks_like_dump
+from s2trace.jobs.capture import is_capture
+from s2trace.jobs.decode import DecodeRequest, decode_files, decode_values, explain_values
 from s2trace.numbers import is_number, quoted
+from s2trace.pkvm.profiles import DEFAULT_PROFILE, get_profile, load_profiles
 
 __all__ = ["register"]
-
-
-def _geometry(granule: str, ds: bool, lpa: bool) -> Any:
-    from s2trace.arch.geometry import Geometry, Granule
-
-    return Geometry(Granule.parse(granule), ds=ds, lpa=lpa)
-
-
-def _profile(name: str | None, extra: str | None) -> Any:
-    from s2trace.pkvm.profiles import DEFAULT_PROFILE, get_profile
-
-    return get_profile(name or DEFAULT_PROFILE, extra)
-
-
-#: Largest file of raw descriptors ``decode FILE --level N`` reads (8 M descriptors).
-TABLE_FILE_LIMIT = 64 << 20
-
-
-def _read_table_file(path: str) -> np.ndarray:
-    what = "a file of raw little-endian 64-bit descriptors"
-    p = input_file(path, what, limit=TABLE_FILE_LIMIT)
-    size = p.stat().st_size
-    if size == 0:
-        raise InputError(f"{path}: empty file (expected raw little-endian 64-bit descriptors)")
-    if size % 8:
-        raise InputError(
-            f"{path}: length {size} is not a multiple of 8 (expected raw "
-            f"little-endian 64-bit descriptors; {size % 8} trailing bytes at "
-            f"offset {size - size % 8:#x})"
-        )
-    return np.frombuffer(read_bytes(p, what, limit=TABLE_FILE_LIMIT), dtype="<u8").astype(np.uint64)
-
-
-def _is_number(text: str) -> bool:
-    return is_number(text)
 
 
 _WALK_KEYS = (
@@ -73,69 +44,70 @@ _WALK_KEYS = (
 )
 
 
-def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
-    from s2trace.decode import decode_array
-    from s2trace.decode.explain import explain_text
-    from s2trace.render import write_frame
+def _is_dump(targets: tuple[str, ...], level: int | None) -> bool:
+    """A capture folder or a dump (:func:`~s2trace.io.opener.looks_like_dump`) is walked;
+    with ``--level`` a file is one table of descriptors, whatever its name."""
+    if any(is_capture(t) for t in targets):
+        return True
+    return level is None and any(not is_number(t) and looks_like_dump(t) for t in targets)
 
-    geometry = _geometry(kw["granule"], kw["ds"], kw["lpa"])
-    level = 3 if kw["level"] is None else kw["level"]
-    geometry.check_level(level)
-    profile = _profile(kw["profile"], kw["profiles_file"])
-    if all(_is_number(t) for t in targets):
-        values = np.array([parse_u64(t, "descriptor") for t in targets], dtype=np.uint64)
+
+#: Columns of a decoded descriptor shown in a text table (csv/json/parquet keep them all).
+TABLE_COLUMNS = [
+    "raw",
+    "kind",
+    "oa",
+    "next_table",
+    "memattr_name",
+    "s2ap",
+    "sh",
+    "af",
+    "xn_name",
+    "sw",
+    "owner",
+    "page_state",
+]
+
+
+def _decode_values(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
+    req = DecodeRequest.of(
+        granule=kw["granule"],
+        ds=kw["ds"],
+        lpa=kw["lpa"],
+        level=kw["level"],
+        profile=kw["profile"],
+        profiles_file=kw["profiles_file"],
+        fwb=kw["fwb"],
+    )
+    if all(is_number(t) for t in targets):
         if kw["explain"]:
-            for v in values:
-                click.echo(explain_text(int(v), geometry, level, profile, kw["fwb"]))
+            for text in explain_values(req, targets):
+                click.echo(text)
             return
-        frame = decode_array(values, geometry, level, profile, kw["fwb"])
+        frame = decode_values(req, targets)
     else:
         if kw["explain"]:
             raise InputError("--explain takes descriptor values, not files")
-        bad = [t for t in targets if not os.path.exists(t) and not _is_number(t)]
+        bad = [t for t in targets if not os.path.exists(t) and not is_number(t)]
         if bad:
             raise InputError(
                 f"{quoted(bad[0])}: neither a number nor an existing file (expected a "
                 "64-bit descriptor like 0x4393d7ff in ASCII digits, or a file of descriptors)"
             )
+        for t in targets:  # a special file is refused as such, whatever it was taken for
+            input_file(t, "a memory dump or a file of raw 64-bit descriptors")
         if kw["level"] is None:
             raise InputError(
                 f"{targets[0]}: decoding a table file needs --level N (the level "
                 "of the table), or --vttbr/--vtcr to walk a dump"
             )
-        frames = []
-        for t in targets:
-            values = _read_table_file(t)
-            f = decode_array(values, geometry, level, profile, kw["fwb"])
-            f.insert(0, "index", np.arange(len(values), dtype=np.int64))
-            if len(targets) > 1:
-                f.insert(0, "file", t)
-            frames.append(f)
-        import pandas as pd
-
-        frame = pd.concat(frames, ignore_index=True)
+        frame = decode_files(req, targets)
     fmt = kw["fmt"]
     if fmt == "ptdump":
         raise InputError("--format ptdump renders a walk: give --vttbr/--vtcr or --root")
     if fmt == "table" and not kw["output"]:
-        cols = [
-            "raw",
-            "kind",
-            "oa",
-            "next_table",
-            "memattr_name",
-            "s2ap",
-            "sh",
-            "af",
-            "xn_name",
-            "sw",
-            "owner",
-            "page_state",
-        ]
-        if "index" in frame.columns:
-            cols.insert(0, "index")
-        frame = frame[cols]
-    write_frame(frame, fmt, out=sys.stdout, path=kw["output"])
+        frame = frame[(["index"] if "index" in frame.columns else []) + TABLE_COLUMNS]
+    emit_frame(frame, kw)
 
 
 def register(cli: click.Group) -> None:
@@ -219,9 +191,7 @@ def register(cli: click.Group) -> None:
         s2trace decode table.bin --level 3
         s2trace decode host-s2.elf --vttbr 0x7f709001 --vtcr 0x802d3590 --summary
         """
-        if any(kw.get(k) is not None for k in _WALK_KEYS) or _looks_like_dump(targets):
-            from s2trace.cli.walk_cmd import run_walk
-
+        if any(kw.get(k) is not None for k in _WALK_KEYS) or _is_dump(targets, kw["level"]):
             run_walk(targets, kw)
             return
         _decode_values(targets, kw)
@@ -259,21 +229,18 @@ def register(cli: click.Group) -> None:
     @click.option("--format", "fmt", type=click.Choice(["hex", "json"]), default="hex")
     def build_cmd(**kw: Any) -> None:
         """Encode a descriptor from named fields (the inverse of decode)."""
-        from s2trace.decode import decode
-        from s2trace.decode.build import build_descriptor
-
-        geometry = _geometry(kw["granule"], kw["ds"], kw["lpa"])
+        geometry = Geometry(Granule.parse(kw["granule"]), ds=kw["ds"], lpa=kw["lpa"])
         level = (
             kw["level"]
             if kw["level"] is not None
             else (2 if kw["kind"] == "block" else 3 if kw["kind"] != "table" else 0)
         )
-        profile = _profile(kw["profile"], kw["profiles_file"])
+        profile = get_profile(kw["profile"] or DEFAULT_PROFILE, kw["profiles_file"])
         mem: int | str = kw["memattr"]
-        if _is_number(str(mem)):
+        if is_number(str(mem)):
             mem = parse_int(str(mem), "memattr")
         xn: int | str = kw["xn"]
-        if _is_number(str(xn)):
+        if is_number(str(xn)):
             xn = parse_int(str(xn), "xn")
         raw = build_descriptor(
             kw["kind"],
@@ -298,8 +265,6 @@ def register(cli: click.Group) -> None:
             gfn=parse_int(kw["gfn"], "--gfn"),
         )
         if kw["fmt"] == "json":
-            import json
-
             click.echo(json.dumps(decode(raw, geometry, level, profile, kw["fwb"]).to_dict()))
         else:
             click.echo(f"{raw:#018x}")
@@ -313,33 +278,9 @@ def register(cli: click.Group) -> None:
     )
     def profiles_cmd(profiles_file: str | None) -> None:
         """List the pKVM annotation profiles."""
-        from s2trace.pkvm.profiles import DEFAULT_PROFILE, load_profiles
-
         table = load_profiles()
         if profiles_file:
             table.update(load_profiles(profiles_file))
         for name, p in table.items():
             mark = " (default)" if name == DEFAULT_PROFILE else ""
             click.echo(f"{name}{mark}\n    {p.kernels}")
-
-
-def _looks_like_dump(targets: tuple[str, ...]) -> bool:
-    """An ELF core (or a compressed file, or FILE@PA) is a dump to walk, never a table."""
-    from s2trace.jobs.capture import is_capture
-
-    for t in targets:
-        if is_capture(t):
-            return True
-        if "@" in t and not _is_number(t):
-            return True
-        if t.endswith((".zst", ".gz", ".xz", ".cmm")) or Path(t).name.lower() == "dump_info.txt":
-            return True
-        try:
-            if not stat.S_ISREG(os.stat(t).st_mode):
-                continue  # a FIFO or a device: never opened here (it may block)
-            with open(t, "rb") as fh:
-                if fh.read(4) == b"\x7fELF":
-                    return True
-        except OSError:
-            continue
-    return False

@@ -19,156 +19,91 @@ anything (:func:`s2trace.trace.queries.diff_maps`).
 
 from __future__ import annotations
 
-import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    import pandas as pd
-
+from s2trace.cli.options import DUMP, HYP, TRACE, inputs_from, output_options, use
+from s2trace.cli.output import emit_frame, warn_problems
 from s2trace.errors import InputError
+from s2trace.jobs.analyze import parse_time
+from s2trace.jobs.diff import Diff, diff_dumps, diff_trace_dump
+from s2trace.jobs.inputs import classify, with_registers
+from s2trace.numbers import parse_u64
 
 __all__ = ["register", "run_diff"]
 
 
-def _kind(target: str) -> str:
-    """``capture`` (a capture folder), ``dump`` (a dump file) or ``trace`` (anything else
-    that exists: a trace file)."""
-    from s2trace.cli.decode_cmd import _looks_like_dump
-    from s2trace.jobs.capture import is_capture
-
-    if is_capture(target):
-        return "capture"
-    if "@" in target or _looks_like_dump((target,)):
-        return "dump"
-    if not os.path.exists(target):  # False also for a name too long to look up
-        raise InputError(f"{target}: no such file or capture folder")
-    return "trace"
-
-
-def _walk_side(target: str, kw: dict[str, Any], suffix: str = "") -> Any:
-    """Walk one dump (file or capture folder) with vmemmap states when possible."""
-    from s2trace.cli.walk_cmd import open_walk
-
-    side = dict(kw)
-    if suffix:
-        for key in ("vttbr", "vtcr"):
-            side[key] = kw.get(key + suffix) or kw.get(key)
-    side["coalesce"] = True
-    result = open_walk((target,), side)
-    if len(result.problems):
-        kinds = result.problems.by_kind()
-        click.echo(f"s2trace: warning: {target}: problems in the dump ({kinds})", err=True)
-    return result
+def _sides(targets: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(trace, dump) of a trace-vs-dump diff; (None, None) for two dumps."""
+    kinds = [classify(t) for t in targets]
+    if len(targets) == 1:
+        if kinds[0] != "capture":
+            raise InputError(f"{targets[0]}: diff with one input needs a capture folder")
+        return targets[0], targets[0]
+    if len(targets) != 2:
+        raise InputError("diff takes CAPTURE, TRACE DUMP or DUMP_A DUMP_B")
+    if "trace" not in kinds:
+        return None, None
+    if kinds.count("trace") == 2:
+        raise InputError("diff: two traces; give a trace and a dump, or two dumps")
+    t = kinds.index("trace")
+    return targets[t], targets[1 - t]
 
 
-def _trace_side(target: str, kw: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    from s2trace.jobs.analyze import analyze, parse_linear_map, parse_time
-    from s2trace.trace.queries import snapshot
-
-    analysis = analyze(
-        target,
-        recipes=kw.get("recipes") or (),
-        kernel=kw.get("kernel"),
-        linear_map=parse_linear_map(kw.get("linear_map")),
-        progress=None if sys.stderr.isatty() else False,
-        grounds=False,  # the dump is what the trace is compared with, not its ground
-    )
-    at = parse_time(kw.get("at"))
-    meta = {f"trace_{k}": v for k, v in analysis.meta.items()}
-    meta["at"] = "end of trace" if at is None else f"{at:.6f}"
-    return snapshot(analysis.timeline, at), meta
+def _vmemmap(kw: dict[str, Any]) -> int | None:
+    va = kw.get("vmemmap_va")
+    return parse_u64(va, "--vmemmap") if va is not None else None
 
 
 def run_diff(targets: tuple[str, ...], kw: dict[str, Any]) -> int:
     """Compare; print the disagreements; return 1 when there are any."""
-    import numpy as np
-
-    from s2trace.render import write_frame
-    from s2trace.trace.queries import diff_maps
-    from s2trace.walk.ranges import clip_map
-
-    kinds = [_kind(t) for t in targets]
-    meta: dict[str, Any] = {}
-    trace: str | None
-    dump: str | None
-    labels: tuple[str, str]
-    if len(targets) == 1:
-        from s2trace.jobs.capture import load_capture
-
-        if kinds[0] != "capture":
-            raise InputError(f"{targets[0]}: diff with one input needs a capture folder")
-        if load_capture(targets[0]).trace is None:
-            raise InputError(f"{targets[0]}: the capture names no trace (diff TRACE DUMP)")
-        trace, dump = targets[0], targets[0]
-    elif len(targets) == 2:
-        trace = dump = None
-        if "trace" in kinds:
-            if kinds.count("trace") == 2:
-                raise InputError("diff: two traces; give a trace and a dump, or two dumps")
-            t = kinds.index("trace")
-            trace, dump = targets[t], targets[1 - t]
-    else:
-        raise InputError("diff takes CAPTURE, TRACE DUMP or DUMP_A DUMP_B")
-
+    trace, dump = _sides(targets)
+    out: Diff
     if trace is not None and dump is not None:
-        expected, meta = _trace_side(trace, kw)
-        # a kernel the trace's files state picks the dump's profile; one inferred from the
-        # events only bounds the version, so the dump's profile is detected from the dump
-        if kw.get("kernel") is None and meta.get("trace_kernel_source") != "trace events":
-            kw = {**kw, "kernel": meta.get("trace_kernel")}
-        result = _walk_side(dump, kw)
-        actual = clip_map(result.map, expected)
-        labels = ("trace", "dump")
-        meta.update({f"dump_{k}": v for k, v in result.meta.items()})
+        trace_inputs = inputs_from((trace,), kw, role="trace")
+        if trace_inputs.trace is None:
+            raise InputError(f"{trace}: the capture names no trace (diff TRACE DUMP)")
+        out = diff_trace_dump(
+            trace_inputs,
+            inputs_from((dump,), kw, role="dump"),
+            at=parse_time(kw.get("at")),
+            vmemmap_va=_vmemmap(kw),
+            recipes=kw.get("recipes") or (),
+            page_size=int(kw.get("page_size") or 4096),
+            progress=None if sys.stderr.isatty() else False,
+            use_cache=not kw.get("no_cache"),
+        )
+        sides: tuple[str, ...] = (dump,)
     else:
-        a, b = _walk_side(targets[0], kw), _walk_side(targets[-1], kw, suffix="_b")
-        expected, actual = a.map, b.map
-        labels = ("A", "B")
-        meta.update({f"a_{k}": v for k, v in a.meta.items()})
-        meta.update({f"b_{k}": v for k, v in b.meta.items()})
-    diff = diff_maps(expected, actual)
-    covered = int(expected["size"].to_numpy(np.uint64).sum())
-    if diff.empty:
-        verdict = f"agree: {labels[0]} and {labels[1]} match over {covered:#x} bytes"
-    else:
-        n = int(diff["size"].to_numpy(np.uint64).sum())
-        verdict = f"DIFFER: {len(diff)} range(s), {n:#x} bytes ({labels[0]} vs {labels[1]})"
-    meta["verdict"] = verdict
+        b = inputs_from((targets[1],), kw, role="dump")
+        b = with_registers(
+            b,
+            vttbr_el2=parse_u64(kw["vttbr_b"], "--vttbr-b") if kw.get("vttbr_b") else None,
+            vtcr_el2=parse_u64(kw["vtcr_b"], "--vtcr-b") if kw.get("vtcr_b") else None,
+        )
+        out = diff_dumps(inputs_from((targets[0],), kw, role="dump"), b, vmemmap_va=_vmemmap(kw))
+        sides = (targets[0], targets[1])
+    for side, walked in zip(sides, out.walks, strict=True):
+        warn_problems(walked.problems, f"the dump {side}")
     if kw["fmt"] == "table" and not kw.get("output"):
-        click.echo(verdict)
-        if not diff.empty:
-            write_frame(diff, "table", out=sys.stdout)
+        click.echo(out.verdict)
+        if not out.diff.empty:
+            emit_frame(out.diff, kw)
     else:
-        click.echo(f"s2trace: {verdict}", err=True)
-        write_frame(diff, kw["fmt"], out=sys.stdout, path=kw.get("output"), meta=meta)
-    return 0 if diff.empty else 1
+        click.echo(f"s2trace: {out.verdict}", err=True)
+        emit_frame(out.diff, kw, meta=out.meta)
+    return 0 if out.agree else 1
 
 
 def register(cli: click.Group) -> None:
-    from s2trace.cli.options import output_options
-    from s2trace.cli.walk_cmd import walk_options
-
     @cli.command("diff")
     @click.argument("targets", nargs=-1, required=True)
-    @walk_options
+    @use(*DUMP, *HYP, *TRACE)
     @click.option("--vttbr-b", help="VTTBR_EL2 of the second dump (default: --vttbr).")
     @click.option("--vtcr-b", help="VTCR_EL2 of the second dump (default: --vtcr).")
-    @click.option("--ttbr0-el2", help="TTBR0_EL2: read the dump's page states from the vmemmap.")
-    @click.option("--tcr-el2", help="TCR_EL2 (with --ttbr0-el2).")
-    @click.option("--hcr-el2", help="HCR_EL2 (E2H, FWB).")
-    @click.option("--vmemmap", "vmemmap_va", help="Hyp VA of hyp_vmemmap.")
     @click.option("--at", help="Compare with the trace's state at this time (default: end).")
-    @click.option(
-        "--recipes",
-        multiple=True,
-        type=click.Path(dir_okay=False),
-        help="Extra recipe TOML file(s) for the trace.",
-    )
-    @click.option("--kernel", help="Kernel version (default: the capture's; trace rules, profile).")
-    @click.option("--linear-map", help="Kernel linear map VA=PA of the trace's addresses.")
     @output_options
     def diff_cmd(targets: tuple[str, ...], **kw: Any) -> None:
         """Compare a trace with a dump, or two dumps; exit status 1 when they disagree.
@@ -181,13 +116,3 @@ def register(cli: click.Group) -> None:
         status = run_diff(targets, kw)
         if status:
             raise click.exceptions.Exit(status)
-
-
-def __getattr__(name: str) -> Any:
-    """``clip_map`` moved to :mod:`s2trace.walk.ranges`; still importable from here, lazily
-    (importing the CLI must not import pandas)."""
-    if name == "clip_map":
-        from s2trace.walk.ranges import clip_map
-
-        return clip_map
-    raise AttributeError(name)

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "s2trace.cli.show_cmd",
     "s2trace.cli.diff_cmd",
     "s2trace.cli.guests_cmd",
+    "s2trace.cli.report_cmd",
     "s2trace.cli.synth_cmd",
     "s2trace.cli.batch_cmd",
 )

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
-from s2trace.cli.options import parse_u64
+from s2trace.cli.options import inputs_from, use
+from s2trace.errors import InputError
+from s2trace.jobs.memory import recover
 
 __all__ = ["format_registers", "register"]
 
@@ -37,30 +39,14 @@ def format_registers(found: Sequence[Any]) -> str:
 
 def register(cli: click.Group) -> None:
     @cli.command("regs")
-    @click.argument("dump", nargs=-1, required=True)
-    @click.option(
-        "--kallsyms",
-        "kallsyms_file",
-        help="/proc/kallsyms of the dumped boot: find the per-CPU structs through symbols "
-        "(default: scan RAM).",
-    )
-    @click.option(
-        "--iomem",
-        "iomem_file",
-        help="/proc/iomem of the dumped boot (places the kernel image; with --kallsyms).",
-    )
-    @click.option("--base", help="Physical address of raw images (default 0).")
+    @click.argument("targets", nargs=-1, required=True)
+    @use("kallsyms", "iomem", "base")
     @click.option(
         "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
     )
-    def regs_cmd(
-        dump: tuple[str, ...],
-        kallsyms_file: str | None,
-        iomem_file: str | None,
-        base: str | None,
-        fmt: str,
-    ) -> None:
-        """Recover VTTBR_EL2, VTCR_EL2, TTBR0_EL2, TCR_EL2, MAIR_EL2, HCR_EL2 from a DUMP.
+    def regs_cmd(targets: tuple[str, ...], fmt: str, **kw: Any) -> None:
+        """Recover VTTBR_EL2, VTCR_EL2, TTBR0_EL2, TCR_EL2, MAIR_EL2, HCR_EL2 from a DUMP
+        (or a capture folder's dump).
 
         pKVM leaves one struct kvm_nvhe_init_params per CPU in memory; this finds them
         (through --kallsyms, or by a validated scan of RAM) and says where each value
@@ -68,26 +54,22 @@ def register(cli: click.Group) -> None:
 
         \b
         s2trace regs host-s2.elf
+        s2trace regs sample-traces/qemu-pkvm-6.12
         s2trace regs load.cmm --kallsyms kallsyms.txt --iomem iomem.txt
         """
-        from s2trace.hyp.init_params import consistent_registers, recover_registers
-        from s2trace.io import open_memory
-
-        memory = open_memory(list(dump), base=parse_u64(base, "--base") if base is not None else 0)
-        try:
-            found = recover_registers(memory, kallsyms_file, iomem_file)
-        finally:
-            memory.close()
+        inputs = inputs_from(targets, kw, role="dump")
+        out = recover(inputs)
         if fmt == "json":
-            click.echo(json.dumps([r.to_dict() for r in found], indent=2))
-        elif found:
-            click.echo(format_registers(found), nl=False)
-        chosen = consistent_registers(found, dump[0])
+            click.echo(json.dumps([r.to_dict() for r in out.found], indent=2))
+        elif out.found:
+            click.echo(format_registers(out.found), nl=False)
+        if out.chosen is None:
+            raise InputError(out.problem or f"{inputs.label}: no usable register copy")
         if fmt == "text":
-            usable = sum(r.problem is None for r in found)
-            fwb = " --fwb" if chosen.fwb else ""
+            usable = sum(r.problem is None for r in out.found)
+            fwb = " --fwb" if out.chosen.fwb else ""
             click.echo(
                 f"{usable} usable cop{'y' if usable == 1 else 'ies'} agree; walk with: "
-                f"s2trace decode {' '.join(dump)} --vttbr {chosen.vttbr_el2:#x} "
-                f"--vtcr {chosen.vtcr_el2:#x}{fwb} --summary"
+                f"s2trace decode {' '.join(inputs.dumps)} --vttbr {out.chosen.vttbr_el2:#x} "
+                f"--vtcr {out.chosen.vtcr_el2:#x}{fwb} --summary"
             )

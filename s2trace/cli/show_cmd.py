@@ -1,8 +1,8 @@
 """Showing a timeline elsewhere: ``s2trace plot`` (PNG/SVG/PDF via :mod:`s2trace.plots`) and
 ``s2trace export --perfetto`` (Chrome JSON trace via :mod:`s2trace.export.perfetto`).
 
-Both analyse the trace like ``s2trace timeline`` (same options, :func:`_analyze`) and only
-parse arguments and call the public API.
+Both analyse the trace like ``s2trace timeline`` (same options,
+:func:`~s2trace.cli.trace_cmd.analyze_trace`) and only parse arguments and call the public API.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from s2trace.cli.options import OUTPUT, StrictInt
-from s2trace.cli.trace_cmd import _analyze, trace_options
+from s2trace.cli.trace_cmd import analyze_trace, page_address, trace_options
 from s2trace.errors import InputError
 from s2trace.outputs import output_path
 
@@ -139,11 +139,10 @@ def register(cli: click.Group) -> None:
         width = _time(bin_width, "--bin")
         if width is not None and width <= 0:
             raise InputError(f"--bin {bin_width}: expected a positive width")
-        r = _analyze(trace, kw, grounds=False)
+        r = analyze_trace(trace, kw, grounds=False)
         if width is not None and kind == "churn":
             _check_bins(r, window, width, bin_width)
         from s2trace import plots
-        from s2trace.cli.trace_cmd import _addr
         from s2trace.jobs.names import object_labels
 
         page_size = int(kw.get("page_size") or 4096)
@@ -163,7 +162,7 @@ def register(cli: click.Group) -> None:
                     r.intervals, r.violations, transitions=r.transitions, **window
                 )
             elif kind == "page":
-                page = _addr(str(addr), kw, r) // page_size * page_size
+                page = page_address(str(addr), kw, r) // page_size * page_size
                 fig = plots.plot_page(r.intervals, r.transitions, page, r.violations, **window)
             else:
                 fig = plots.plot_map(
@@ -199,7 +198,7 @@ def register(cli: click.Group) -> None:
         """Export the ownership timeline: counters of bytes per owner, one slice per page-range
         ownership interval, instant events for violations, access faults and lost events."""
         lo, hi = _time(t_from, "--from"), _time(t_to, "--to")
-        r = _analyze(trace, kw, grounds=False)
+        r = analyze_trace(trace, kw, grounds=False)
         from s2trace.export.perfetto import perfetto_trace, write_perfetto
 
         first, last = _event_span(r)

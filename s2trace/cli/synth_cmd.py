@@ -1,5 +1,5 @@
-"""``s2trace synth SCENARIO -o DIR`` (synthetic capture folders) and ``s2trace report
-CAPTURE [-o OUT_DIR]`` (the whole job on one capture folder)."""
+"""``s2trace synth SCENARIO -o DIR``: synthetic capture folders (trace + dump) for tests,
+demos and the fleet benchmark."""
 
 from __future__ import annotations
 
@@ -54,40 +54,3 @@ def register(cli: click.Group) -> None:
             compress=kw["compress"],
         )
         click.echo(f"wrote {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
-
-    @cli.command("report")
-    @click.argument("capture", type=click.Path(exists=True, file_okay=False))
-    @click.option(
-        "-o",
-        "--output",
-        "out",
-        type=click.Path(file_okay=False),
-        help="Write CSV tables, PNG plots and report.txt here.",
-    )
-    @click.option("--no-plots", is_flag=True, help="With -o: tables only.")
-    @click.option("--no-check", is_flag=True, help="Skip the hyp bookkeeping check.")
-    @click.option("--strict", is_flag=True, help="Damage in the dump or trace is fatal.")
-    @click.option("--no-cache", is_flag=True, help="Do not use the parsed-trace cache.")
-    def report_cmd(capture: str, out: str | None, **kw: Any) -> None:
-        """Walk, replay, diff trace against dump, list violations, plot: one screen.
-
-        CAPTURE is a capture folder (capture.toml naming a dump, its registers, the kernel
-        version, a trace and symbols; see docs/capture.md).  Exit status 1 when the trace
-        holds violations or contradicts the dump, 2 when the input is unusable.
-        """
-        from s2trace.jobs.report import build_report, render_text
-
-        report = build_report(
-            capture,
-            out_dir=out,
-            plots=not kw["no_plots"],
-            check=not kw["no_check"],
-            strict=kw["strict"],
-            use_cache=not kw["no_cache"],
-        )
-        click.echo(render_text(report), nl=False)
-        bad = report.violations is not None and len(report.violations)
-        bad = bad or len(report.disagreements)
-        bad = bad or (report.check is not None and not report.check.consistent)
-        if bad:
-            raise click.exceptions.Exit(1)

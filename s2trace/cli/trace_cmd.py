@@ -11,104 +11,56 @@ from typing import Any
 
 import click
 
-from s2trace.cli.options import output_options, parse_u64
+from s2trace.cli.options import TRACE, inputs_from, output_options, parse_u64, use
+from s2trace.cli.output import emit_frame, warn, warn_problems
+from s2trace.jobs.analyze import analyze, parse_time
+from s2trace.jobs.inputs import Inputs, parse_linear_map
+from s2trace.trace.parse.readers import read_trace
+from s2trace.trace.queries import explain, owner_at, snapshot
 
-__all__ = ["register", "trace_options"]
+__all__ = ["analyze_trace", "page_address", "register", "trace_inputs", "trace_options"]
 
 
 def trace_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Options every command that reads a trace takes."""
-    for opt in reversed(
-        [
-            click.option(
-                "--recipes",
-                multiple=True,
-                type=click.Path(dir_okay=False),
-                help="Extra recipe TOML file(s) (see docs/recipes.md).",
-            ),
-            click.option("--kernel", help="Kernel version of the trace (e.g. 6.12, 7.3)."),
-            click.option(
-                "--linear-map", help="Kernel linear map VA=PA, e.g. 0xffff000000000000=0x40000000."
-            ),
-            click.option(
-                "--page-size",
-                type=click.Choice(["4096", "16384", "65536"]),
-                default="4096",
-                show_default=True,
-                help="Page size of the traced kernel (4K, 16K or 64K granule).",
-            ),
-            click.option(
-                "--strict", is_flag=True, help="Malformed lines and violations are fatal."
-            ),
-            click.option("--no-cache", is_flag=True, help="Do not use the parsed-trace cache."),
-            click.option(
-                "--dump",
-                multiple=True,
-                help="Dump taken after the trace: untouched pages take its state (default: "
-                "a capture folder's).",
-            ),
-            click.option(
-                "--dmesg", type=click.Path(dir_okay=False), help="dmesg of the traced boot."
-            ),
-            click.option(
-                "--kallsyms",
-                type=click.Path(dir_okay=False),
-                help="kallsyms of the traced kernel: its hyp sections are the hypervisor's from "
-                "boot (placed with --iomem).",
-            ),
-            click.option(
-                "--iomem", type=click.Path(dir_okay=False), help="/proc/iomem of the traced boot."
-            ),
-        ]
-    ):
-        f = opt(f)
-    return f
+    """Options every command that reads a trace takes (declared in :mod:`s2trace.cli.options`)."""
+    return use(*TRACE)(f)
 
 
-def _analyze(trace: str, kw: dict[str, Any], *, grounds: bool = True) -> Any:
+def trace_inputs(trace: str, kw: dict[str, Any]) -> Inputs:
+    """The resolved inputs of a trace command: a trace file or a capture folder."""
+    return inputs_from((trace,), kw, role="trace")
+
+
+def analyze_trace(trace: str, kw: dict[str, Any], *, grounds: bool = True) -> Any:
     """Analyse ``trace``; ``grounds``: ground untouched pages in the capture's dump (owner,
     explain, timeline) -- plots and exports show what the trace did, without it."""
-    from s2trace.jobs.analyze import analyze, parse_linear_map
-
     result = analyze(
-        trace,
+        trace_inputs(trace, kw),
         recipes=kw.get("recipes") or (),
-        kernel=kw.get("kernel"),
-        linear_map=parse_linear_map(kw.get("linear_map")),
         page_size=int(kw.get("page_size") or 4096),
         strict=bool(kw.get("strict")),
         progress=None if sys.stderr.isatty() else False,
         use_cache=not kw.get("no_cache"),
         grounds=grounds,
         dump=kw.get("dump") or (),
-        dmesg=kw.get("dmesg"),
-        kallsyms=kw.get("kallsyms"),
-        iomem=kw.get("iomem"),
+        hyp_trace=kw.get("hyp_trace"),
+        hypercalls=kw.get("hypercalls"),
     )
     if result.meta.get("trace_notes"):
-        click.echo(f"s2trace: warning: {result.source}: {result.meta['trace_notes']}", err=True)
+        warn(f"{result.source}: {result.meta['trace_notes']}")
     if result.meta.get("boot_evidence_not_used"):
-        click.echo(f"s2trace: warning: {result.meta['boot_evidence_not_used']}", err=True)
+        warn(result.meta["boot_evidence_not_used"])
     ignored = result.meta.get("ignored_events")
     if ignored:
-        click.echo(
-            f"s2trace: warning: events that recipes of other kernels read are ignored for "
-            f"Linux {result.kernel} ({result.meta.get('kernel_family', '')}): {ignored}",
-            err=True,
+        warn(
+            f"events that recipes of other kernels read are ignored for "
+            f"Linux {result.kernel} ({result.meta.get('kernel_family', '')}): {ignored}"
         )
-    if len(result.problems):
-        first = next(iter(result.problems))
-        click.echo(
-            f"s2trace: warning: {len(result.problems)} problem(s) in {result.source} "
-            f"({result.problems.by_kind()}); first: {first}",
-            err=True,
-        )
+    warn_problems(result.problems, str(result.source))
     return result
 
 
-def _addr(text: str, kw: dict[str, Any], result: Any = None) -> int:
-    from s2trace.jobs.analyze import parse_linear_map
-
+def page_address(text: str, kw: dict[str, Any], result: Any = None) -> int:
     value = parse_u64(text, "address")
     lm = parse_linear_map(kw.get("linear_map"))
     if lm is None and result is not None and "linear_map" in result.meta:
@@ -118,29 +70,20 @@ def _addr(text: str, kw: dict[str, Any], result: Any = None) -> int:
     return value
 
 
-def _write(frame: Any, kw: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
-    from s2trace.render import write_frame
-
-    write_frame(frame, kw["fmt"], out=sys.stdout, path=kw.get("output"), meta=meta)
-
-
 def register(cli: click.Group) -> None:
     @cli.command("events")
     @click.argument("trace")
     @output_options
-    @click.option("--strict", is_flag=True)
+    @use("strict", "no_cache")
     def events_cmd(trace: str, **kw: Any) -> None:
-        """Parse a trace into the events table (convert to CSV, JSON lines or Parquet)."""
-        from s2trace.trace.parse.readers import read_trace
-
-        t = read_trace(trace, strict=kw["strict"])
-        for note in t.notes:
-            click.echo(f"s2trace: warning: {trace}: {note}", err=True)
-        for p in list(t.problems)[:1]:
-            click.echo(
-                f"s2trace: warning: {len(t.problems)} problem(s) in the trace; first: {p}", err=True
-            )
-        _write(t.events, kw, {"trace": trace, "format": t.fmt, "lines": t.lines})
+        """Parse a trace (a file or a capture folder's) into the events table (convert to CSV,
+        JSON lines or Parquet)."""
+        source = trace_inputs(trace, kw).need_trace("events")
+        t = read_trace(source, strict=kw["strict"], use_cache=not kw.get("no_cache"))
+        for line in t.notes:
+            warn(f"{source}: {line}")
+        warn_problems(t.problems, "the trace")
+        emit_frame(t.events, kw, {"trace": str(source), "format": t.fmt, "lines": t.lines})
 
     @cli.command("timeline")
     @click.argument("trace")
@@ -154,15 +97,12 @@ def register(cli: click.Group) -> None:
     @output_options
     def timeline_cmd(trace: str, at: str | None, **kw: Any) -> None:
         """Replay a trace: the ownership intervals of every page it touches."""
-        from s2trace.jobs.analyze import parse_time
-        from s2trace.trace.queries import snapshot
-
         when = None if at is None or at == "end" else parse_time(at)
-        r = _analyze(trace, kw)
+        r = analyze_trace(trace, kw)
         if at is None:
-            _write(r.intervals, kw, r.meta)
+            emit_frame(r.intervals, kw, r.meta)
         else:
-            _write(snapshot(r.timeline, when), kw, {**r.meta, "at": at})
+            emit_frame(snapshot(r.timeline, when), kw, {**r.meta, "at": at})
 
     @cli.command("violations")
     @click.argument("trace")
@@ -170,8 +110,8 @@ def register(cli: click.Group) -> None:
     @output_options
     def violations_cmd(trace: str, **kw: Any) -> None:
         """Transitions the pKVM state machine refuses, with the kernel check they break."""
-        r = _analyze(trace, kw, grounds=False)
-        _write(r.violations, kw, r.meta)
+        r = analyze_trace(trace, kw, grounds=False)
+        emit_frame(r.violations, kw, r.meta)
 
     @cli.command("owner")
     @click.argument("trace")
@@ -181,14 +121,11 @@ def register(cli: click.Group) -> None:
     @trace_options
     def owner_cmd(trace: str, addr: str, at: str | None, as_json: bool, **kw: Any) -> None:
         """Who owned the page holding ADDR at time T, since when, and why."""
-        from s2trace.jobs.analyze import parse_time
-        from s2trace.trace.queries import owner_at
-
-        r = _analyze(trace, kw)
-        ans = owner_at(r.timeline, _addr(addr, kw, r), parse_time(at))
+        r = analyze_trace(trace, kw)
+        ans = owner_at(r.timeline, page_address(addr, kw, r), parse_time(at))
         record = _answer_dict(ans)
         if as_json:
-            click.echo(json.dumps(record))
+            click.echo(json.dumps({**record, "addr": f"{record['addr']:#x}"}))  # hex, as all JSON
             return
         when = "the end of the trace" if record["t"] is None else f"t={record['t']}"
         since = "the start" if record["since"] is None else f"t={record['since']}"
@@ -208,11 +145,8 @@ def register(cli: click.Group) -> None:
     @trace_options
     def explain_cmd(trace: str, addr: str, at: str | None, **kw: Any) -> None:
         """The events, with times and source lines, that led to ADDR's state at T."""
-        from s2trace.jobs.analyze import parse_time
-        from s2trace.trace.queries import explain
-
-        r = _analyze(trace, kw)
-        click.echo(explain(r.timeline, _addr(addr, kw, r), parse_time(at)))
+        r = analyze_trace(trace, kw)
+        click.echo(explain(r.timeline, page_address(addr, kw, r), parse_time(at)))
 
     @cli.command("probes")
     @click.option("--kernel", required=True, help="Kernel version, e.g. 6.12 or 7.3.")

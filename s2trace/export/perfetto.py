@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from s2trace.intervals import distinct
+from s2trace.intervals import distinct, sweep
 from s2trace.outputs import open_output
 from s2trace.plots import state_labels
 
@@ -184,12 +184,8 @@ def _counters(
     size = iv["size"].to_numpy(dtype=np.float64)
     t_start = np.maximum(iv["t_start"].to_numpy(dtype=np.float64), lo)
     t_end = iv["t_end"].to_numpy(dtype=np.float64)
-    ends = t_end < hi
-    times = np.unique(np.concatenate([[lo], t_start, t_end[ends]]))
-    delta = np.zeros((len(times), len(owners)))
-    np.add.at(delta, (np.searchsorted(times, t_start), owner_code), size)
-    np.add.at(delta, (np.searchsorted(times, t_end[ends]), owner_code[ends]), -size[ends])
-    level = np.cumsum(delta, axis=0)
+    t_end = np.where(t_end < hi, t_end, np.inf)  # an end at or after the window never comes
+    times, level = sweep(t_start, t_end, owner_code, size, len(owners), also=(lo,))
     changed = np.vstack([np.ones((1, len(owners)), bool), level[1:] != level[:-1]])
     ti, oi = np.nonzero(changed)
     ts = _us(times)

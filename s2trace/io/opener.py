@@ -35,7 +35,7 @@ from s2trace.io.regions import (
     parse_load_cmm,
 )
 
-__all__ = ["open_memory"]
+__all__ = ["looks_like_dump", "open_memory"]
 
 
 def open_memory(specs: Sequence[str | os.PathLike[str]], base: int = 0) -> PhysicalMemory:
@@ -58,6 +58,36 @@ def open_memory(specs: Sequence[str | os.PathLike[str]], base: int = 0) -> Physi
         regions.extend(found)
         problems.extend(more)
     return PhysicalMemory(regions, problems)
+
+
+#: Names of raw memory images by convention (a trace is text, never one of these).
+_RAW_SUFFIXES = (".elf", ".core", ".vmcore", ".bin", ".img", ".raw", ".mem", ".dump", ".dmp")
+
+
+def looks_like_dump(spec: str | os.PathLike[str]) -> bool:
+    """``spec`` names a memory dump as :func:`open_memory` reads it (``FILE@PA``, an ELF core,
+    a region list, a raw image by its name), not a trace or another text file.
+
+    Compressed files are judged by their inner name (``host-s2.elf.zst`` is a dump,
+    ``ftrace.txt.zst`` is not); an uncompressed file by its ELF magic, else its name.  Only
+    regular files are opened (a FIFO or a device could block): anything else is no dump.
+    """
+    text = os.fspath(spec)
+    path = Path(text)
+    if "@" in text and not os.path.exists(path):  # os.path: False for unusable names
+        name, _, pa = text.rpartition("@")
+        return bool(name) and bool(pa) and is_regular(name)
+    if not is_regular(path):
+        return False
+    name = plain_name(path).lower()
+    if name.endswith(".cmm") or name == "dump_info.txt" or name.endswith(_RAW_SUFFIXES):
+        return True
+    if is_compressed(path):
+        return False
+    try:
+        return _starts_with(path, ELF_MAGIC)
+    except OSError:
+        return False
 
 
 def _open_spec(spec: str | os.PathLike[str], base: int) -> tuple[list[Region], list[Problem]]:

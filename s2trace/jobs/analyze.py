@@ -21,9 +21,9 @@ import pandas as pd
 
 from s2trace.allocator import release_memory
 from s2trace.errors import InputError, ProblemLog
-from s2trace.jobs.capture import is_capture, load_capture
 from s2trace.jobs.grounds import boot_evidence, dump_map
-from s2trace.numbers import parse_u64, quoted
+from s2trace.jobs.inputs import Inputs, resolve
+from s2trace.numbers import quoted
 from s2trace.trace.family import (
     choose_kernel,
     confirm_alike,
@@ -41,7 +41,7 @@ from s2trace.trace.recipes.settle import settle_by_map
 from s2trace.trace.replay import Timeline, replay
 from s2trace.trace.stream import StreamedTrace, stream_trace
 
-__all__ = ["Analysis", "analyze", "parse_linear_map", "parse_time"]
+__all__ = ["Analysis", "analyze", "parse_time"]
 
 
 @dataclass
@@ -75,21 +75,6 @@ class Analysis:
         return self.timeline.violations
 
 
-def parse_linear_map(text: str | None) -> tuple[int, int] | None:
-    """``VA=PA`` (or ``VA:PA``) of the kernel linear map, e.g. ``0xffff000000000000=0x40000000``;
-    both 64-bit numbers (:mod:`s2trace.numbers`)."""
-    if not text:
-        return None
-    va, sep, pa = (
-        re.split(r"([=:])", text, maxsplit=1) if re.search(r"[=:]", text) else (text, "", "")
-    )
-    if not sep:
-        raise InputError(
-            f"--linear-map {quoted(text)}: expected VA=PA, e.g. 0xffff000000000000=0x40000000"
-        )
-    return parse_u64(va, "--linear-map VA"), parse_u64(pa, "--linear-map PA")
-
-
 _UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 _TIME = re.compile(
     r"[ \t]*(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|0x[0-9a-fA-F]+)"
@@ -117,7 +102,7 @@ def parse_time(text: str | None) -> float | None:
 
 
 def _grounds(
-    capture: Path | None,
+    capture: Inputs | None,
     dump: tuple[str, ...],
     boot: tuple[str | Path | None, str | Path | None, str | Path | None],
     page_size: int,
@@ -152,7 +137,7 @@ def _grounds(
 
 
 def analyze(
-    path: str | Path,
+    path: str | Path | Inputs,
     *,
     recipes: Sequence[str | Path] = (),
     kernel: str | None = None,
@@ -171,7 +156,8 @@ def analyze(
     hypercalls: str | Path | None = None,
     stream: bool | None = None,
 ) -> Analysis:
-    """Read a trace (file or capture folder), derive transitions and replay them.
+    """Read a trace (a file, a capture folder, or resolved
+    :class:`~s2trace.jobs.inputs.Inputs`), derive transitions and replay them.
 
     ``kernel`` picks the hypercall table, the recipes' version conditions and the replay's
     rules (default: the capture's kernel, a dmesg's or the trace header's ``Linux version``,
@@ -202,24 +188,20 @@ def analyze(
     :data:`STREAM_BYTES` or more, without ``hyp_trace``.
     """
 
-    source = Path(path)
+    inputs = path if isinstance(path, Inputs) else resolve([str(path)], role="trace")
+    source = inputs.need_trace("a trace analysis")
     meta: dict[str, Any] = {}
     capture = None
-    given, stated = kernel, None
-    if is_capture(source):
-        cap = load_capture(source)
-        if cap.trace is None:
-            raise InputError(f'{source}: the capture names no trace (add trace = "FILE")')
-        linear_map = linear_map or cap.linear_map
-        meta["capture"] = str(cap.folder)
-        source = cap.trace
-        capture = cap.folder
-        dmesg = dmesg or cap.dmesg
-        kallsyms = kallsyms or cap.kallsyms
-        iomem = iomem or cap.iomem
-        stated = cap.kernel
-    elif not os.path.exists(source):  # False also for a name too long to look up
-        raise InputError(f"{source}: no such trace file or capture folder")
+    named = inputs.kernel if inputs.origin.get("kernel") == "--kernel" else None
+    given, stated = kernel or named, None
+    linear_map = linear_map or inputs.linear_map
+    dmesg = dmesg or inputs.evidence.dmesg
+    kallsyms = kallsyms or inputs.evidence.kallsyms
+    iomem = iomem or inputs.evidence.iomem
+    if inputs.capture is not None:
+        meta["capture"] = str(inputs.capture.folder)
+        capture = inputs
+        stated = inputs.capture.kernel
     every = load_recipes(list(recipes))
     streamed: StreamedTrace | None = None
     if _streams(source, stream, hyp_trace):
@@ -352,7 +334,7 @@ STREAM_BYTES = 256 << 20
 
 def _streams(source: Path, stream: bool | None, hyp_trace: str | Path | None) -> bool:
     """Whether to read ``source`` with :func:`~s2trace.trace.stream.stream_trace`."""
-    if stream is False or hyp_trace is not None or not source.is_file():
+    if stream is False or hyp_trace is not None or not os.path.isfile(source):
         return False  # a FIFO or device is refused by read_trace, before anything opens it
     if detect_format(source) not in TEXT_FORMATS:
         return False

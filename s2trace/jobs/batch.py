@@ -87,7 +87,7 @@ _TASKS_PER_WORKER = 4
 def _kind(path: Path) -> str:
     if is_capture(path):
         return "capture"
-    if path.is_dir():
+    if os.path.isdir(path):
         raise InputError(f"{path}: a folder that is not a capture (no capture.toml)")
     name = plain_name(path).lower()
     if name.endswith(_DUMP_NAMES) or name == "dump_info.txt":
@@ -128,9 +128,9 @@ def resolve_batch_inputs(inputs: Iterable[str | Path]) -> list[BatchItem]:
             paths += [Path(h) for h in hits]
             continue
         p = Path(text)
-        if not p.exists():
+        if not os.path.exists(p):
             raise InputError(f"{text}: no such capture folder, dump, trace or list file")
-        listed = _listed(p) if p.is_file() else None
+        listed = _listed(p) if os.path.isfile(p) else None
         paths += [Path(x) for x in listed] if listed is not None else [p]
     seen: set[str] = set()
     items: list[BatchItem] = []

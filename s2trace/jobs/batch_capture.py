@@ -40,7 +40,7 @@ import pandas as pd
 from s2trace.errors import InputError
 from s2trace.jobs.analyze import analyze
 from s2trace.jobs.report import build_report
-from s2trace.jobs.walk import DumpRequest, walk_dump
+from s2trace.jobs.walk import walk_dump, walk_request
 from s2trace.walk.ownership import summarize
 
 __all__ = [
@@ -141,7 +141,7 @@ def _run(item: BatchItem, chosen: set[str], kernel: str | None, out: CaptureTabl
     elif item.kind == "dump":
         if "summary" not in chosen:
             return "a dump alone has only the summary stage"
-        walked = walk_dump(DumpRequest(specs=(item.path,), coalesce=True))
+        walked = walk_dump(walk_request(item.path, coalesce=True))
         _totals(summarize(walked).by_state, out)
         out.summary["problems"] = len(walked.problems.problems)
         _ran(out, {"summary"}, chosen, "a dump alone has only the summary stage")

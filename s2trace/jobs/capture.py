@@ -73,6 +73,8 @@ class Capture:
     dmesg: Path | None = None
     linear_map: tuple[int, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Where the register values came from (``capture.toml``, or ``gdb-regs.txt`` by layout).
+    register_origin: str = CAPTURE_FILE
 
     @property
     def profile(self) -> str | None:
@@ -145,8 +147,10 @@ def _from_layout(root: Path) -> Capture:
     for key, path in members.items():
         if path is not None:
             input_file(path, f"the capture's {key}")
+    origin = "gdb-regs.txt (CPU 0)" if regs else CAPTURE_FILE
     return Capture(folder=root, dump=(str(dump),), registers=regs, kernel=kernel,
-                   linear_map=linear, **members)  # type: ignore[arg-type]  # fmt: skip
+                   linear_map=linear, register_origin=origin,
+                   **members)  # type: ignore[arg-type]  # fmt: skip
 
 
 # -- capture.toml: the schema -------------------------------------------------------------------

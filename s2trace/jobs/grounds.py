@@ -29,7 +29,8 @@ from s2trace.errors import InputError
 from s2trace.files import read_text
 from s2trace.hyp.boot_sections import hyp_owned_sections
 from s2trace.hyp.evidence import KernelImage, read_iomem, read_kallsyms
-from s2trace.jobs.walk import DumpRequest, request_from_capture, walk_dump
+from s2trace.jobs.inputs import Inputs
+from s2trace.jobs.walk import dump_request, walk_dump, walk_request
 
 __all__ = ["boot_evidence", "boot_ranges", "dump_map", "kallsyms_ranges"]
 
@@ -41,11 +42,12 @@ _CARVE_OUT = re.compile(
 
 
 def dump_map(
-    *, capture: str | Path | None = None, specs: tuple[str, ...] = ()
+    *, capture: Inputs | None = None, specs: tuple[str, ...] = ()
 ) -> tuple[pd.DataFrame, str, list[str]]:
-    """(ownership map, basis text, notes) of the dump a capture folder holds, or of ``specs``
-    (dump files; registers recovered from memory, profile detected as ``decode`` does)."""
-    req = request_from_capture(capture) if capture is not None else DumpRequest(specs=specs)
+    """(ownership map, basis text, notes) of the dump a capture folder holds (``capture``:
+    its resolved inputs), or of ``specs`` (dump files; registers recovered from memory,
+    profile detected as ``decode`` does)."""
+    req = dump_request(capture) if capture is not None else walk_request(*specs)
     result = walk_dump(req)
     names = ", ".join(Path(s.partition("@")[0]).name for s in req.specs)
     where = "the capture folder's dump" if capture is not None else "named with --dump"

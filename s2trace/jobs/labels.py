@@ -15,11 +15,12 @@ import pandas as pd
 from s2trace.errors import InputError, ProblemLog
 from s2trace.hyp.evidence import KernelImage, LinearMap, read_iomem, read_kallsyms
 from s2trace.hyp.hyp_view import image_from_hyp_idmap
-from s2trace.hyp.symbols import collect_labels
+from s2trace.hyp.symbols import collect_labels, label_map
 from s2trace.jobs.analyze import analyze
+from s2trace.jobs.inputs import Inputs
 from s2trace.walk.tables import Memory
 
-__all__ = ["evidence_labels"]
+__all__ = ["evidence_labels", "input_labels", "labelled"]
 
 
 def evidence_labels(
@@ -55,3 +56,33 @@ def evidence_labels(
         analysis = analyze(trace, kernel=kernel, linear_map=linear_map, grounds=False)
         transitions, problems = analysis.transitions, analysis.problems
     return collect_labels(memory, ks, image, io, dmesg, transitions), problems
+
+
+def input_labels(
+    inputs: Inputs,
+    *,
+    memory: Memory | None = None,
+    image: KernelImage | None = None,
+    hyp_map: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, ProblemLog | None]:
+    """:func:`evidence_labels` of resolved inputs: their evidence files, trace, kernel and
+    linear map (``memory``, ``image`` and ``hyp_map`` as there)."""
+    ev = inputs.evidence
+    return evidence_labels(
+        kallsyms=ev.kallsyms,
+        iomem=ev.iomem,
+        dmesg=ev.dmesg,
+        trace=inputs.trace,
+        kernel=inputs.kernel,
+        linear_map=inputs.linear_map,
+        memory=memory,
+        image=image,
+        hyp_map=hyp_map,
+    )
+
+
+def labelled(frame: pd.DataFrame, inputs: Inputs) -> pd.DataFrame:
+    """``frame`` (an ownership map) with a ``label`` column: what each range is, from the
+    inputs' evidence files and the trace's ownership transitions."""
+    labels, _ = input_labels(inputs)
+    return label_map(frame, labels)

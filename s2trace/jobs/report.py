@@ -21,7 +21,7 @@ the way (walk or trace problems) is counted in the report, never dropped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,11 @@ from s2trace.hyp.memcache import name_untraced, unnamed_topups
 from s2trace.io import open_memory
 from s2trace.io.memory import PhysicalMemory
 from s2trace.jobs.analyze import Analysis, analyze
-from s2trace.jobs.capture import Capture, is_capture, load_capture
+from s2trace.jobs.capture import Capture
+from s2trace.jobs.inputs import Inputs, resolve
 from s2trace.jobs.names import object_labels
 from s2trace.jobs.report_page import category_meaning, render_page, write_page
-from s2trace.jobs.walk import request_from_capture, walk_dump
+from s2trace.jobs.walk import dump_request, walk_dump
 from s2trace.outputs import output_path, write_text
 from s2trace.plots import plot_churn, plot_map, plot_owners, plot_page
 from s2trace.render import write_frame
@@ -93,10 +94,8 @@ class Report:
 
 
 # ---------------------------------------------------------------------------------------------
-def _walk(cap: Capture, memory: PhysicalMemory, notes: list[str], strict: bool) -> Any:
-
-    req = request_from_capture(cap, coalesce=True, strict=strict)
-    result = walk_dump(req, memory=memory)
+def _walk(inputs: Inputs, memory: PhysicalMemory, notes: list[str]) -> Any:
+    result = walk_dump(dump_request(inputs, coalesce=True), memory=memory)
     notes.extend(result.notes)
     return result
 
@@ -156,7 +155,7 @@ def _diff(analysis: Analysis, walk_map: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_report(
-    capture_dir: str | Path,
+    capture_dir: str | Path | Inputs,
     *,
     out_dir: str | Path | None = None,
     plots: bool = True,
@@ -167,27 +166,27 @@ def build_report(
     use_cache: bool = True,
 ) -> Report:
     """Run every stage the capture folder allows (module docstring); write files to
-    ``out_dir`` when given.  ``trace=False`` leaves the trace unread (no replay, diff or
-    memcache naming; a note says so), ``check=False`` the hyp bookkeeping unchecked,
-    ``memcache=False`` the memcache top-ups unnamed (no guest stage 2s read)."""
+    ``out_dir`` when given.  ``capture_dir``: a folder, or inputs resolved from one (the
+    folder's ``capture.toml`` is read once, and its Capture passed to every stage).
+    ``trace=False`` leaves the trace unread (no replay, diff or memcache naming; a note says
+    so), ``check=False`` the hyp bookkeeping unchecked, ``memcache=False`` the memcache
+    top-ups unnamed (no guest stage 2s read)."""
 
-    if not is_capture(capture_dir):
-        raise InputError(f"{capture_dir}: not a capture folder (no capture.toml, no host-s2.elf)")
-    cap = load_capture(capture_dir)
+    inputs = capture_dir if isinstance(capture_dir, Inputs) else resolve([str(capture_dir)])
+    cap = inputs.capture
+    if cap is None:
+        raise InputError(
+            f"{shown(inputs.label)}: not a capture folder (no capture.toml, no host-s2.elf)"
+        )
+    if strict and not inputs.strict:
+        inputs = replace(inputs, strict=True)
     notes: list[str] = []
     # The dump is opened once: the walk and the check read the same memory.
-    with open_memory(list(cap.dump)) as memory:
-        walked = _walk(cap, memory, notes, strict)
+    with open_memory(list(inputs.dumps), base=inputs.base) as memory:
+        walked = _walk(inputs, memory, notes)
         report = Report(cap, walked, summarize(walked), notes=notes)
-        _rest(
-            report,
-            memory,
-            trace=trace,
-            check=check,
-            memcache=memcache,
-            strict=strict,
-            use_cache=use_cache,
-        )
+        _rest(report, inputs, memory, trace=trace, check=check, memcache=memcache,
+              use_cache=use_cache)  # fmt: skip
     if out_dir is not None:
         report.files = write_outputs(report, out_dir, plots=plots)
     return report
@@ -195,12 +194,12 @@ def build_report(
 
 def _rest(
     report: Report,
+    inputs: Inputs,
     memory: PhysicalMemory,
     *,
     trace: bool,
     check: bool,
     memcache: bool,
-    strict: bool,
     use_cache: bool,
 ) -> None:
     """The stages after the walk: trace, diff and memcache naming, then the check."""
@@ -209,7 +208,7 @@ def _rest(
         notes.append("trace not read (not asked for): no replay, diff or memcache naming")
     elif cap.trace is not None:
         report.analysis = analyze(
-            cap.folder, strict=strict, progress=False, use_cache=use_cache, grounds=False
+            inputs, strict=inputs.strict, progress=False, use_cache=use_cache, grounds=False
         )  # the report compares the trace with the dump: the dump is not its ground
         report.diff = _diff(report.analysis, walked.map)
         if memcache:

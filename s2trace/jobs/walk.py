@@ -11,11 +11,13 @@ its own goes to ``result.notes`` (one line each), so callers can say so.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s2trace.arch.registers import Stage2Config, config_from_registers, hcr_fwb
+import pandas as pd
+
+from s2trace.arch.registers import Stage2Config, config_from_registers
 from s2trace.columns import MAP
 from s2trace.errors import InputError
 from s2trace.export.table_stream import StreamWriter
@@ -23,80 +25,78 @@ from s2trace.hyp.enrich import enrich_with_vmemmap
 from s2trace.hyp.init_params import registers_from_memory
 from s2trace.io import open_memory
 from s2trace.io.memory import PhysicalMemory
-from s2trace.jobs.capture import Capture, load_capture
+from s2trace.jobs.inputs import Inputs, resolve
 from s2trace.pkvm.profiles import Profile, get_profile, profile_for_kernel
 from s2trace.walk.result import WalkResult
 from s2trace.walk.walker import AUTO, detect_profile, walk
 
-__all__ = ["DumpRequest", "can_stream", "request_from_capture", "walk_dump", "write_map"]
+__all__ = [
+    "DumpRequest",
+    "can_stream",
+    "dump_request",
+    "state_notes",
+    "walk_dump",
+    "walk_request",
+    "write_map",
+]
 
 
 @dataclass(frozen=True)
 class DumpRequest:
-    """What to walk and how.  ``None`` means "work it out" (see :func:`walk_dump`)."""
+    """What to walk and how: the resolved :class:`~s2trace.jobs.inputs.Inputs` (dump files,
+    registers, kernel version, evidence) plus the walk's own options.  Registers that the
+    inputs lack are recovered from the dump (see :func:`walk_dump`)."""
 
-    specs: tuple[str, ...]
-    base: int = 0
-    vttbr: int | None = None
-    vtcr: int | None = None
-    config: Stage2Config | None = None  # explicit geometry (``--root``), instead of registers
-    profile: Profile | str | None = None  # a name, a Profile, "auto", or None (kernel, else auto)
-    profiles_file: str | None = None
-    kernel: str | None = None
+    inputs: Inputs
+    #: An explicit geometry (``--root ...``) instead of VTTBR_EL2/VTCR_EL2.
+    config: Stage2Config | None = None
+    #: A profile object, or None: the inputs' profile name, else the kernel's, else detected.
+    profile: Profile | None = None
+    #: HCR_EL2.FWB forced on (``--fwb``); else read from HCR_EL2.
     fwb: bool | None = None
-    ttbr0_el2: int | None = None
-    tcr_el2: int | None = None
-    hcr_el2: int | None = None
     vmemmap_va: int | None = None
-    kallsyms: str | Path | None = None
-    iomem: str | Path | None = None
     include_zero: bool = False
     coalesce: bool = False
-    strict: bool = False
-    capture: Capture | None = None  # the Capture it came from, if any
+
+    @property
+    def specs(self) -> tuple[str, ...]:
+        return self.inputs.dumps
+
+    @property
+    def strict(self) -> bool:
+        return self.inputs.strict
 
 
-def request_from_capture(folder: str | Path | Capture, **overrides: Any) -> DumpRequest:
-    """A request from a capture folder's ``capture.toml`` (or its conventional layout, or a
-    :class:`Capture` already loaded); ``overrides`` that are not None win over its values."""
+def dump_request(inputs: Inputs, **options: Any) -> DumpRequest:
+    """The walk request for resolved inputs; ``options`` are :class:`DumpRequest` fields."""
+    inputs.need_dump("walking")
+    return DumpRequest(inputs, **options)
 
-    cap = folder if isinstance(folder, Capture) else load_capture(folder)
-    req = DumpRequest(
-        specs=tuple(cap.dump),
-        vttbr=cap.reg("vttbr_el2"),
-        vtcr=cap.reg("vtcr_el2"),
-        kernel=cap.kernel,
-        ttbr0_el2=cap.reg("ttbr0_el2"),
-        tcr_el2=cap.reg("tcr_el2"),
-        hcr_el2=cap.reg("hcr_el2"),
-        kallsyms=cap.kallsyms,
-        iomem=cap.iomem,
-        capture=cap,
-    )
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if "config" in given:  # explicit geometry replaces the folder's registers
-        req = replace(req, vttbr=None, vtcr=None)
-    if "ttbr0_el2" in given or "tcr_el2" in given:
-        req = replace(req, ttbr0_el2=None, tcr_el2=None)
-    return replace(req, **given)
+
+def walk_request(*targets: str | Path, strict: bool = False, **options: Any) -> DumpRequest:
+    """The walk request of what a user names -- a capture folder or dump files -- as in
+    ``walk_dump(walk_request("sample-traces/qemu-pkvm-7.3", coalesce=True))``; ``options``
+    are :class:`DumpRequest` fields.  Registers, kernel and evidence come from the folder
+    (:func:`~s2trace.jobs.inputs.resolve`); for more, resolve the inputs yourself."""
+    inputs = resolve([str(t) for t in targets], role="dump", strict=strict)
+    return dump_request(inputs, **options)
 
 
 def _profile(req: DumpRequest) -> Profile | str:
-
-    spec = req.profile
-    if spec is not None and not isinstance(spec, str):
-        return spec
-    if not spec and req.kernel:
-        spec = profile_for_kernel(str(req.kernel))
+    if req.profile is not None:
+        return req.profile
+    spec = req.inputs.profile
+    if not spec and req.inputs.kernel:
+        spec = profile_for_kernel(str(req.inputs.kernel))
     if not spec or spec == AUTO:
         return AUTO
-    return get_profile(spec, req.profiles_file)
+    return get_profile(spec, req.inputs.profiles_file)
 
 
 def can_stream(req: DumpRequest) -> bool:
     """Whether the map of ``req`` comes straight from the walk, so that :func:`write_map`
     can write it while walking (no coalescing, no vmemmap page states to merge in)."""
-    return not req.coalesce and req.vmemmap_va is None and req.kallsyms is None
+    return not req.coalesce and req.vmemmap_va is None and req.inputs.evidence.kallsyms is None
 
 
 def write_map(
@@ -133,30 +133,30 @@ def walk_dump(
     goes to it piece by piece instead (see :func:`write_map`).  ``memory``: ``req.specs``
     already opened (by a caller that reads it again, e.g. for the check); left open."""
 
-    if (req.vttbr is None) != (req.vtcr is None):
-        raise InputError("VTTBR_EL2 and VTCR_EL2 go together")
-    if (req.ttbr0_el2 is None) != (req.tcr_el2 is None):
-        raise InputError("TTBR0_EL2 and TCR_EL2 go together")
+    inputs = req.inputs
+    regs = inputs.registers
     notes: list[str] = []
     config = req.config
-    if config is None and req.vttbr is not None and req.vtcr is not None:
-        config = config_from_registers(req.vttbr, req.vtcr)
-    fwb = req.fwb if req.fwb is not None else hcr_fwb(req.hcr_el2)
+    if config is None and regs.vttbr_el2 is not None and regs.vtcr_el2 is not None:
+        config = config_from_registers(regs.vttbr_el2, regs.vtcr_el2)
+        notes.append(f"VTTBR_EL2/VTCR_EL2 from {regs.origin.get('vttbr_el2', 'the request')}")
+    fwb = req.fwb if req.fwb is not None else regs.fwb
     hyp = None
-    if req.ttbr0_el2 is not None and req.tcr_el2 is not None:
-        hyp = (req.ttbr0_el2, req.tcr_el2, req.hcr_el2)
+    if regs.ttbr0_el2 is not None and regs.tcr_el2 is not None:
+        hyp = (regs.ttbr0_el2, regs.tcr_el2, regs.hcr_el2)
     best_effort = hyp is None
+    kallsyms, iomem = inputs.evidence.kallsyms, inputs.evidence.iomem
     owned = memory is None
     if memory is None:
-        memory = open_memory(list(req.specs), base=req.base)
+        memory = open_memory(list(inputs.dumps), base=inputs.base)
     try:
         if config is None:
-            regs, note = registers_from_memory(memory, req.kallsyms, req.iomem, label=req.specs[0])
+            found, note = registers_from_memory(memory, kallsyms, iomem, label=inputs.dumps[0])
             notes.append(f"no VTTBR_EL2/VTCR_EL2 given; {note}")
-            config = regs.config()
-            fwb = fwb or regs.fwb
+            config = found.config()
+            fwb = fwb or found.fwb
             if hyp is None:
-                hyp = (regs.ttbr0_el2, regs.tcr_el2, regs.hcr_el2)
+                hyp = (found.ttbr0_el2, found.tcr_el2, found.hcr_el2)
         result = walk(
             memory,
             config,
@@ -169,7 +169,7 @@ def walk_dump(
             sink=sink,
         )
         notes += _profile_mismatch(result)
-        if hyp is not None and (req.vmemmap_va is not None or req.kallsyms is not None):
+        if hyp is not None and (req.vmemmap_va is not None or kallsyms is not None):
             try:
                 _enrich(result, memory, hyp, req)
             except InputError as exc:
@@ -207,18 +207,33 @@ def _enrich(
     states differ; the kernel layout from the kernel version, else guessed from the dump."""
 
     ttbr0, tcr, hcr = hyp
+    inputs = req.inputs
     result.map = enrich_with_vmemmap(
         result,
         memory,
         ttbr0,
         tcr,
         vmemmap_va=req.vmemmap_va,
-        kallsyms=req.kallsyms,
-        kernel=req.kernel,
-        iomem=req.iomem,
+        kallsyms=inputs.evidence.kallsyms,
+        kernel=inputs.kernel,
+        iomem=inputs.evidence.iomem,
         hcr=hcr,
     )
     va = req.vmemmap_va
     result.meta["page_states"] = "hyp_vmemmap" + (f" at {va:#x}" if va is not None else "")
-    if req.kernel:
-        result.meta["kernel"] = str(req.kernel)
+    if inputs.kernel:
+        result.meta["kernel"] = str(inputs.kernel)
+
+
+def state_notes(frame: pd.DataFrame) -> list[str]:
+    """Summary notes of a map with vmemmap states: where the states come from, and what is
+    still unknown and why."""
+    unknown = frame["page_state"].astype("string").eq("unknown").fillna(False).to_numpy()
+    notes = ["page states read from the hypervisor's hyp_vmemmap (struct hyp_page per page)"]
+    if unknown.any():
+        n = int(frame["size"].to_numpy()[unknown].sum())
+        notes.append(
+            f"{n:#x} bytes still read 'unknown': pages outside the vmemmap (MMIO, memory the "
+            "hypervisor does not track) or whose struct hyp_page is not in the dump"
+        )
+    return notes

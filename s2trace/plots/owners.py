@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from s2trace.intervals import sweep
 from s2trace.plots.axes import span_text, window
 from s2trace.plots.figure import empty_note, legend, new_figure, size_ticks, title_text
 from s2trace.plots.focus import focus
@@ -35,15 +36,10 @@ def owner_series(
     size = intervals["size"].to_numpy(dtype=np.float64)
     t_start = intervals["t_start"].to_numpy(dtype=np.float64)
     t_end = intervals["t_end"].to_numpy(dtype=np.float64)
-    when = np.concatenate([t_start, t_end])
-    order = np.unique(when)
-    delta = np.zeros((len(order), max(k, 1)))
-    np.add.at(delta, (np.searchsorted(order, t_start), codes), size)
-    np.add.at(delta, (np.searchsorted(order, t_end), codes), -size)
-    level = np.cumsum(delta, axis=0)
+    order, level = sweep(t_start, t_end, codes, size, k)
     idx = np.searchsorted(order, np.asarray(times, dtype=np.float64), side="right") - 1
     out = np.where(idx[:, None] >= 0, level[np.maximum(idx, 0)], 0.0)
-    return out[:, :k], labels, colors
+    return out, labels, colors
 
 
 def _quiet(intervals: pd.DataFrame, lo: float, hi: float, marks: list[pd.DataFrame]) -> np.ndarray:

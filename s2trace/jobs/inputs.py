@@ -241,7 +241,7 @@ def resolve(
         origin["linear_map"] = f"{cap.folder}/capture.toml"
     return Inputs(
         dumps=tuple(dump_specs),
-        base=parse_u64(base, "--base") if base is not None and base != "" else 0,
+        base=parse_u64(base, "--base") if base is not None else 0,
         registers=regs,
         evidence=evidence,
         trace=trace_path,

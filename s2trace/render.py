@@ -23,6 +23,7 @@ from s2trace.outputs import output_path, write_text
 __all__ = [
     "FORMATS",
     "HEX_COLUMNS",
+    "PARQUET_NEEDS_FILE",
     "TABLE_WIDTH",
     "hex_frame",
     "json_records",
@@ -181,6 +182,12 @@ def _meta_text(meta: dict[str, Any], width: int = TABLE_WIDTH) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+#: Parquet is binary: never written to standard output.
+PARQUET_NEEDS_FILE = (
+    "--format parquet needs -o FILE (Parquet is binary: it is not written to standard output)"
+)
+
+
 def write_frame(
     df: pd.DataFrame,
     fmt: str,
@@ -196,10 +203,7 @@ def write_frame(
     """
     if fmt == "parquet":
         if path is None:
-            raise InputError(
-                "--format parquet needs -o FILE (Parquet is binary: it is not written to "
-                "standard output)"
-            )
+            raise InputError(PARQUET_NEEDS_FILE)
         table_df = df.copy()
         for c in table_df.columns:
             if isinstance(table_df[c].dtype, pd.CategoricalDtype):

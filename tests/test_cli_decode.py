@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,24 @@ def test_console_script_no_traceback():
 def test_profiles_list(capsys):
     code, out, _ = run(capsys, "profiles")
     assert code == 0 and "linux-5.15 (default)" in out and "linux-7.1" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["decode", "0x4"],
+        ["decode", "sample-traces/qemu-pkvm-7.3"],
+        ["timeline", "sample-traces/qemu-pkvm-7.3"],
+        ["hyp-map", "sample-traces/qemu-pkvm-7.3"],
+    ],
+)
+def test_parquet_without_output_is_refused_before_any_work(capsys, argv, monkeypatch):
+    """Parquet is binary: without -o it is one error line and exit 2, said before the dump
+    is walked or the trace read (no note of the walk precedes it)."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    code, out, err = run(capsys, *argv, "--format", "parquet")
+    assert code == 2 and out == ""
+    assert err.splitlines() == [
+        "s2trace: error: --format parquet needs -o FILE (Parquet is binary: it is not "
+        "written to standard output)"
+    ]

@@ -13,7 +13,16 @@ from typing import Any
 import click
 
 from s2trace.arch.geometry import Geometry, Granule
-from s2trace.cli.options import OUTPUT, StrictInt, parse_int, parse_u64, profile_options
+from s2trace.cli.options import (
+    DUMP,
+    OUTPUT,
+    StrictInt,
+    parse_int,
+    parse_u64,
+    profile_options,
+    refuse_parquet_to_stdout,
+    use,
+)
 from s2trace.cli.output import emit_frame
 from s2trace.cli.walk_cmd import run_walk
 from s2trace.decode import decode
@@ -123,7 +132,8 @@ def register(cli: click.Group) -> None:
     @click.option("--ds", is_flag=True, help="VTCR_EL2.DS=1: 52-bit (FEAT_LPA2) format.")
     @click.option("--lpa", is_flag=True, help="64k granule with 52-bit OA (FEAT_LPA).")
     @click.option("--fwb", is_flag=True, help="HCR_EL2.FWB=1: MemAttr with the FWB meaning.")
-    @profile_options
+    @use(*DUMP, "vmemmap_va")
+    @refuse_parquet_to_stdout
     @click.option(
         "--format",
         "fmt",
@@ -138,30 +148,9 @@ def register(cli: click.Group) -> None:
         help="Write to FILE instead of standard output.",
     )
     @click.option("--explain", is_flag=True, help="Per-bit breakdown of each value.")
-    @click.option("--vttbr", help="VTTBR_EL2: walk the dump from this root.")
-    @click.option("--vtcr", help="VTCR_EL2 (with --vttbr).")
     @click.option("--root", help="Explicit root table PA (with --start-level, --ipa-bits).")
     @click.option("--start-level", type=StrictInt(-1, 3), help="Start level for --root.")
     @click.option("--ipa-bits", type=StrictInt(1, 64), help="IPA size in bits for --root.")
-    @click.option("--base", help="Physical address of a raw image (default 0).")
-    @click.option(
-        "--kallsyms",
-        help="/proc/kallsyms of the dumped boot: find the registers through symbols when "
-        "--vttbr/--vtcr are absent (default: scan RAM).",
-    )
-    @click.option("--iomem", help="/proc/iomem of the dumped boot (with --kallsyms).")
-    @click.option(
-        "--ttbr0-el2",
-        help="TTBR0_EL2 (hyp stage 1): with --tcr-el2, read page states from hyp_vmemmap.",
-    )
-    @click.option("--tcr-el2", help="TCR_EL2 (with --ttbr0-el2).")
-    @click.option("--hcr-el2", help="HCR_EL2 (E2H picks the hyp stage-1 format; FWB).")
-    @click.option(
-        "--vmemmap",
-        "vmemmap_va",
-        help="Hyp VA of hyp_vmemmap (default: __hyp_vmemmap read through --kallsyms).",
-    )
-    @click.option("--kernel", help="Kernel version (6.12, 7.3 ...): profile and vmemmap layout.")
     @click.option(
         "--all",
         "include_zero",
@@ -176,12 +165,6 @@ def register(cli: click.Group) -> None:
         help="Add a label column naming each range from kallsyms, iomem, dmesg and "
         "the trace (default: on for capture folders).",
     )
-    @click.option(
-        "--dmesg",
-        type=click.Path(dir_okay=False),
-        help="dmesg of the dumped boot (hyp carve-out line), for --labels.",
-    )
-    @click.option("--strict", is_flag=True, help="Any problem found in the dump is fatal.")
     def decode_cmd(targets: tuple[str, ...], **kw: Any) -> None:
         """Decode descriptor VALUEs, a FILE of raw descriptors (--level N), or walk a DUMP.
 

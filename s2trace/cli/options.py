@@ -10,6 +10,7 @@ option admits.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -19,6 +20,7 @@ from s2trace.errors import InputError
 from s2trace.jobs.inputs import Inputs, resolve
 from s2trace.numbers import parse_int, parse_u64, quoted, read_int
 from s2trace.outputs import check_output
+from s2trace.render import PARQUET_NEEDS_FILE
 
 __all__ = [
     "DUMP",
@@ -31,6 +33,7 @@ __all__ = [
     "parse_int",
     "parse_u64",
     "profile_options",
+    "refuse_parquet_to_stdout",
     "use",
 ]
 
@@ -211,13 +214,27 @@ def profile_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return use("profile", "profiles_file")(f)
 
 
+def refuse_parquet_to_stdout(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse ``--format parquet`` without ``-o`` before the command reads anything (not
+    after a whole walk)."""
+
+    @functools.wraps(f)
+    def checked(*args: Any, **kw: Any) -> Any:
+        if kw.get("fmt") == "parquet" and kw.get("output") is None:
+            raise InputError(PARQUET_NEEDS_FILE)
+        return f(*args, **kw)
+
+    return checked
+
+
 def output_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``-o FILE`` and ``--format`` (table, csv, json, parquet: parquet needs ``-o``)."""
     f = click.option(
         "-o",
         "--output",
         type=OUTPUT,
         help="Write to FILE instead of standard output.",
-    )(f)
+    )(refuse_parquet_to_stdout(f))
     return click.option(
         "--format",
         "fmt",

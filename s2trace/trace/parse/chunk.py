@@ -30,11 +30,15 @@ __all__ = [
     "RBR",
     "RPAR",
     "SP",
+    "SWAR_ASCII0",
+    "SWAR_FLAGS",
     "TAB",
     "Chunk",
     "U",
+    "above",
     "blanks_then_digits",
     "ctz",
+    "decimal8",
     "digits_then_blanks",
     "low_bits",
     "movemask",
@@ -73,7 +77,7 @@ def padded(buf: np.ndarray, n: int) -> np.ndarray:
 # -- SWAR helpers: eight bytes per 64-bit word, bit 7 of each byte as its flag -------------------
 U = np.uint64
 BYTES = U(0x0101010101010101)
-_HI = U(0x8080808080808080)
+SWAR_FLAGS = U(0x8080808080808080)  # bit 7 of every byte
 _LO7 = U(0x7F7F7F7F7F7F7F7F)
 SWAR_ASCII0 = U(0x3030303030303030)
 SWAR_HIGH_NIBBLES = U(0xF0F0F0F0F0F0F0F0)
@@ -104,12 +108,12 @@ def decimal8(w: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 def zero_bytes(x: np.ndarray) -> np.ndarray:
     """Flag (bit 7) of each byte of ``x`` that is 0 (exact: no carries between bytes)."""
-    return ~(((x & _LO7) + _LO7) | x) & _HI
+    return ~(((x & _LO7) + _LO7) | x) & SWAR_FLAGS
 
 
-def _above(x: np.ndarray, limit: int) -> np.ndarray:
-    """Flag of each byte of ``x`` greater than ``limit`` (< 0x80)."""
-    return (((x & _LO7) + BYTES * U(0x7F - limit)) | x) & _HI
+def above(x: np.ndarray, limit: int) -> np.ndarray:
+    """Flag of each byte of ``x`` greater than ``limit`` (< 0x80); bytes >= 0x80 are flagged."""
+    return (((x & _LO7) + BYTES * U(0x7F - limit)) | x) & SWAR_FLAGS
 
 
 def movemask(flags: np.ndarray) -> np.ndarray:
@@ -165,9 +169,9 @@ class Chunk:
             w = self.words[start + 8 * k]
             x = w ^ SWAR_ASCII0
             shift = U(8 * k)
-            digit |= movemask(~(_above(x, 9)) & _HI) << shift
+            digit |= movemask(~(above(x, 9)) & SWAR_FLAGS) << shift
             space |= movemask(zero_bytes(w ^ (BYTES * U(SP)))) << shift
-            blank |= movemask(~_above(w, SP) & _HI) << shift
+            blank |= movemask(~above(w, SP) & SWAR_FLAGS) << shift
         full = U(0xFFFFFFFFFFFFFFFF) if width >= 64 else low_bits(width)
         return digit & full, space & full, blank & full
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,10 +16,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from s2trace.errors import InputError
-from s2trace.trace.parse.chunk import decimal8
+from s2trace.trace.parse.chunk import SWAR_ASCII0, SWAR_FLAGS, above, decimal8, zero_bytes
 from s2trace.trace.parse.field_templates import PAD, Template, learn, match, spans_to_strings
 
-__all__ = ["PSEUDO_FIELDS", "as_arrow", "extract_fields", "extract_rows", "fields", "parse_uint"]
+__all__ = [
+    "LOOK_BACK",
+    "PSEUDO_FIELDS",
+    "FieldValues",
+    "as_arrow",
+    "extract_fields",
+    "extract_rows",
+    "extract_values",
+    "fields",
+    "parse_uint",
+    "plain_uints_at",
+]
 
 #: The kprobe header ``(func+0x0/0x198)`` or kretprobe ``(caller+0x54/0x198 <- func)``.
 _PROBE_RE = (
@@ -66,27 +78,52 @@ def extract_rows(
     text: pa.Array | pa.ChunkedArray, rows: np.ndarray | None, names: Sequence[str]
 ) -> dict[str, pa.Array]:
     """:func:`extract_fields` on ``text[rows]`` (all rows when None), without first copying
-    the selected rows' text.
+    the selected rows' text (see :func:`extract_values`)."""
+    return extract_values(text, rows, names, ()).text
+
+
+@dataclass
+class FieldValues:
+    """Named fields of a set of rows, read once: as text (an Arrow string array, null where
+    absent) and as unsigned integers (:func:`parse_uint`'s (values, valid), invalid where
+    absent), each for the names asked for."""
+
+    text: dict[str, pa.Array]
+    uint: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def extract_values(
+    text: pa.Array | pa.ChunkedArray,
+    rows: np.ndarray | None,
+    names: Sequence[str],
+    uint_names: Sequence[str],
+) -> FieldValues:
+    """The fields ``names`` of ``text[rows]`` (all rows when None) as text, and the fields
+    ``uint_names`` as integers: ``uint[n]`` equals ``parse_uint(extract_rows(...)[n])``.
 
     Rows whose text is a plain ``name=value`` list in a layout learned from the rows
     themselves take the vectorised byte path (:mod:`s2trace.trace.parse.field_templates`, which
-    explains why it gives the same values); the other rows, and the ``@func``/``@caller``
-    pseudo-fields, take one RE2 pass per name.
+    explains why it gives the same values); there integers are decoded straight from the value
+    bytes (:func:`plain_uints_at`), no string is made for them.  The other rows, and the
+    ``@func``/``@caller`` pseudo-fields, take one RE2 pass per name, then :func:`parse_uint`.
     """
-    for name in names:
+    for name in (*names, *uint_names):
         if name not in PSEUDO_FIELDS and not re.fullmatch(r"[A-Za-z_][\w.]*", name):
             raise InputError(f"field name {name!r}: expected a C identifier")
     chunks = text.chunks if isinstance(text, pa.ChunkedArray) else [text]
     total = sum(len(c) for c in chunks)
     rows = np.arange(total, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
-    plain = list(dict.fromkeys(n for n in names if n not in PSEUDO_FIELDS))
-    out: dict[str, pa.Array] = {}
-    if plain:
-        out.update(_plain_fields(chunks, rows, plain))
-    pseudo = [n for n in names if n in PSEUDO_FIELDS]
+    plain_text = list(dict.fromkeys(n for n in names if n not in PSEUDO_FIELDS))
+    plain_uint = list(dict.fromkeys(n for n in uint_names if n not in PSEUDO_FIELDS))
+    got = FieldValues({}, {})
+    if plain_text or plain_uint:
+        got = _plain_fields(chunks, rows, plain_text, plain_uint)
+    pseudo = list(dict.fromkeys(n for n in (*names, *uint_names) if n in PSEUDO_FIELDS))
     if pseudo:
-        out.update(_regex_fields(_take(text, rows), pseudo))
-    return {n: out[n] for n in names}
+        probe = _regex_fields(_take(text, rows), pseudo)
+        got.text.update((n, probe[n]) for n in names if n in PSEUDO_FIELDS)
+        got.uint.update((n, parse_uint(probe[n])) for n in uint_names if n in PSEUDO_FIELDS)
+    return FieldValues({n: got.text[n] for n in names}, {n: got.uint[n] for n in uint_names})
 
 
 def _take(text: pa.Array | pa.ChunkedArray, rows: np.ndarray) -> pa.Array:
@@ -100,28 +137,45 @@ _BATCH_BYTES = 64 << 20  # text bytes per byte scan (sparse rows: fewer rows)
 _MAX_TEMPLATES = 8  # layouts learned per call before the rest go to the regexes
 
 
+@dataclass
+class _Parts:
+    """Values of the rows read so far, in pieces, and each piece's output positions."""
+
+    text: dict[str, list[pa.Array]]
+    uint: dict[str, list[tuple[np.ndarray, np.ndarray]]]
+    placed: list[np.ndarray]
+
+    def add(
+        self,
+        pos: np.ndarray,
+        text: dict[str, pa.Array],
+        uint: dict[str, tuple[np.ndarray, np.ndarray]],
+    ) -> None:
+        for n, arr in text.items():
+            self.text[n].append(arr)
+        for n, pair in uint.items():
+            self.uint[n].append(pair)
+        self.placed.append(pos)
+
+
 def _plain_fields(
-    chunks: Sequence[pa.Array], rows: np.ndarray, names: list[str]
-) -> dict[str, pa.Array]:
+    chunks: Sequence[pa.Array], rows: np.ndarray, names: list[str], uint_names: list[str]
+) -> FieldValues:
     """Plain field names of ``rows``: template byte path, then regexes for the rest."""
     m = len(rows)
     order = np.argsort(rows, kind="stable")
     srows = rows[order]
     bounds = np.cumsum([0] + [len(c) for c in chunks])
-    parts: dict[str, list[pa.Array]] = {n: [] for n in names}
-    placed: list[np.ndarray] = []  # output positions of each part, in part order
+    parts = _Parts({n: [] for n in names}, {n: [] for n in uint_names}, [])
+    every = list(dict.fromkeys([*names, *uint_names]))
     rest: list[np.ndarray] = []  # sorted-row indices left to the regexes
     templates: list[Template] = []
     for ci, chunk in enumerate(chunks):
         a, b = np.searchsorted(srows, bounds[ci : ci + 2])
         if a == b:
             continue
-        arr = chunk.cast(pa.large_string()) if chunk.type != pa.large_string() else chunk
-        offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + len(arr) + 1]
-        data = (
-            np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] else np.zeros(0, np.uint8)
-        )
-        valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
+        offsets, data = _string_buffers(chunk)
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else None
         i = a
         while i < b:
             j = min(i + _BATCH_ROWS, b)
@@ -131,17 +185,30 @@ def _plain_fields(
                 j = i + max(1, int(np.searchsorted(e, s[0] + _BATCH_BYTES)))
                 local, s, e = local[: j - i], s[: j - i], e[: j - i]
             ok = valid[local] if valid is not None else np.ones(len(local), bool)
-            fit = _fit_batch(data, s, e, ok, names, templates, parts, placed, order[i:j])
+            fit = _fit_batch(data, s, e, ok, names, uint_names, templates, parts, order[i:j])
             rest.append(i + np.flatnonzero(~fit))
             i = j
     left = np.concatenate(rest) if rest else np.zeros(0, np.int64)
     if len(left):
         whole = pa.chunked_array([c.cast(pa.large_string()) for c in chunks], pa.large_string())
-        got = _regex_fields(_take(whole, srows[left]), names)
-        for n in names:
-            parts[n].append(got[n])
-        placed.append(order[left])
-    return _assemble(parts, placed, m)
+        got = _regex_fields(_take(whole, srows[left]), every)
+        parts.add(
+            order[left],
+            {n: got[n] for n in names},
+            {n: parse_uint(got[n]) for n in uint_names},
+        )
+    return _assemble(parts, m)
+
+
+def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 offsets, data bytes) of a string or large string array, without copying the
+    data (the offsets of a 32-bit string array are widened)."""
+    if arr.type not in (pa.string(), pa.large_string()):
+        arr = arr.cast(pa.large_string())
+    wide = np.int64 if arr.type == pa.large_string() else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], wide)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] else np.zeros(0, np.uint8)
+    return offsets.astype(np.int64, copy=False), data
 
 
 def _fit_batch(
@@ -150,20 +217,21 @@ def _fit_batch(
     e: np.ndarray,
     ok: np.ndarray,
     names: list[str],
+    uint_names: list[str],
     templates: list[Template],
-    parts: dict[str, list[pa.Array]],
-    placed: list[np.ndarray],
+    parts: _Parts,
     pos: np.ndarray,
 ) -> np.ndarray:
     """Rows of one batch that fit a (known or newly learned) template; their values are
-    appended to ``parts`` and their output positions to ``placed``."""
+    added to ``parts`` with their output positions."""
     lo, hi = int(s[0]), int(e[-1])
-    buf = np.zeros(hi - lo + PAD, np.uint8)
-    buf[: hi - lo] = data[lo:hi]
-    s, e = s - lo, e - lo
+    buf = np.zeros(LOOK_BACK + hi - lo + PAD, np.uint8)  # LOOK_BACK: plain_uints_at reads back
+    buf[LOOK_BACK : LOOK_BACK + hi - lo] = data[lo:hi]
+    s, e = s - lo + LOOK_BACK, e - lo + LOOK_BACK
     fit = ~ok
     done = np.zeros(len(s), bool)
     tried: set[Template] = set()
+    every = list(dict.fromkeys([*names, *uint_names]))
     while True:
         todo = np.flatnonzero(~fit)
         if not len(todo):
@@ -178,37 +246,56 @@ def _fit_batch(
         if tpl is None:
             break
         tried.add(tpl)
-        wanted = {n: tpl.names.index(n) for n in names if n in tpl.names}
+        wanted = {n: tpl.names.index(n) for n in every if n in tpl.names}
         hit, spans = match(buf, s[todo], e[todo], tpl, wanted)
         if not hit.any():
             continue
         rows = todo[hit]
         fit[rows] = done[rows] = True
-        null = pa.nulls(len(rows), pa.string())
-        for n in names:
-            parts[n].append(spans_to_strings(buf, *spans[n]) if n in spans else null)
-        placed.append(pos[rows])
+        k = len(rows)
+        null = pa.nulls(k, pa.string())
+        absent = (np.zeros(k, np.uint64), np.zeros(k, bool))
+        parts.add(
+            pos[rows],
+            {n: spans_to_strings(buf, *spans[n]) if n in spans else null for n in names},
+            {n: _span_uints(buf, *spans[n]) if n in spans else absent for n in uint_names},
+        )
     return done
 
 
-def _assemble(
-    parts: dict[str, list[pa.Array]], placed: list[np.ndarray], m: int
-) -> dict[str, pa.Array]:
+def _span_uints(buf: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`parse_uint` of the values ``buf[lo:hi]``, from the bytes: the common forms by
+    :func:`plain_uints_at`, the few others as strings through the general path."""
+    value, ok = plain_uints_at(buf, hi, hi - lo)
+    rest = np.flatnonzero(~ok)
+    if len(rest):
+        value[rest], ok[rest] = parse_uint(spans_to_strings(buf, lo[rest], hi[rest]))
+    return value, ok
+
+
+def _assemble(parts: _Parts, m: int) -> FieldValues:
     """One array per name in output order from the parts and their output positions."""
-    where = np.concatenate(placed) if placed else np.zeros(0, np.int64)
-    in_order = np.array_equal(where, np.arange(m))
+    where = np.concatenate(parts.placed) if parts.placed else np.zeros(0, np.int64)
+    in_order = len(where) == m and bool((where[1:] > where[:-1]).all()) if m else True
     idx = None
     if not in_order:
         inv = np.empty(m, np.int64)
         inv[where] = np.arange(len(where))
         idx = pa.array(inv)
-    out = {}
-    for n, p in parts.items():
+    text = {}
+    for n, p in parts.text.items():
         joined = (
             pa.concat_arrays([x.cast(pa.string()) for x in p]) if p else pa.array([], pa.string())
         )
-        out[n] = joined if idx is None else joined.take(idx)
-    return out
+        text[n] = joined if idx is None else joined.take(idx)
+    uint = {}
+    for n, q in parts.uint.items():
+        value, ok = np.zeros(m, np.uint64), np.zeros(m, bool)
+        if q:
+            value[where] = np.concatenate([v for v, _ in q])
+            ok[where] = np.concatenate([o for _, o in q])
+        uint[n] = (value, ok)
+    return FieldValues(text, uint)
 
 
 def _regex_fields(text: pa.Array, names: Sequence[str]) -> dict[str, pa.Array]:
@@ -284,37 +371,89 @@ def _plain_uints(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset : arr.offset + n + 1]
     data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] else np.zeros(0, np.uint8)
     first, last = int(offsets[0]), int(offsets[-1])
-    buf = np.zeros(24 + last - first + 8, np.uint8)  # 24 zero bytes before: look-back reads
-    buf[24 : 24 + last - first] = data[first:last]
-    end = offsets[1:] - first + 24
-    length = np.diff(offsets)
+    buf = np.zeros(LOOK_BACK + last - first + 8, np.uint8)  # zero bytes before: look-back reads
+    buf[LOOK_BACK : LOOK_BACK + last - first] = data[first:last]
+    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else None
+    out, done = plain_uints_at(buf, offsets[1:] - first + LOOK_BACK, np.diff(offsets), valid)
+    return out, done, done
+
+
+#: zero bytes :func:`plain_uints_at` needs before the first value (it reads 24 bytes back)
+LOOK_BACK = 24
+_HEX_HI = _U(0x2020202020202020)
+_ASCII_A = _U(0x6060606060606060)
+_LOW_NIBBLES = _U(0x0F0F0F0F0F0F0F0F)
+_NINE = _U(0x0909090909090909)
+_EVEN_BYTES = _U(0x00FF00FF00FF00FF)
+
+
+def plain_uints_at(
+    buf: np.ndarray, end: np.ndarray, length: np.ndarray, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`parse_uint`'s common forms for the values ``buf[end - length : end]``:
+    (values, handled).  ``0x``/``0X`` + 1-16 hex digits or 1-19 decimal digits, nothing else;
+    other rows (and rows not ``valid``) are not handled and read 0, for the caller to give to
+    the general path.  ``buf`` must have :data:`LOOK_BACK` bytes before the first value and 8
+    after the last (any bytes: those outside a value are masked).
+
+    SWAR over 64-bit words, eight bytes per operation: hex digits are checked and turned into
+    nibbles in place, then packed; decimals take :func:`.chunk.decimal8` per eight digits,
+    the second and third words only for the rows that have that many digits.
+    """
+    n = len(end)
     words = np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
-    valid = arr.is_valid().to_numpy(zero_copy_only=False) if arr.null_count else True
     out = np.zeros(n, np.uint64)
     done = np.zeros(n, bool)
-    prefix = (words[end - length] & _U(0xFFFF)) | _U(0x2000)  # "0x" / "0X" -> 0x7830
-    is_0x = valid & (length >= 3) & (length <= 18) & (prefix == _U(0x7830))
+    ok_rows = (length >= 1) if valid is None else (valid & (length >= 1))
+    start = end - length
+    prefix = (words[start] & _U(0xFFFF)) | _U(0x2000)  # "0x" / "0X" -> 0x7830
+    is_0x = ok_rows & (length >= 3) & (length <= 18) & (prefix == _U(0x7830))
     h = np.flatnonzero(is_0x)
-    if len(h):  # hex digits right-aligned in 16 bytes, nibbles packed into big-endian words
-        raw = np.stack([words[end[h] - 16], words[end[h] - 8]], axis=1).view(np.uint8)
-        raw = raw.reshape(len(h), 16)
-        mask = np.arange(16) >= 16 - (length[h, None] - 2)
-        nib = _HEX[raw]
-        ok = np.all((nib < 16) | ~mask, axis=1)
-        nib = np.where(mask, nib, np.uint8(0))
-        packed = np.ascontiguousarray((nib[:, 0::2] << 4) | nib[:, 1::2])
-        out[h] = packed.view(">u8").ravel()
+    if len(h):
+        e, digits = end[h], length[h] - 2
+        lo, ok = _hex8(words[e - 8], np.minimum(digits, 8))
+        wide = np.flatnonzero(digits > 8)
+        if len(wide):
+            hi, ok_hi = _hex8(words[e[wide] - 16], digits[wide] - 8)
+            lo[wide] |= hi << _U(32)
+            ok[wide] &= ok_hi
+        out[h] = np.where(ok, lo, _U(0))
         done[h] = ok
-    d = np.flatnonzero(valid & ~is_0x & (length >= 1) & (length <= 19))
+    d = np.flatnonzero(ok_rows & ~is_0x & (length <= 19))
     if len(d):  # up to 19 digits: three SWAR words (8 + 8 + 3 digits)
-        ln, e = length[d], end[d]
-        lo, ok0 = decimal8(words[e - 8], np.minimum(ln, 8))
-        mid, ok1 = decimal8(words[e - 16], np.clip(ln - 8, 0, 8))
-        hi, ok2 = decimal8(words[e - 24], np.clip(ln - 16, 0, 8))
-        out[d] = hi * _U(10**16) + mid * _U(10**8) + lo
-        done[d] = ok0 & ok1 & ok2
-    out[~done] = 0
-    return out, done, done
+        e, ln = end[d], length[d]
+        val, ok = decimal8(words[e - 8], np.minimum(ln, 8))
+        long = np.flatnonzero(ln > 8)
+        if len(long):
+            el, ll = e[long], ln[long]
+            mid, ok1 = decimal8(words[el - 16], np.minimum(ll - 8, 8))
+            hi, ok2 = decimal8(words[el - 24], np.clip(ll - 16, 0, 8))
+            val[long] += hi * _U(10**16) + mid * _U(10**8)
+            ok[long] &= ok1 & ok2
+        out[d] = np.where(ok, val, _U(0))
+        done[d] = ok
+    return out, done
+
+
+def _hex8(w: np.ndarray, digits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Value of the last ``digits`` (1-8) bytes of each little-endian word as hex digits, and
+    whether they all are ``[0-9a-fA-F]`` (the bytes before them read as '0')."""
+    fill = ((8 - digits) * 8).astype(_U)  # bytes before the digits, as bits (0-56)
+    keep_low = (_U(1) << fill) - _U(1)
+    w = (w & ~keep_low) | (SWAR_ASCII0 & keep_low)
+    dec = ~above(w ^ SWAR_ASCII0, 9) & SWAR_FLAGS  # '0'-'9'
+    alpha = (w | _HEX_HI) ^ _ASCII_A  # 'a'-'f' / 'A'-'F' -> 1..6
+    alpha = ~above(alpha, 6) & ~zero_bytes(alpha) & SWAR_FLAGS
+    ok = (dec | alpha) == SWAR_FLAGS
+    nib = (w & _LOW_NIBBLES) + ((alpha >> _U(7)) * _U(9))  # one nibble per byte, first digit low
+    pairs = ((nib & _EVEN_BYTES) << _U(4)) | ((nib >> _U(8)) & _EVEN_BYTES)  # a byte per 16 bits
+    val = (
+        ((pairs & _U(0xFF)) << _U(24))
+        | (((pairs >> _U(16)) & _U(0xFF)) << _U(16))
+        | (((pairs >> _U(32)) & _U(0xFF)) << _U(8))
+        | (pairs >> _U(48))
+    )
+    return val, ok
 
 
 def _general_uints(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:

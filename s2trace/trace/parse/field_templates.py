@@ -48,6 +48,11 @@ _CLASS[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, ord(","), ord('"'), _LPAR, _RPAR]] = 2
 #: bytes a header may not hold between its parentheses
 _HEADER_BAD = np.zeros(256, bool)
 _HEADER_BAD[[0x09, 0x0A, 0x0B, 0x0C, 0x0D, ord('"'), ord("="), ord(":"), _LPAR, _RPAR]] = True
+#: every byte of a class above, and every byte a header may not hold but ':' and '=', is below
+_BELOW = 0x2D
+_COLON, _EQUALS = ord(":"), ord("=")
+assert not _CLASS[_BELOW:].any()
+assert set(np.flatnonzero(_HEADER_BAD[_BELOW:]) + _BELOW) == {_COLON, _EQUALS}
 PAD = 16  # zero bytes after a span copy: 64-bit word reads near its end stay in bounds
 
 
@@ -107,20 +112,21 @@ def match(
     ok = end > start
     if tpl.header:
         ok &= buf[start] == _LPAR
-        close = np.r_[np.flatnonzero(buf == _RPAR), len(buf) - 1]  # sentinel: no ')'
+        cand = np.flatnonzero((buf < _BELOW) | (buf == _COLON) | (buf == _EQUALS))
+        close = np.r_[cand[buf[cand] == _RPAR], len(buf) - 1]  # sentinel: no ')'
         i = np.searchsorted(close, start)
         h = close[i]
         ok &= (h + 1 < end) & (buf[np.minimum(h + 1, len(buf) - 1)] == _SP)
-        hbad = np.flatnonzero(_HEADER_BAD[buf])
+        hbad = cand[_HEADER_BAD[buf[cand]]]
         ok &= _count_in(hbad, start + 1, h) == 0
+        del cand, hbad
         t0 = np.where(ok, h + 2, start)
-    cls = _CLASS[buf]
-    special = np.flatnonzero(cls)
-    kind = cls[special]
-    del cls
-    spaces = special[kind == 1]
-    bad = special[kind == 2]
-    del special, kind
+    # every byte of either class is below 0x2D: compare all, classify the few candidates
+    low = np.flatnonzero(buf < _BELOW)
+    kind = _CLASS[buf[low]]
+    spaces = low[kind == 1]
+    bad = low[kind == 2]
+    del low, kind
     ok &= _count_in(bad, t0, end) == 0
     first = np.searchsorted(spaces, t0)
     ok &= np.searchsorted(spaces, end) - first == ntok - 1

@@ -27,6 +27,7 @@ from s2trace.trace.recipes.evaluate import (
     OP_CODES,
     address,
     condition_holds,
+    fields_read,
     gfns,
     labels,
     range_stop,
@@ -252,7 +253,8 @@ def _evaluate(
     recipe's ``complete`` event when one follows; it cannot have happened before the anchor.
     """
     n = len(anchor)
-    values = field_values(ev, r.refs(), anchor, partner, ctx)
+    text_refs, uint_refs = fields_read(r)
+    values = field_values(ev, list(text_refs), anchor, partner, ctx, uint_refs)
     keep = np.ones(n, bool)
     for c in r.where:
         if c.ref.source == "event":
@@ -308,7 +310,8 @@ def _prefilter(r: Recipe, ev: EventTable, anchor: np.ndarray) -> np.ndarray:
     own = [c for c in r.where if c.ref.source == "event"]
     if not own or not len(anchor):
         return anchor
-    values = field_values(ev, [c.ref for c in own], anchor, anchor, anchor)
+    text_refs, uint_refs = fields_read(r, own)
+    values = field_values(ev, list(text_refs), anchor, anchor, anchor, uint_refs)
     keep = np.ones(len(anchor), bool)
     for c in own:
         keep &= condition_holds(c, values[c.ref])

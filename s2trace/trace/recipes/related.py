@@ -10,7 +10,7 @@ and, generally, the latest earlier row with the same key (:func:`latest_before_k
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,11 +19,12 @@ import pandas as pd
 import pyarrow as pa
 
 from s2trace.columns import EVENTS
-from s2trace.trace.parse.field_access import extract_rows
+from s2trace.trace.parse.field_access import FieldValues, extract_values, parse_uint
 from s2trace.trace.recipes.model import Complete, Context, Pair, Ref
 
 __all__ = [
     "EventTable",
+    "Value",
     "complete_rows",
     "context_rows",
     "field_values",
@@ -78,11 +79,24 @@ class EventTable:
         return np.zeros(0, np.int64) if code is None else np.flatnonzero(self.codes == code)
 
     def values(self, rows: np.ndarray, names: Sequence[str]) -> dict[str, pa.Array]:
-        if not names or not len(rows):
-            return {n: pa.nulls(len(rows), pa.string()) for n in names}
+        """The fields ``names`` of ``rows`` as text (null where absent)."""
+        return self.read(rows, names, ()).text
+
+    def read(
+        self, rows: np.ndarray, names: Sequence[str], uint_names: Sequence[str]
+    ) -> FieldValues:
+        """The fields ``names`` of ``rows`` as text and ``uint_names`` as unsigned integers,
+        each field read once (:func:`.field_access.extract_values`)."""
+        if not len(rows) or not (names or uint_names):
+            k = len(rows)
+            return FieldValues(
+                {n: pa.nulls(k, pa.string()) for n in names},
+                {n: (np.zeros(k, np.uint64), np.zeros(k, bool)) for n in uint_names},
+            )
         if len(rows) * _FEW < len(self.text):  # the reader's cost follows the whole column:
-            return extract_rows(self.text.take(pa.array(rows)), None, names)  # copy a few first
-        return extract_rows(self.text, rows, names)
+            few = self.text.take(pa.array(rows))  # copy a few first
+            return extract_values(few, None, names, uint_names)
+        return extract_values(self.text, rows, names, uint_names)
 
 
 #: Below one row in this many, the rows' text is copied before fields are read from it.
@@ -95,21 +109,59 @@ def _chunked(values: pd.Series) -> pa.ChunkedArray:
     return arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])
 
 
+@dataclass(frozen=True)
+class Value:
+    """One field of a batch of rows as read for a recipe: its text (an Arrow string array,
+    null where absent) when the recipe compares or labels with it, and its unsigned integer
+    value (values, valid) when the recipe computes with it."""
+
+    text_or_none: pa.Array | None
+    uint_or_none: tuple[np.ndarray, np.ndarray] | None
+
+    @property
+    def text(self) -> pa.Array:
+        if self.text_or_none is None:
+            raise RuntimeError("field read as an integer only")  # a recipe-needs bug, not input
+        return self.text_or_none
+
+    def uint(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values, valid) as :func:`.field_access.parse_uint` gives them."""
+        if self.uint_or_none is not None:
+            return self.uint_or_none
+        return parse_uint(self.text)
+
+
 def field_values(
-    ev: EventTable, refs: Sequence[Ref], anchor: np.ndarray, partner: np.ndarray, ctx: np.ndarray
-) -> dict[Ref, pa.Array]:
-    """Every referenced field of the anchor, pair and context rows (null where absent)."""
-    out: dict[Ref, pa.Array] = {}
+    ev: EventTable,
+    refs: Sequence[Ref],
+    anchor: np.ndarray,
+    partner: np.ndarray,
+    ctx: np.ndarray,
+    uint_refs: Collection[Ref] = (),
+) -> dict[Ref, Value]:
+    """Every referenced field of the anchor, pair and context rows (absent where there is no
+    such row): ``refs`` as text, ``uint_refs`` as unsigned integers (a field in both is read
+    once)."""
+    out: dict[Ref, Value] = {}
     for source, rows in (("event", anchor), ("pair", partner), ("ctx", ctx)):
         names = sorted({r.name for r in refs if r.source == source})
-        if not names:
+        uint_names = sorted({r.name for r in uint_refs if r.source == source})
+        if not names and not uint_names:
             continue
         found = rows >= 0
-        got = ev.values(rows[found], names)
+        got = ev.read(rows[found], names, uint_names)
         # rows without a related event read as null: take with null indices
-        idx = pa.array(np.cumsum(found) - 1, mask=~found)
-        for name in names:
-            out[Ref(source, name)] = got[name] if found.all() else got[name].take(idx)
+        idx = None if found.all() else pa.array(np.cumsum(found) - 1, mask=~found)
+        for name in {*names, *uint_names}:
+            text = got.text.get(name)
+            num = got.uint.get(name)
+            if idx is not None:
+                text = text.take(idx) if text is not None else None
+                if num is not None:
+                    value, ok = np.zeros(len(rows), np.uint64), np.zeros(len(rows), bool)
+                    value[found], ok[found] = num
+                    num = (value, ok)
+            out[Ref(source, name)] = Value(text, num)
     return out
 
 

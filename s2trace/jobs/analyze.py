@@ -272,6 +272,7 @@ def analyze(
             page_size=page_size,
             strict=strict,
             hypercalls=table,
+            progress=progress,
         )
         streamed = None  # the compact rows: not held into the replay
         del events
@@ -284,6 +285,7 @@ def analyze(
             page_size=page_size,
             strict=strict,
             hypercalls=table,
+            progress=progress,
         )
     problems.extend(recipe_problems)
     confirm_alike(choice, transitions)

@@ -10,12 +10,14 @@ same CPU (the gap starts after it), so the replay can mark what follows as possi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from s2trace.columns import TRANSITIONS
 from s2trace.errors import InputError, Problem, ProblemLog
@@ -61,6 +63,7 @@ def to_transitions(
     page_size: int = 4096,
     strict: bool = False,
     hypercalls: Mapping[int, str] | None = None,
+    progress: bool | None = None,
 ) -> tuple[pd.DataFrame, ProblemLog]:
     """Ownership transitions (TRANSITIONS) from EVENTS, by recipes, and the problems found.
 
@@ -75,6 +78,9 @@ def to_transitions(
     (:mod:`.memcache`); hypervisor events in ``events`` pin a bracketed transition to the
     hypercall that made it (:mod:`.pin`; ``hypercalls`` names ACK ``host_hcall`` ids, else the
     built-in table of ``kernel`` when there is one).
+
+    ``progress`` shows a bar on stderr (events evaluated, recipe by recipe); None: only when
+    stderr is a terminal.
     """
     if page_size <= 0 or page_size & (page_size - 1):
         raise InputError(f"page size {page_size}: expected a power of two")
@@ -86,6 +92,7 @@ def to_transitions(
         page_size=page_size,
         strict=strict,
         hypercalls=hypercalls,
+        progress=progress,
     )
 
 
@@ -98,28 +105,43 @@ def transitions_of_table(
     page_size: int = 4096,
     strict: bool = False,
     hypercalls: Mapping[int, str] | None = None,
+    progress: bool | None = None,
 ) -> tuple[pd.DataFrame, ProblemLog]:
     """:func:`to_transitions` over an :class:`EventTable` and the recipes ``rs`` (already for
     one kernel).  ``local`` holds, by ``id()`` of the recipe, the rows and problems of
     row-local recipes already evaluated chunk by chunk (:func:`is_row_local`,
-    :mod:`s2trace.trace.stream`): they are taken as they are, in the same order."""
+    :mod:`s2trace.trace.stream`): they are taken as they are, in the same order.
+    ``progress``: as for :func:`to_transitions`."""
     log = ProblemLog(strict=strict)
     done: dict[str, RowSet] = {}
-    for recipe in rs.ordered():
-        pre = local.get(id(recipe)) if local is not None else None
-        if pre is not None:
-            rows = pre.rows
-            for p in pre.problems():
-                log.add(p)
-        else:
-            rows = _apply(recipe, ev, linear_map, page_size, log)
-        if recipe.covered_by is not None and recipe.covered_by in done and len(rows.anchor):
-            rows = rows.take(~_covered(rows, done[recipe.covered_by]))
-        done[recipe.name] = rows
-    texts = BasisTexts()
-    settle_memcaches(ev, rs, done, texts, page_size)
-    pin_to_hypervisor(ev, rs, done, texts, hypercalls)
-    frame = _assemble(ev, rs, done, texts)
+    ordered = rs.ordered()
+    per_code = np.bincount(ev.codes[ev.codes >= 0], minlength=len(ev.code_of))
+    count = {name: int(per_code[code]) for name, code in ev.code_of.items()}
+    local_ids = set(local) if local is not None else set()
+    todo = [0 if id(r) in local_ids else count.get(r.event, 0) for r in ordered]  # bar units
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    with tqdm(
+        total=sum(todo), unit="ev", unit_scale=True, desc="recipes", file=sys.stderr,
+        disable=not show, leave=False,
+    ) as bar:  # fmt: skip
+        for recipe, size in zip(ordered, todo, strict=True):
+            bar.set_postfix_str(recipe.name, refresh=False)
+            pre = local.get(id(recipe)) if local is not None else None
+            if pre is not None:
+                rows = pre.rows
+                for p in pre.problems():
+                    log.add(p)
+            else:
+                rows = _apply(recipe, ev, linear_map, page_size, log)
+            if recipe.covered_by is not None and recipe.covered_by in done and len(rows.anchor):
+                rows = rows.take(~_covered(rows, done[recipe.covered_by]))
+            done[recipe.name] = rows
+            bar.update(size)
+        texts = BasisTexts()
+        bar.set_postfix_str("memcaches, hypervisor pins", refresh=False)
+        settle_memcaches(ev, rs, done, texts, page_size)
+        pin_to_hypervisor(ev, rs, done, texts, hypercalls)
+        frame = _assemble(ev, rs, done, texts)
     return expand_vm_scope(frame, [r.name for r in rs if r.scope == "vm"], page_size), log
 
 

@@ -567,3 +567,17 @@ def test_hypercall_table_file_nested_too_deeply_is_one_line(tmp_path) -> None:
     path.write_text("names = " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(InputError, match=r"deep\.toml: not valid TOML: nested too deeply"):
         hypercall_table(path=path)
+
+
+def test_recipe_progress_bar_goes_to_stderr_only_when_asked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """progress=True: a 'recipes' bar on stderr, nothing on stdout; progress=False: silent;
+    the transitions are the same either way."""
+    events = _sample("6.12")
+    shown, _ = to_transitions(events, kernel="6.12", linear_map=LINEAR, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "recipes" in captured.err
+    quiet, _ = to_transitions(events, kernel="6.12", linear_map=LINEAR, progress=False)
+    assert capsys.readouterr().err == ""
+    pd.testing.assert_frame_equal(shown, quiet)

@@ -63,7 +63,6 @@ NAMES = ["op", "addr", "nr_pages", "vm", "gfn"]
 ASKED = [*NAMES, "vm_id", "ret", "a"]  # vm_id: a longer name; ret, a: never or rarely there
 
 
-
 def _digits(alphabet: str, longest: int) -> st.SearchStrategy[str]:
     """Digit strings of every length 0..longest alike (plain lists favour short ones, and
     the limits at 8, 16, 19 and 20 digits are where a fast path would go wrong)."""

@@ -17,7 +17,14 @@ import pyarrow.compute as pc
 
 from s2trace.errors import InputError
 from s2trace.trace.parse.chunk import SWAR_ASCII0, SWAR_FLAGS, above, decimal8, zero_bytes
-from s2trace.trace.parse.field_templates import PAD, Template, learn, match, spans_to_strings
+from s2trace.trace.parse.field_templates import (
+    PAD,
+    Scan,
+    Template,
+    learn,
+    match,
+    spans_to_strings,
+)
 
 __all__ = [
     "LOOK_BACK",
@@ -224,10 +231,8 @@ def _fit_batch(
 ) -> np.ndarray:
     """Rows of one batch that fit a (known or newly learned) template; their values are
     added to ``parts`` with their output positions."""
-    lo, hi = int(s[0]), int(e[-1])
-    buf = np.zeros(LOOK_BACK + hi - lo + PAD, np.uint8)  # LOOK_BACK: plain_uints_at reads back
-    buf[LOOK_BACK : LOOK_BACK + hi - lo] = data[lo:hi]
-    s, e = s - lo + LOOK_BACK, e - lo + LOOK_BACK
+    buf, s, e = _batch_bytes(data, s, e)
+    scan = Scan(buf)
     fit = ~ok
     done = np.zeros(len(s), bool)
     tried: set[Template] = set()
@@ -247,7 +252,7 @@ def _fit_batch(
             break
         tried.add(tpl)
         wanted = {n: tpl.names.index(n) for n in every if n in tpl.names}
-        hit, spans = match(buf, s[todo], e[todo], tpl, wanted)
+        hit, spans = match(buf, s[todo], e[todo], tpl, wanted, scan)
         if not hit.any():
             continue
         rows = todo[hit]
@@ -261,6 +266,30 @@ def _fit_batch(
             {n: _span_uints(buf, *spans[n]) if n in spans else absent for n in uint_names},
         )
     return done
+
+
+def _batch_bytes(
+    data: np.ndarray, s: np.ndarray, e: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bytes of rows ``data[s:e]`` (sorted) in one zero-padded buffer, and the rows'
+    spans in it: :data:`LOOK_BACK` bytes before (:func:`plain_uints_at` reads back) and
+    :data:`.field_templates.PAD` after.  Rows close together are copied as one span (the
+    bytes between them too); sparse rows (their bytes under half the span) row by row, so
+    that the byte scans that follow cover the rows' bytes only."""
+    lo, hi = int(s[0]), int(e[-1])
+    length = e - s
+    total = int(length.sum())
+    if 2 * total >= hi - lo:
+        buf = np.zeros(LOOK_BACK + hi - lo + PAD, np.uint8)
+        buf[LOOK_BACK : LOOK_BACK + hi - lo] = data[lo:hi]
+        return buf, s - lo + LOOK_BACK, e - lo + LOOK_BACK
+    start = np.zeros(len(s), np.int64)
+    np.cumsum(length[:-1], out=start[1:])
+    buf = np.zeros(LOOK_BACK + total + PAD, np.uint8)
+    # one index per byte: runs of each row's bytes (sparse rows only, so the text is small)
+    src = np.repeat(s - start, length) + np.arange(total)
+    buf[LOOK_BACK : LOOK_BACK + total] = data[src]
+    return buf, start + LOOK_BACK, start + length + LOOK_BACK
 
 
 def _span_uints(buf: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

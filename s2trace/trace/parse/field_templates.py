@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["Template", "learn", "match", "spans_to_strings"]
+__all__ = ["Scan", "Template", "learn", "match", "spans_to_strings"]
 
 _SP, _LPAR, _RPAR = 0x20, 0x28, 0x29
 _TOKEN_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)=[^\t\n\v\f\r ,()\"]+")
@@ -98,36 +98,58 @@ def _starts_with(words: np.ndarray, at: np.ndarray, lit: bytes) -> np.ndarray:
     return ok
 
 
+class Scan:
+    """The separator positions of one buffer, found once for every template tried on it:
+    spaces and bytes no token may hold (one compare over the buffer; the header's ')' and
+    forbidden bytes the first time a header template asks)."""
+
+    def __init__(self, buf: np.ndarray) -> None:
+        self.buf = buf
+        # every byte of either class is below 0x2D: compare all, classify the few candidates
+        low = np.flatnonzero(buf < _BELOW)
+        kind = _CLASS[buf[low]]
+        self.spaces = low[kind == 1]
+        self.bad = low[kind == 2]
+        self._header: tuple[np.ndarray, np.ndarray] | None = None
+
+    def header(self) -> tuple[np.ndarray, np.ndarray]:
+        """(positions of ')' then a sentinel past the end, bytes a header may not hold)."""
+        if self._header is None:
+            buf = self.buf
+            cand = np.flatnonzero((buf < _BELOW) | (buf == _COLON) | (buf == _EQUALS))
+            close = np.r_[cand[buf[cand] == _RPAR], len(buf) - 1]  # sentinel: no ')'
+            self._header = close, cand[_HEADER_BAD[buf[cand]]]
+        return self._header
+
+
 def match(
-    buf: np.ndarray, start: np.ndarray, end: np.ndarray, tpl: Template, wanted: dict[str, int]
+    buf: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    tpl: Template,
+    wanted: dict[str, int],
+    scan: Scan | None = None,
 ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Rows ``buf[start:end]`` that fit ``tpl``: (fit mask, {name: (value start, end)} of the
     fitting rows for the names of ``wanted`` (name -> token index in the template)).
 
-    ``buf`` is a copy of the rows' bytes followed by :data:`PAD` zero bytes.
+    ``buf`` is a copy of the rows' bytes followed by :data:`PAD` zero bytes; ``scan`` its
+    :class:`Scan` when the caller keeps one for several templates.
     """
+    scan = Scan(buf) if scan is None else scan
     n = len(start)
     ntok = len(tpl.names)
     t0 = start
     ok = end > start
     if tpl.header:
         ok &= buf[start] == _LPAR
-        cand = np.flatnonzero((buf < _BELOW) | (buf == _COLON) | (buf == _EQUALS))
-        close = np.r_[cand[buf[cand] == _RPAR], len(buf) - 1]  # sentinel: no ')'
-        i = np.searchsorted(close, start)
-        h = close[i]
+        close, hbad = scan.header()
+        h = close[np.searchsorted(close, start)]
         ok &= (h + 1 < end) & (buf[np.minimum(h + 1, len(buf) - 1)] == _SP)
-        hbad = cand[_HEADER_BAD[buf[cand]]]
         ok &= _count_in(hbad, start + 1, h) == 0
-        del cand, hbad
         t0 = np.where(ok, h + 2, start)
-    # every byte of either class is below 0x2D: compare all, classify the few candidates
-    low = np.flatnonzero(buf < _BELOW)
-    kind = _CLASS[buf[low]]
-    spaces = low[kind == 1]
-    bad = low[kind == 2]
-    del low, kind
-    ok &= _count_in(bad, t0, end) == 0
+    spaces = scan.spaces
+    ok &= _count_in(scan.bad, t0, end) == 0
     first = np.searchsorted(spaces, t0)
     ok &= np.searchsorted(spaces, end) - first == ntok - 1
     rows = np.flatnonzero(ok)

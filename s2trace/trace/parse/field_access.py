@@ -192,7 +192,14 @@ def _plain_fields(
                 j = i + max(1, int(np.searchsorted(e, s[0] + _BATCH_BYTES)))
                 local, s, e = local[: j - i], s[: j - i], e[: j - i]
             ok = valid[local] if valid is not None else np.ones(len(local), bool)
-            fit = _fit_batch(data, s, e, ok, names, uint_names, templates, parts, order[i:j])
+            if 2 * int((e - s).sum()) < int(e[-1] - s[0]):
+                # sparse rows (a recipe's events between many others): copy their text alone
+                # (Arrow's take), so that the byte scans cover the rows' bytes only
+                sub_offsets, sub_data = _string_buffers(chunk.take(pa.array(local)))
+                b_data, s, e = sub_data, sub_offsets[:-1], sub_offsets[1:]
+            else:
+                b_data = data
+            fit = _fit_batch(b_data, s, e, ok, names, uint_names, templates, parts, order[i:j])
             rest.append(i + np.flatnonzero(~fit))
             i = j
     left = np.concatenate(rest) if rest else np.zeros(0, np.int64)
@@ -231,7 +238,10 @@ def _fit_batch(
 ) -> np.ndarray:
     """Rows of one batch that fit a (known or newly learned) template; their values are
     added to ``parts`` with their output positions."""
-    buf, s, e = _batch_bytes(data, s, e)
+    lo, hi = int(s[0]), int(e[-1])
+    buf = np.zeros(LOOK_BACK + hi - lo + PAD, np.uint8)  # LOOK_BACK: plain_uints_at reads back
+    buf[LOOK_BACK : LOOK_BACK + hi - lo] = data[lo:hi]
+    s, e = s - lo + LOOK_BACK, e - lo + LOOK_BACK
     scan = Scan(buf)
     fit = ~ok
     done = np.zeros(len(s), bool)
@@ -266,30 +276,6 @@ def _fit_batch(
             {n: _span_uints(buf, *spans[n]) if n in spans else absent for n in uint_names},
         )
     return done
-
-
-def _batch_bytes(
-    data: np.ndarray, s: np.ndarray, e: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The bytes of rows ``data[s:e]`` (sorted) in one zero-padded buffer, and the rows'
-    spans in it: :data:`LOOK_BACK` bytes before (:func:`plain_uints_at` reads back) and
-    :data:`.field_templates.PAD` after.  Rows close together are copied as one span (the
-    bytes between them too); sparse rows (their bytes under half the span) row by row, so
-    that the byte scans that follow cover the rows' bytes only."""
-    lo, hi = int(s[0]), int(e[-1])
-    length = e - s
-    total = int(length.sum())
-    if 2 * total >= hi - lo:
-        buf = np.zeros(LOOK_BACK + hi - lo + PAD, np.uint8)
-        buf[LOOK_BACK : LOOK_BACK + hi - lo] = data[lo:hi]
-        return buf, s - lo + LOOK_BACK, e - lo + LOOK_BACK
-    start = np.zeros(len(s), np.int64)
-    np.cumsum(length[:-1], out=start[1:])
-    buf = np.zeros(LOOK_BACK + total + PAD, np.uint8)
-    # one index per byte: runs of each row's bytes (sparse rows only, so the text is small)
-    src = np.repeat(s - start, length) + np.arange(total)
-    buf[LOOK_BACK : LOOK_BACK + total] = data[src]
-    return buf, start + LOOK_BACK, start + length + LOOK_BACK
 
 
 def _span_uints(buf: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from s2trace.errors import StrictError
 from s2trace.jobs import analyze
 from s2trace.synth import generate
 from s2trace.trace import stream
+from s2trace.trace.replay import chunks
 from s2trace.trace.recipes import load_recipes
 from s2trace.trace.stream import kept_events, stream_trace
 
@@ -32,10 +33,16 @@ def _same(whole, streamed) -> None:
     assert whole.kernel == streamed.kernel
 
 
-def _both(path, monkeypatch, chunk: int, **kw):
+def _both(path, monkeypatch, chunk: int, replay_chunk: int = 3, **kw):
+    """The whole analysis and the streamed one, parsed ``chunk`` bytes and replayed
+    ``replay_chunk`` transitions at a time."""
     whole = analyze(path, use_cache=False, stream=False, **kw)
     monkeypatch.setattr(stream, "STREAM_CHUNK", chunk)
-    return whole, analyze(path, use_cache=False, stream=True, **kw)
+    monkeypatch.setattr(chunks, "REPLAY_CHUNK", replay_chunk)
+    streamed = analyze(path, use_cache=False, stream=True, **kw)
+    n = len(whole.transitions)
+    assert streamed.timeline.meta["replay_chunks"] == -(-n // replay_chunk)  # chunks were used
+    return whole, streamed
 
 
 @pytest.mark.parametrize(
@@ -53,7 +60,9 @@ def test_bundled_captures_stream_alike(sample, chunk, monkeypatch):
 def test_bigguest_capture_streams_alike(monkeypatch):
     """65,536 memcache top-ups, compressed: the memcache stacks and donation runs span many
     chunks."""
-    whole, streamed = _both(SAMPLES / "qemu-pkvm-7.3-bigguest-nofreepages", monkeypatch, 1 << 16)
+    whole, streamed = _both(
+        SAMPLES / "qemu-pkvm-7.3-bigguest-nofreepages", monkeypatch, 1 << 16, replay_chunk=997
+    )
     assert len(whole.transitions) > 1000
     _same(whole, streamed)
 

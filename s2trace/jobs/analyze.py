@@ -38,7 +38,7 @@ from s2trace.trace.recipes import load_recipes, to_transitions
 from s2trace.trace.recipes.engine import transitions_of_table
 from s2trace.trace.recipes.hypercalls import hypercall_table
 from s2trace.trace.recipes.settle import settle_by_map
-from s2trace.trace.replay import Timeline, replay
+from s2trace.trace.replay import Timeline, chunks, replay
 from s2trace.trace.stream import StreamedTrace, stream_trace
 
 __all__ = ["Analysis", "analyze", "parse_time"]
@@ -183,7 +183,8 @@ def analyze(
     name ACK ``host_hcall`` ids (ACK numbers its hypercalls its own way).
 
     ``stream``: read the trace in bounded memory (:mod:`s2trace.trace.stream`: parse and
-    row-local recipes chunk by chunk, the other recipes over compact rows; same results, the
+    row-local recipes chunk by chunk, the other recipes over compact rows, the replay in
+    chunks of :data:`~s2trace.trace.replay.chunks.REPLAY_CHUNK` transitions; same results, the
     parse cache unused; ``events`` parsed again when asked for).  Default: for text traces of
     :data:`STREAM_BYTES` or more, without ``hyp_trace``.
     """
@@ -204,7 +205,8 @@ def analyze(
         stated = inputs.capture.kernel
     every = load_recipes(list(recipes))
     streamed: StreamedTrace | None = None
-    if _streams(source, stream, hyp_trace):
+    stream_replay = _streams(source, stream, hyp_trace)
+    if stream_replay:
         streamed = stream_trace(
             source, every, strict=strict, progress=progress, linear_map=linear_map,
             page_size=page_size,
@@ -307,6 +309,8 @@ def analyze(
         kernel=kernel,
         strict=strict,
         precondition=True,
+        chunk=chunks.REPLAY_CHUNK if stream_replay else None,
+        progress=progress,
         **found,
     )
     release_memory()

@@ -64,6 +64,7 @@ import pandas as pd
 
 from s2trace.errors import InputError, ProblemLog, StrictError
 from s2trace.pkvm.rules import kernel_family, parse_kernel, rule_table
+from s2trace.trace.replay.chunks import replay_chunks
 from s2trace.trace.replay.coupled import _coupled_rows, _resolve, _sequential, _taint
 from s2trace.trace.replay.engines import (
     _carry,
@@ -169,6 +170,8 @@ def replay(
     boot: pd.DataFrame | Sequence[InitialRange] | None = None,
     boot_basis: str = "boot evidence",
     initial_basis: str = "initial map",
+    chunk: int | None = None,
+    progress: bool | None = None,
 ) -> Timeline:
     """Replay TRANSITIONS with the pKVM state machine of ``kernel``; see the module docstring.
 
@@ -193,6 +196,11 @@ def replay(
     ``strict``: the first recorded problem (malformed transition) or violation raises
     :class:`~s2trace.errors.StrictError`.  Raises :class:`~s2trace.errors.InputError` for
     unusable input (wrong columns, unaligned or overlapping initial ranges, unknown kernel).
+
+    ``chunk``: replay that many transitions at a time, carrying every page's state, counters
+    and open interval from chunk to chunk (:mod:`~s2trace.trace.replay.chunks`): the same
+    INTERVALS, VIOLATIONS, problems and end check in bounded working memory (a tqdm bar on
+    standard error when it is a TTY, or ``progress=True``); ``None``: all at once.
     """
     if page_size <= 0 or page_size & (page_size - 1):
         raise InputError(f"page size {page_size}: expected a power of two")
@@ -207,22 +215,56 @@ def replay(
     ground = _overlay(init, _overlay(end, boot_init, vague_under=True))
     table = rule_table(version, extras)
     tr = _sorted(transitions)
-    rows = _rows(tr, table, page_size, log)
-    cuts = np.concatenate([ground.start, ground.stop, init.start, init.stop, end.start, end.stop])
-    ent = _explode(rows, cuts)
-    start = starting_states(ent, rows, table, init, ground, precondition=precondition)
-    ent, out, start = _resolve(ent, rows, start, table, _SCAN_COUNT_CAP)
     default = (
         f"{end_basis} (no entry: the host's, not mapped yet)" if at_end is not None else ASSUMED
     )
     texts = _replace_texts(ground, (*ground.texts, PRECONDITION, default))
+    if chunk is not None:
+        intervals, violations, counts = replay_chunks(
+            tr, table, page_size, log, explicit=init, ground=ground, end=end, texts=texts,
+            precondition=precondition, chunk=chunk, scan_cap=_SCAN_COUNT_CAP,
+            kernel=str(kernel), strict=strict, progress=progress,
+        )  # fmt: skip
+        check = counts.pop("end_check", None)
+        meta = _meta(kernel, version, init, tr, intervals, violations, log, default, counts)
+        if at_end is not None:
+            meta["end_check"] = {"map": end_basis, **(check or {})}
+        return Timeline(intervals, violations, page_size, meta, tr)
+    rows = _rows(tr, table, page_size, log)
+    cuts = np.concatenate([ground.start, ground.stop, init.start, init.stop, end.start, end.stop])
+    ent = _explode(rows, cuts)
+    states = starting_states(ent, rows, table, init, ground, precondition=precondition)
+    ent, out, start = _resolve(ent, rows, states, table, _SCAN_COUNT_CAP)
     intervals = _intervals(ent, rows, out, start, texts, table, page_size)
     violations = _violations(ent, rows, out, tr, table, page_size, str(kernel))
     if strict and len(violations):
         v = violations.iloc[0]
         raise StrictError(f"--strict: violation at line {v['line']}: {v['check']}: {v['detail']}")
+    meta = _meta(
+        kernel, version, init, tr, intervals, violations, log, default,
+        {"pages": ent.pages, "sequential_rows": out.sequential_rows,
+         "loop_engine_pages": out.loop_pages},
+    )  # fmt: skip
+    if at_end is not None:
+        meta["end_check"] = {"map": end_basis, **end_check(ent, rows, out, table, end, page_size)}
+    return Timeline(intervals, violations, page_size, meta, tr)
+
+
+def _meta(
+    kernel: str,
+    version: tuple[int, int],
+    init: _Initial,
+    tr: pd.DataFrame,
+    intervals: pd.DataFrame,
+    violations: pd.DataFrame,
+    log: ProblemLog,
+    default: str,
+    counts: dict[str, Any],
+) -> dict[str, Any]:
+    """The timeline's ``meta`` (:class:`Timeline`); ``counts``: pages, sequential rows, loop
+    engine pages (and, in chunks, how many)."""
     lost_rows = tr[(tr["op"] == "lost").to_numpy(dtype=bool, na_value=False)]
-    meta = {
+    return {
         "kernel": str(kernel),
         "version": f"{version[0]}.{version[1]}",
         "family": kernel_family(version),
@@ -230,7 +272,7 @@ def replay(
         "initial_unknown_state": init.unknown,
         "initial_rows_skipped": init.skipped,
         "transitions": len(tr),
-        "pages": ent.pages,
+        "pages": counts.pop("pages"),
         "intervals": len(intervals),
         "violations": len(violations),
         "violations_by_check": violations["check"].value_counts().loc[lambda s: s > 0].to_dict(),
@@ -245,13 +287,9 @@ def replay(
             for r in lost_rows.to_dict("records")
         ],
         "problems": list(log),
-        "sequential_rows": out.sequential_rows,
-        "loop_engine_pages": out.loop_pages,
+        **counts,
         "default_basis": default,
     }
-    if at_end is not None:
-        meta["end_check"] = {"map": end_basis, **end_check(ent, rows, out, table, end, page_size)}
-    return Timeline(intervals, violations, page_size, meta, tr)
 
 
 def _replace_texts(init: _Initial, texts: tuple[str, ...]) -> _Initial:

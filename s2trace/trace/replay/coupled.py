@@ -49,13 +49,16 @@ def _coupled_rows(ent: _Entries, rows: _Rows, out: _Outcome) -> tuple[np.ndarray
 def _resolve(
     ent: _Entries,
     rows: _Rows,
-    start: tuple[np.ndarray, np.ndarray],
+    start: tuple[np.ndarray, ...],
     table: RuleTable,
     scan_cap: int,
-) -> tuple[_Entries, _Outcome, tuple[np.ndarray, np.ndarray]]:
+    counts0: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[_Entries, _Outcome, tuple[np.ndarray, ...]]:
     """Replay every segment independently, then redo exactly what multi-page rows couple.
 
-    ``start`` is each segment's (state, basis) before its first row.  When some multi-page
+    ``start`` is each segment's (state, basis, ...) before its first row (any further
+    per-segment arrays follow the segments through splits); ``counts0`` its two counters
+    (:func:`~s2trace.trace.replay.engines._run`).  When some multi-page
     row disagrees, a forward sweep over the coupling rows finds, for every segment, the first
     row from which its history may differ (the row itself, or an earlier-tainted row sharing a
     segment); entries from there on are replayed row by row in time order
@@ -63,7 +66,7 @@ def _resolve(
     the entries, outcomes and ``start`` again: the row-by-row pass may split segments
     (:mod:`~s2trace.trace.replay.splits`).
     """
-    out = _run(ent, rows, start[0], table, scan_cap)
+    out = _run(ent, rows, start[0], table, scan_cap, counts0)
     multi, bad = _coupled_rows(ent, rows, out)
     if not bad.any():
         return ent, out, start
@@ -71,8 +74,7 @@ def _resolve(
     redo = np.flatnonzero(ent.seq >= dirty[ent.seg])
     out.sequential_rows, slots = _sequential(redo, ent, rows, out, table)
     if slots.made:
-        ent, out, grown = _grown(slots, ent, rows, out, start)
-        start = (grown[0], grown[1])
+        ent, out, start = _grown(slots, ent, rows, out, start)
     return ent, out, start
 
 

@@ -79,17 +79,21 @@ def _scan_engine(
     base0: np.ndarray,
     table: RuleTable,
     cap: int,
+    g0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(base before, base after, guest count before, overflowed) per entry.
 
     The state after each active entry is the composition of the maps of the page's active
     entries so far (Hillis-Steele scan over rows of the lookup table), applied to the page's
-    initial state.
+    initial state.  ``g0``: the page's guest count at the start, per entry (default: 1 for a
+    shared_guest page, as at the start of a trace; a chunk of a replay in chunks starts where
+    the previous one left it); at most ``cap``.
     """
     n = len(rid)
     lut, dec_base, dec_count, over = _lut(table, cap)
     nb = len(table.states)
-    init = np.where(base0 == _SHARED_GUEST, nb, base0)  # shared_guest at count 1
+    g = 1 if g0 is None else np.maximum(g0, 1)
+    init = np.where(base0 == _SHARED_GUEST, nb + g - 1, base0)  # shared_guest at count g
     after = np.empty(n, dtype=np.int64)
     ai = np.flatnonzero(active)
     if len(ai):
@@ -124,17 +128,25 @@ def _carry(mask: np.ndarray, seg: np.ndarray, value: np.ndarray, init: np.ndarra
 
 
 def _loop_engine(
-    rid: np.ndarray, active: np.ndarray, seg: np.ndarray, base0: np.ndarray, table: RuleTable
+    rid: np.ndarray,
+    active: np.ndarray,
+    seg: np.ndarray,
+    base0: np.ndarray,
+    table: RuleTable,
+    g0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact (uncapped) engine: one vectorised step per k-th entry of every page.
 
-    Returns (base before, base after, guest count before) per entry.
+    Returns (base before, base after, guest count before) per entry; ``g0`` as for
+    :func:`_scan_engine`.
     """
     n = len(rid)
     _, _, starts = _segments_of(seg)
     lengths = np.diff(np.r_[starts, n])
     base = base0[starts].astype(np.int64)
     count = (base == _SHARED_GUEST).astype(np.int64)
+    if g0 is not None:
+        count = np.where(base == _SHARED_GUEST, g0[starts], 0).astype(np.int64)
     before = np.empty(n, dtype=np.int64)
     after = np.empty(n, dtype=np.int64)
     count_before = np.empty(n, dtype=np.int64)
@@ -165,14 +177,21 @@ class _Outcome:
 
 
 def _counted(
-    rid: np.ndarray, ckind: np.ndarray, seg: np.ndarray, base0: np.ndarray, table: RuleTable
+    rid: np.ndarray,
+    ckind: np.ndarray,
+    seg: np.ndarray,
+    base0: np.ndarray,
+    table: RuleTable,
+    h0: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(effective rule, share count before) of every entry.
 
     Only a 0->1 counted share and a 1->0 counted unshare reach EL2; an unshare at 0 is the
-    WARN_ON.  An initially hyp-shared page starts at count 1.
+    WARN_ON.  An initially hyp-shared page starts at count 1 (``h0``, per entry: the count
+    each page starts at, when a replay in chunks carries it over).
     """
-    h0 = (base0 == _SHARED_HYP).astype(np.int64)
+    if h0 is None:
+        h0 = (base0 == _SHARED_HYP).astype(np.int64)
     ci = np.flatnonzero(ckind > 0)
     if len(ci) == 0:
         return rid, h0
@@ -195,14 +214,19 @@ def _counted(
 
 
 def _guest_bound(
-    rid: np.ndarray, seg: np.ndarray, base0: np.ndarray, table: RuleTable
+    rid: np.ndarray,
+    seg: np.ndarray,
+    base0: np.ndarray,
+    table: RuleTable,
+    g0: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per entry, an upper bound of its page's host_share_guest_count over the whole replay.
 
     The count rises only on an accepted guest share and falls on every guest unshare while
-    > 0, so the walk clamped at 0 over all guest shares/unshares bounds it.
+    > 0, so the walk clamped at 0 over all guest shares/unshares, from the count the page
+    starts at (``g0`` per entry, default 1 for a shared_guest page), bounds it.
     """
-    bound = (base0 == _SHARED_GUEST).astype(np.int64)
+    bound = (base0 == _SHARED_GUEST).astype(np.int64) if g0 is None else g0.astype(np.int64)
     gi = np.flatnonzero(table.delta[rid] != 0)
     if len(gi):
         h = _reflected(table.delta[rid[gi]].astype(np.int64), seg[gi], bound[gi])
@@ -214,17 +238,28 @@ def _guest_bound(
 
 
 def _run(
-    ent: _Entries, rows: _Rows, base0_seg: np.ndarray, table: RuleTable, scan_cap: int
+    ent: _Entries,
+    rows: _Rows,
+    base0_seg: np.ndarray,
+    table: RuleTable,
+    scan_cap: int,
+    counts0: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> _Outcome:
     """Replay every page on its own (exact wherever multi-page transitions agree).
 
     Pages whose guest-share count bound exceeds ``scan_cap`` take the exact loop engine.
+    ``counts0``: (host_share_guest_count, kvm_share_hyp count) of every segment at the start
+    (a chunk of a replay in chunks: where the previous chunk left them); default: what the
+    state implies at the start of a trace.
     """
     seg = ent.seg
     base0 = base0_seg[seg]
-    rid, share_count = _counted(rows.rid[ent.seq], rows.ckind[ent.seq], seg, base0, table)
+    g0 = h0 = None
+    if counts0 is not None:
+        g0, h0 = counts0[0][seg], counts0[1][seg]
+    rid, share_count = _counted(rows.rid[ent.seq], rows.ckind[ent.seq], seg, base0, table, h0)
     active = table.mutates[rid]
-    bound = _guest_bound(rid, seg, base0, table)
+    bound = _guest_bound(rid, seg, base0, table, g0)
     slow = bound > scan_cap
     n = len(rid)
     before, after = np.empty(n, dtype=np.int16), np.empty(n, dtype=np.int16)
@@ -234,20 +269,24 @@ def _run(
         cap = max(1, int(bound.max()))
         del bound
         before[:], after[:], guest_count[:], overflow = _scan_engine(
-            rid, active, seg, base0, table, cap
+            rid, active, seg, base0, table, cap, g0
         )
         if overflow.any():  # cannot happen with cap >= bound; never trust it silently
             slow |= np.isin(seg, seg[overflow])
     elif fast.any():
         cap = max(1, int(bound[fast].max()))
         b, a, g, overflow = _scan_engine(
-            rid[fast], active[fast], seg[fast], base0[fast], table, cap
-        )
+            rid[fast], active[fast], seg[fast], base0[fast], table, cap,
+            None if g0 is None else g0[fast],
+        )  # fmt: skip
         before[fast], after[fast], guest_count[fast] = b, a, g
         if overflow.any():  # cannot happen with cap >= bound; never trust it silently
             slow |= np.isin(seg, seg[fast][overflow])
     if slow.any():
-        b, a, g = _loop_engine(rid[slow], active[slow], seg[slow], base0[slow], table)
+        b, a, g = _loop_engine(
+            rid[slow], active[slow], seg[slow], base0[slow], table,
+            None if g0 is None else g0[slow],
+        )  # fmt: skip
         before[slow], after[slow], guest_count[slow] = b, a, g
     code = table.fail[rid, before].astype(np.int16)
     loop_pages = int(ent.seg_len[distinct(seg[slow])].sum()) if slow.any() else 0

@@ -83,6 +83,19 @@ def end_check(
     counts = ent.seg_len[segs]
     last = ent.seg_start[1:][segs] - 1
     final = out.after[last].astype(np.int64)
+    return end_compare(pages, counts, final, table, end, page_size)
+
+
+def end_compare(
+    pages: np.ndarray,
+    counts: np.ndarray,
+    final: np.ndarray,
+    table: RuleTable,
+    end: _Initial,
+    page_size: int,
+) -> dict[str, Any]:
+    """:func:`end_check` of page runs [pages, pages + counts) (sorted, disjoint, each in one
+    range of ``end``) whose replayed end state is ``final``."""
     state, _, covered = _lookup(pages, end)
     i = np.maximum(np.searchsorted(end.start, pages, "right") - 1, 0)
     unknown = covered & end.unk[i]

@@ -118,13 +118,14 @@ def _untouched_pieces(ent: _Entries, rows: _Rows, init: _Initial) -> _Pieces:
     )  # fmt: skip
 
 
-def _merge(p: _Pieces, rows: _Rows) -> _Pieces:
+def _merge(p: _Pieces, multi: np.ndarray) -> _Pieces:
     """Merge adjacent pages with the same state over the same span.
 
     Two pages can share a span only if its start and its end are each the initial/current
-    state or one multi-page transition, so only those candidate pieces are sorted.
+    state or one multi-page transition (``multi``: per row, whether it names several pages),
+    so only those candidate pieces are sorted.
     """
-    multi_row = np.r_[rows.npages > 1, False]  # index -1: padding
+    multi_row = np.r_[multi, False]  # index -1: padding
     start_ok = (p.sseq < 0) | multi_row[np.where(p.sseq < 0, -1, p.sseq)]
     end_ok = (p.eseq == _END) | multi_row[np.where(p.eseq == _END, -1, p.eseq)]
     cand = np.flatnonzero(start_ok & end_ok)
@@ -148,48 +149,83 @@ def _merge(p: _Pieces, rows: _Rows) -> _Pieces:
     return p
 
 
+def _concat(a: _Pieces, b: _Pieces) -> _Pieces:
+    return _Pieces(*(np.concatenate([x, y]) for x, y in zip(vars(a).values(), vars(b).values(),
+                                                           strict=True)))  # fmt: skip
+
+
 def _intervals(
     ent: _Entries,
     rows: _Rows,
     out: _Outcome,
-    start: tuple[np.ndarray, np.ndarray],
+    start: tuple[np.ndarray, ...],
     init: _Initial,
     table: RuleTable,
     page_size: int,
 ) -> pd.DataFrame:
     """INTERVALS from the outcomes; ``start`` is each touched page's (state, basis) before
     its first transition, ``init`` the ranges untouched pages take (basis texts included)."""
-    base0_seg, basis0_seg = start
+    base0_seg, basis0_seg = start[0], start[1]
     p = _page_pieces(ent, rows, out, base0_seg, table, basis0_seg)
     if len(init.start):
-        u = _untouched_pieces(ent, rows, init)
-        p = _Pieces(*(np.concatenate([a, b]) for a, b in zip(vars(p).values(), vars(u).values(),
-                                                               strict=True)))  # fmt: skip
-    p = _merge(p, rows)
+        p = _concat(p, _untouched_pieces(ent, rows, init))
+    p = _merge(p, rows.npages > 1)
     if len(init.start):  # page pieces are in (page, time) order already; initial ranges are not
         p = p.take(np.lexsort((p.sseq, p.pstart)))
     has_start = p.sseq >= 0
     has_end = p.eseq != _END
     ts = np.r_[rows.ts, np.nan]  # index -1: the padding, never selected
-    t_start = np.where(has_start, ts[np.where(has_start, p.sseq, -1)], -np.inf)
     t_end = np.where(has_end, ts[np.where(has_end, p.eseq, -1)], np.inf)
     at = np.where(has_start, p.sseq, -1)
-    t_earliest = np.where(has_start, np.r_[rows.t_earliest, np.nan][at], -np.inf)
-    cause = np.r_[rows.line, 0][at]
-    event_index = np.r_[rows.event_index, 0][at]
-    ntr = len(rows.basis_texts)
-    basis = np.where(has_start, np.r_[rows.basis, 0][at], ntr + p.bas)
+    begun = _Begun(
+        ts[at], np.r_[rows.t_earliest, np.nan][at], np.r_[rows.line, 0][at],
+        np.r_[rows.event_index, 0][at], np.r_[rows.basis, 0][at],
+    )  # fmt: skip
+    return _interval_frame(p, begun, t_end, rows.basis_texts, init.texts, table, page_size)
+
+
+@dataclass
+class _Begun:
+    """What the row that starts each piece says (ts, t_earliest, line, event_index, basis
+    code); any value for a piece that starts at the initial state (``sseq`` -1)."""
+
+    ts: np.ndarray
+    t_earliest: np.ndarray
+    line: np.ndarray
+    event_index: np.ndarray
+    basis: np.ndarray
+
+
+def _interval_frame(
+    p: _Pieces,
+    begun: _Begun,
+    t_end: np.ndarray,
+    row_texts: list[str],
+    init_texts: tuple[str, ...],
+    table: RuleTable,
+    page_size: int,
+) -> pd.DataFrame:
+    """The INTERVALS frame of pieces ``p`` (in their order); ``begun``: what the row that
+    starts each piece says; ``t_end``: when it ends; ``row_texts``: the transitions' basis
+    texts (``begun.basis`` indexes them), ``init_texts``: the initial ranges' (``p.bas``)."""
+    has_start = p.sseq >= 0
+    initial = ~has_start  # ``begun`` is filled in place (its arrays are the frame's columns)
+    begun.ts[initial] = -np.inf
+    begun.t_earliest[initial] = -np.inf
+    begun.line[initial] = 0
+    begun.event_index[initial] = 0
+    begun.basis[initial] = len(row_texts) + p.bas[initial]
     frame = pd.DataFrame(
         {
             "addr_start": p.pstart.astype(np.uint64) * np.uint64(page_size),
             "size": p.pcount.astype(np.uint64) * np.uint64(page_size),
             **_state_columns(p.vis, table),
-            "t_start": t_start,
+            "t_start": begun.ts,
             "t_end": t_end,
-            "t_earliest": t_earliest,
-            "cause": pd.arrays.IntegerArray(cause, ~has_start),
-            "event_index": pd.arrays.IntegerArray(event_index, ~has_start),
-            "basis": _basis_column(basis, [*rows.basis_texts, *init.texts]),
+            "t_earliest": begun.t_earliest,
+            "cause": pd.arrays.IntegerArray(begun.line, initial),
+            "event_index": pd.arrays.IntegerArray(begun.event_index, initial),
+            "basis": _basis_column(begun.basis, [*row_texts, *init_texts]),
             "incomplete": pd.arrays.BooleanArray(p.inc, np.zeros(len(p.inc), dtype=bool)),
         },
         copy=False,
@@ -236,7 +272,13 @@ def _violations(
     table: RuleTable,
     page_size: int,
     kernel: str,
+    categorical: bool = True,
 ) -> pd.DataFrame:
+    """VIOLATIONS of the refused entries, merged over adjacent segments of one row and check.
+
+    ``categorical=False`` leaves ``op``, ``initiator``, ``completer`` and ``check`` plain
+    object columns (a replay in chunks concatenates its chunks' tables, then
+    :func:`_categorised` makes the categories those of the whole table)."""
     vi = np.flatnonzero(out.code != 0)
     if len(vi) == 0:
         return VIOLATIONS.empty()
@@ -280,10 +322,17 @@ def _violations(
             "completer": src["completer"].to_numpy(),
             "addr": page.astype(np.uint64) * ps,
             "size": npages.astype(np.uint64) * ps,
-            "check": pd.Categorical(np.array(table.check_names, dtype=object)[code]),
+            "check": np.array(table.check_names, dtype=object)[code],
             "detail": pd.array(details, dtype="string"),
         }
     )
-    for c in ("op", "initiator", "completer"):
+    frame = frame[VIOLATIONS.names].reset_index(drop=True)
+    return _categorised(frame) if categorical else frame
+
+
+def _categorised(frame: pd.DataFrame) -> pd.DataFrame:
+    """``op``, ``initiator``, ``completer`` and ``check`` as categoricals (categories: the
+    values present, sorted)."""
+    for c in ("op", "initiator", "completer", "check"):
         frame[c] = frame[c].astype("category")
-    return frame[VIOLATIONS.names].reset_index(drop=True)
+    return frame

@@ -1,0 +1,433 @@
+"""Replay in chunks with carried per-page state: the whole replay's results in bounded memory.
+
+Internal to :mod:`s2trace.trace.replay` (issue 18, part 2).  The whole replay holds, for every
+transition at once, its per-row arrays, its (segment, row) entries, their outcomes and the
+interval pieces: about 330 bytes per transition on top of the TRANSITIONS frame.  Here the
+time-ordered transitions are cut into chunks of ``chunk`` rows and each chunk is replayed with
+the whole replay's own steps (rows, entries, engines, coupled rows, pieces, violations), starting
+every page from what the chunks before it left (:class:`_Carry`):
+
+* its state *and* its two counters (``host_share_guest_count``, the host's ``kvm_share_hyp``
+  count): the counters are not functions of the state, so a page shared with two guests or
+  shared twice with the hypervisor by the host must carry them;
+* its open interval: the row that started it (``sseq``, global; -1: the initial state), its
+  basis, and whether a lost-events marker fell inside it so far (``incomplete``).
+
+What a page starts from at its first row is static per rule (:mod:`.grounds`: the precondition
+of its *first state-changing* transition, which may lie in a later chunk than its first row),
+so a first pass over the chunks paints, per page, that precondition (first row wins,
+:class:`_Ranges`); the same pass records the problems of every row, which are logged in the
+whole replay's order (by kind, then row) before anything is replayed, so ``strict`` stops where
+the whole replay does.
+
+Why the results are the whole replay's, exactly:
+
+* chunks follow the replay order (the transitions are sorted once, as the whole replay sorts
+  them), so time going back in the trace, even across a chunk boundary, is the sort's business,
+  not the chunks';
+* a chunk's segments are cut at the carried ranges' and the painted ranges' boundaries too, so
+  every segment's pages start alike (a segment is only a compression: pages replay alike);
+* every row lies in one chunk, so what multi-page rows couple (:mod:`.coupled`) is resolved
+  within it, and a row's violations are merged within it;
+* interval pieces merge only when their start rows *and* end rows are the same, so all pieces a
+  chunk closes merge among themselves (:func:`~.tables._merge`, with the global multi-page
+  flags), and the pieces still open at the end merge with the untouched initial ranges;
+  merging and ordering (by page, then start row) are the whole replay's;
+* ``end_check`` compares the final carried state of the painted pages with the map.
+
+The only things that may differ are diagnostics: ``meta["sequential_rows"]`` (the row-by-row
+pass restarts in each chunk) and ``meta["loop_engine_pages"]`` (a page's guest-count bound is
+taken per chunk, so a page may take the exact engine in fewer chunks; both engines are exact).
+
+What stays whole: the TRANSITIONS frame (sorted; :class:`~s2trace.trace.replay.Timeline` holds
+it), the carried ranges (one per run of touched pages), the closed pieces (compact arrays,
+about 40 bytes each) and the INTERVALS and VIOLATIONS tables built from them at the end.
+Spilling those to Parquet as chunks finish is the next step (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from s2trace.columns import VIOLATIONS
+from s2trace.errors import ProblemLog, StrictError
+from s2trace.intervals import distinct
+from s2trace.pkvm.rules import RuleTable
+from s2trace.trace.replay.coupled import _resolve
+from s2trace.trace.replay.engines import _Outcome
+from s2trace.trace.replay.grounds import end_compare, first_changes
+from s2trace.trace.replay.initial import _Initial, _lookup
+from s2trace.trace.replay.rows import (
+    _ATOMIC,
+    _END,
+    _SHARED_GUEST,
+    _SHARED_HYP,
+    TRACE_BASIS,
+    _codes,
+    _Rows,
+    _rows,
+)
+from s2trace.trace.replay.segments import _Entries, _explode
+from s2trace.trace.replay.tables import (
+    _Begun,
+    _categorised,
+    _concat,
+    _interval_frame,
+    _merge,
+    _page_pieces,
+    _Pieces,
+    _subtract_pages,
+    _violations,
+)
+
+#: Transitions per chunk of a replay in chunks (``replay(chunk=...)``; what
+#: :func:`~s2trace.jobs.analyze` asks for when it reads a trace in bounded memory; read at
+#: each call, tests shrink it).  The whole replay holds about 330 bytes per transition at its
+#: peak: a half-million-row chunk, about 170 MB.
+REPLAY_CHUNK = 1 << 19
+
+#: The order the whole replay records row problems in (:func:`~.rows._rows`: kind by kind).
+_PROBLEM_ORDER = ("no_timestamp", "unknown_op", "empty_transition", "unaligned_transition")
+
+
+@dataclass
+class _Ranges:
+    """Sorted, disjoint page ranges [start, stop) with per-range values (``vals``, by name)."""
+
+    start: np.ndarray
+    stop: np.ndarray
+    vals: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls, **dtypes: type) -> _Ranges:
+        z = np.zeros(0, dtype=np.int64)
+        return cls(z, z.copy(), {k: np.zeros(0, dtype=d) for k, d in dtypes.items()})
+
+    def find(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(range index, covered) of each page (index 0 where not covered)."""
+        i = np.searchsorted(self.start, pages, "right") - 1
+        ok = i >= 0
+        i = np.maximum(i, 0)
+        if len(self.start):
+            ok &= pages < self.stop[i]
+        else:
+            ok[:] = False
+        return i, ok
+
+    def put(self, start: np.ndarray, count: np.ndarray, vals: dict[str, np.ndarray]) -> None:
+        """Ranges [start, start + count) (sorted, disjoint) take ``vals``; the rest keeps its."""
+        ks, ke, ri = _subtract_pages(self.start, self.stop, start, count)
+        s = np.concatenate([ks, start])
+        order = np.argsort(s, kind="stable")
+        self.start = s[order]
+        self.stop = np.concatenate([ke, start + count])[order]
+        self.vals = {
+            k: np.concatenate([v[ri], vals[k].astype(v.dtype)])[order] for k, v in self.vals.items()
+        }
+
+    def add_new(self, start: np.ndarray, count: np.ndarray, vals: dict[str, np.ndarray]) -> None:
+        """Ranges [start, start + count) (sorted, disjoint) where no range lies yet take
+        ``vals`` (the first writer wins); adjacent ranges with equal values become one."""
+        ns, ne, ri = _subtract_pages(start, start + count, self.start, self.stop - self.start)
+        s = np.concatenate([self.start, ns])
+        e = np.concatenate([self.stop, ne])
+        v = {k: np.concatenate([a, vals[k][ri].astype(a.dtype)]) for k, a in self.vals.items()}
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], e[order]
+        v = {k: a[order] for k, a in v.items()}
+        same = s[1:] == e[:-1]
+        for a in v.values():
+            same &= a[1:] == a[:-1]
+        head = np.r_[True, ~same] if len(s) else np.zeros(0, dtype=bool)
+        tail = np.r_[~same, True] if len(s) else np.zeros(0, dtype=bool)
+        self.start, self.stop = s[head], e[tail]
+        self.vals = {k: a[head] for k, a in v.items()}
+
+    def bounds(self) -> np.ndarray:
+        return np.concatenate([self.start, self.stop])
+
+
+@dataclass
+class _Carry(_Ranges):
+    """Every page touched so far: state, counters and open interval (module docstring).
+
+    ``vals``: ``base`` (state id), ``g`` (host_share_guest_count), ``h`` (kvm_share_hyp
+    count), ``sseq`` (row that started the open interval, -1: initial), ``inc``
+    (incomplete so far), ``bas`` (basis index of an initial interval, -1: a row's).
+    """
+
+    @classmethod
+    def new(cls) -> _Carry:
+        r = _Ranges.empty(base=np.int16, g=np.int64, h=np.int64, sseq=np.int64, inc=bool,
+                          bas=np.int64)  # fmt: skip
+        return cls(r.start, r.stop, r.vals)
+
+
+def _chunk_bounds(n: int, chunk: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + chunk, n)) for lo in range(0, n, chunk)] if n else []
+
+
+def _inside(cuts: np.ndarray, rows: _Rows) -> np.ndarray:
+    """The cut points that lie strictly inside some multi-page row of ``rows`` (the only
+    ones :func:`~.segments._explode` can use)."""
+    multi = rows.npages > 1
+    if not multi.any() or not len(cuts):
+        return cuts[:0]
+    first = np.sort(rows.first[multi])
+    stop = np.sort(rows.first[multi] + rows.npages[multi])
+    live = np.searchsorted(first, cuts, "left") - np.searchsorted(stop, cuts, "right")
+    return cuts[live > 0]
+
+
+def replay_chunks(
+    tr: pd.DataFrame,
+    table: RuleTable,
+    page_size: int,
+    log: ProblemLog,
+    *,
+    explicit: _Initial,
+    ground: _Initial,
+    end: _Initial,
+    texts: _Initial,
+    precondition: bool,
+    chunk: int,
+    scan_cap: int,
+    kernel: str,
+    strict: bool,
+    progress: bool | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """(INTERVALS, VIOLATIONS, meta counts) of the sorted TRANSITIONS ``tr``, ``chunk`` rows at
+    a time (module docstring).  ``explicit``/``ground``/``end``: the caller's initial ranges,
+    every range source overlaid, the map taken after the trace; ``texts``: ``ground`` with the
+    basis texts of the intervals (:func:`~s2trace.trace.replay.replay`)."""
+    n = len(tr)
+    spans = _chunk_bounds(n, max(1, int(chunk)))
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    multi = np.zeros(n, dtype=bool)
+    painted = _Ranges.empty(pre=np.int64)
+    static_cuts = np.concatenate([ground.start, ground.stop, explicit.start, explicit.stop,
+                                  end.start, end.stop])  # fmt: skip
+    found: list = []
+    with tqdm(total=2 * n, unit="tr", unit_scale=True, desc="replaying", file=sys.stderr,
+              disable=not show, leave=False) as bar:  # fmt: skip
+        # pass 1: row problems, multi-page rows, each page's first state-changing transition
+        for lo, hi in spans:
+            quiet = ProblemLog()
+            rows = _rows(tr.iloc[lo:hi], table, page_size, quiet)
+            found.extend((_PROBLEM_ORDER.index(p.kind), lo, i, p) for i, p in enumerate(quiet))
+            multi[lo:hi] = rows.npages > 1
+            ent = _explode(rows)  # add_new keeps what earlier chunks painted
+            segs, pre = first_changes(ent, rows, table)
+            painted.add_new(ent.seg_page[segs], ent.seg_len[segs], {"pre": pre})
+            bar.update(hi - lo)
+        for *_, p in sorted(found, key=lambda f: f[:3]):
+            log.add(p)  # strict: the whole replay's first problem raises here
+        del found
+        # pass 2: replay chunk by chunk from the carried state
+        carry = _Carry.new()
+        closed: list[_Pieces] = []
+        vframes: list[pd.DataFrame] = []
+        lost_before = False
+        seq_rows = loop_pages = 0
+        for lo, hi in spans:
+            part = tr.iloc[lo:hi]
+            rows = _rows(part, table, page_size, ProblemLog())
+            cuts = _inside(np.concatenate([static_cuts, painted.bounds(), carry.bounds()]), rows)
+            ent = _explode(rows, cuts)
+            chunk_lost = len(rows.global_lost) > 0
+            if len(ent.seq):
+                start, counts0 = _starts(ent, carry, painted, explicit, ground, precondition,
+                                         lost_before)  # fmt: skip
+                ent, out, start = _resolve(ent, rows, start, table, scan_cap, counts0)
+                seq_rows += out.sequential_rows
+                loop_pages += out.loop_pages
+                p = _page_pieces(ent, rows, out, start[0], table, start[1])
+                first = p.sseq < 0  # one per segment, in segment order
+                last = p.eseq == _END
+                p.inc[first] |= start[3]
+                p.sseq = np.where(first, 0, p.sseq + lo)
+                p.sseq[first] = start[2]
+                p.eseq = np.where(last, _END, p.eseq + lo)
+                done = p.take(~last)
+                if len(done.pstart):
+                    closed.append(_merge(done, multi))
+                g_after, h_after = _counts_after(ent, rows, out, table)
+                carry.vals["inc"] |= chunk_lost  # pages this chunk does not touch
+                carry.put(ent.seg_page, ent.seg_len, {
+                    "base": p.vis[last], "g": g_after, "h": h_after, "sseq": p.sseq[last],
+                    "inc": p.inc[last], "bas": p.bas[last],
+                })  # fmt: skip
+                v = _violations(ent, rows, out, part, table, page_size, kernel, False)
+                if len(v):
+                    v.index = v.index + lo  # any index: reset at the end
+                    vframes.append(v)
+                    if strict:
+                        v0 = v.iloc[0]
+                        raise StrictError(
+                            f"--strict: violation at line {v0['line']}: {v0['check']}: "
+                            f"{v0['detail']}"
+                        )
+                del ent, out, start, p, done
+            else:
+                carry.vals["inc"] |= chunk_lost
+            lost_before |= chunk_lost
+            bar.update(hi - lo)
+    intervals = _final_intervals(tr, carry, closed, multi, texts, table, page_size, lost_before)
+    violations = (
+        _categorised(pd.concat(vframes, ignore_index=True)) if vframes else VIOLATIONS.empty()
+    )
+    meta: dict[str, Any] = {
+        "pages": int((carry.stop - carry.start).sum()),
+        "sequential_rows": seq_rows,
+        "loop_engine_pages": loop_pages,
+        "replay_chunks": len(spans),
+    }
+    if len(end.start):
+        meta["end_check"] = _end_check(carry, painted, table, end, page_size)
+    return intervals, violations, meta
+
+
+def _starts(
+    ent: _Entries,
+    carry: _Carry,
+    painted: _Ranges,
+    explicit: _Initial,
+    ground: _Initial,
+    precondition: bool,
+    lost_before: bool,
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, np.ndarray]]:
+    """Per segment of a chunk: ((state, basis, open interval's start row, incomplete), (guest
+    count, share count)) before the chunk's first row: the carried ones for pages touched
+    before, else :func:`~.grounds.starting_states`' (with the painted preconditions)."""
+    pages = ent.seg_page
+    state, basis, covered = _lookup(pages, ground)
+    basis = np.where(covered, basis, len(ground.texts) + 1)
+    if precondition:
+        pi, pre_ok = painted.find(pages)
+        x_state, x_basis, x_cov = _lookup(pages, explicit)
+        pre = painted.vals["pre"][pi] if len(painted.start) else np.zeros(len(pages), np.int64)
+        state = np.where(pre_ok, np.where(x_cov, x_state, pre), state)
+        basis = np.where(pre_ok, np.where(x_cov, x_basis, len(ground.texts)), basis)
+    g0 = (state == _SHARED_GUEST).astype(np.int64)
+    h0 = (state == _SHARED_HYP).astype(np.int64)
+    sseq = np.full(len(pages), -1, dtype=np.int64)
+    inc = np.full(len(pages), lost_before)
+    ci, old = carry.find(pages)
+    if old.any():
+        v = {k: a[ci[old]] for k, a in carry.vals.items()}
+        state[old], basis[old], g0[old], h0[old] = v["base"], v["bas"], v["g"], v["h"]
+        sseq[old], inc[old] = v["sseq"], v["inc"]
+    return (state, basis, sseq, inc), (g0, h0)
+
+
+def _counts_after(
+    ent: _Entries, rows: _Rows, out: _Outcome, table: RuleTable
+) -> tuple[np.ndarray, np.ndarray]:
+    """(host_share_guest_count, kvm_share_hyp count) of every segment after its last entry.
+
+    The guest count moves only when the entry's rule is applied (:meth:`RuleTable.apply`):
+    not when it is refused, skipped (kvm_share_hyp stopped before the page) or part of an
+    atomic row refused on another page.  The share count follows :func:`~.engines._counted`
+    (a counted share raises it on every page it reaches, an unshare lowers it to at least 0).
+    """
+    le = ent.seg_start[1:] - 1
+    rid = out.rid[le].astype(np.int64)
+    before = out.before[le].astype(np.int64)
+    gc = out.guest_count[le].astype(np.int64)
+    hc = out.share_count[le].astype(np.int64)
+    skip = out.skip[le]
+    code = out.code[le]
+    seq = ent.seq[le]
+    refused = np.zeros(len(rows.ts), dtype=bool)
+    refused[ent.seq[out.code != 0]] = True
+    applied = table.mutates[rid] & (code == 0) & ~skip
+    applied &= ~((rows.mode[seq] == _ATOMIC) & refused[seq])
+    _, ncount, _ = table.apply(rid, before, gc)
+    g_after = np.where(applied, ncount, gc)
+    ck = rows.ckind[seq]
+    h_after = np.where(ck == 1, hc + ~skip, np.where(ck == 2, np.maximum(hc - 1, 0), hc))
+    return g_after, h_after
+
+
+def _final_intervals(
+    tr: pd.DataFrame,
+    carry: _Carry,
+    closed: list[_Pieces],
+    multi: np.ndarray,
+    texts: _Initial,
+    table: RuleTable,
+    page_size: int,
+    any_lost: bool,
+) -> pd.DataFrame:
+    """INTERVALS: the closed pieces, the open ones (merged with the untouched initial ranges,
+    as :func:`~.tables._intervals` merges them), in (page, start row) order."""
+    v = carry.vals
+    m = len(carry.start)
+    p = _Pieces(carry.start, carry.stop - carry.start, v["base"].astype(np.int16), v["sseq"],
+                np.full(m, _END, dtype=np.int64), v["inc"], v["bas"])  # fmt: skip
+    if len(texts.start):
+        us, ue, ri = _subtract_pages(texts.start, texts.stop, carry.start, carry.stop - carry.start)
+        k = len(us)
+        u = _Pieces(
+            us, ue - us, texts.state[ri].astype(np.int16), np.full(k, -1, dtype=np.int64),
+            np.full(k, _END, dtype=np.int64), np.full(k, any_lost), texts.basis[ri],
+        )  # fmt: skip
+        p = _concat(p, u)
+    p = _merge(p, multi)
+    for c in closed:
+        p = _concat(p, c)
+    closed.clear()
+    p = p.take(np.lexsort((p.sseq, p.pstart)))
+    has_start = p.sseq >= 0
+    at = p.sseq[has_start]
+    n = len(p.pstart)
+
+    def gather(col: str, idx: np.ndarray, mask: np.ndarray, fill: float) -> np.ndarray:
+        out = np.full(n, fill, dtype=np.float64 if isinstance(fill, float) else np.int64)
+        s = tr[col].iloc[idx]
+        out[mask] = s.to_numpy(dtype=out.dtype, na_value=np.nan if out.dtype.kind == "f" else 0)
+        return out
+
+    ts = gather("ts", at, has_start, np.nan)
+    t_earliest = np.fmin(gather("t_earliest", at, has_start, np.nan), ts)
+    has_end = p.eseq != _END
+    t_end = gather("ts", p.eseq[has_end], has_end, np.inf)
+    bcol = tr["basis"]
+    if isinstance(bcol.dtype, pd.CategoricalDtype):
+        codes = bcol.cat.codes
+        row_texts = [str(c) for c in bcol.cat.categories]
+        missing = bool((codes.to_numpy() < 0).any())
+        bcodes = np.zeros(n, dtype=np.int64)
+        bcodes[has_start] = codes.iloc[at].to_numpy(dtype=np.int64)
+    else:
+        allc, row_texts = _codes(bcol)
+        missing = bool((allc < 0).any())
+        bcodes = np.zeros(n, dtype=np.int64)
+        bcodes[has_start] = allc[at]
+        del allc
+    if missing:
+        bcodes = np.where(bcodes < 0, len(row_texts), bcodes)
+        row_texts = [*row_texts, TRACE_BASIS]
+    begun = _Begun(ts, t_earliest, gather("line", at, has_start, 0),
+                   gather("event_index", at, has_start, 0), bcodes)  # fmt: skip
+    return _interval_frame(p, begun, t_end, row_texts, texts.texts, table, page_size)
+
+
+def _end_check(
+    carry: _Carry, painted: _Ranges, table: RuleTable, end: _Initial, page_size: int
+) -> dict[str, Any]:
+    """:func:`~.grounds.end_check` on the final carried state of the painted pages (those some
+    transition changes)."""
+    b = distinct(np.concatenate([carry.bounds(), painted.bounds()]))
+    lo, hi = b[:-1], b[1:]
+    ci, in_c = carry.find(lo)
+    _, in_p = painted.find(lo)
+    keep = in_c & in_p
+    final = carry.vals["base"][ci[keep]].astype(np.int64)
+    return end_compare(lo[keep], (hi - lo)[keep], final, table, end, page_size)

@@ -14,8 +14,8 @@ from s2trace.errors import StrictError
 from s2trace.jobs import analyze
 from s2trace.synth import generate
 from s2trace.trace import stream
-from s2trace.trace.replay import chunks
 from s2trace.trace.recipes import load_recipes
+from s2trace.trace.replay import chunks
 from s2trace.trace.stream import kept_events, stream_trace
 
 analyze_mod = importlib.import_module("s2trace.jobs.analyze")  # the package exports the function

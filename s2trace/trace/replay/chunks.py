@@ -380,10 +380,12 @@ def _final_intervals(
         )  # fmt: skip
         p = _concat(p, u)
     p = _merge(p, multi)
-    for c in closed:
-        p = _concat(p, c)
-    closed.clear()
-    p = p.take(np.lexsort((p.sseq, p.pstart)))
+    closed.append(p)
+    p = _Pieces(*(_drain(closed, f) for f in vars(p)))  # one copy, each part freed with it
+    order = np.lexsort((p.sseq, p.pstart))
+    for f, a in vars(p).items():  # one column at a time: the old one is freed before the next
+        setattr(p, f, a[order])
+    del order
     has_start = p.sseq >= 0
     at = p.sseq[has_start]
     n = len(p.pstart)
@@ -417,6 +419,15 @@ def _final_intervals(
     begun = _Begun(ts, t_earliest, gather("line", at, has_start, 0),
                    gather("event_index", at, has_start, 0), bcodes)  # fmt: skip
     return _interval_frame(p, begun, t_end, row_texts, texts.texts, table, page_size)
+
+
+def _drain(parts: list[_Pieces], name: str) -> np.ndarray:
+    """Field ``name`` of every piece set, concatenated; each set's array is dropped (set to an
+    empty one) as it is copied, so the parts and the whole are not held twice over."""
+    out = np.concatenate([getattr(q, name) for q in parts])
+    for q in parts:
+        setattr(q, name, np.zeros(0, dtype=getattr(q, name).dtype))
+    return out
 
 
 def _end_check(

@@ -94,7 +94,7 @@ class Report:
 
 
 # ---------------------------------------------------------------------------------------------
-def _walk(inputs: Inputs, memory: PhysicalMemory, notes: list[str]) -> Any:
+def _walk(inputs: Inputs, memory: PhysicalMemory, notes: list[str]) -> WalkResult:
     result = walk_dump(dump_request(inputs, coalesce=True), memory=memory)
     notes.extend(result.notes)
     return result

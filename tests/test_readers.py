@@ -224,6 +224,19 @@ def test_invalid_utf8_is_replaced_and_lines_keep_their_numbers() -> None:
     assert df["line"].tolist() == [1, 2] and len(t.problems) == 0
 
 
+def test_malformed_line_quoted_up_to_a_whole_character(tmp_path: Path) -> None:
+    # 119 ASCII bytes then 'é' (2 bytes): a 120-byte cut would split it (a decode error once)
+    line = "x" * 119 + "\u00e9" + "y" * 10
+    p = tmp_path / "t.txt"
+    good = "  kvmpoke-189  [001] d.... 18.000039: ev: a=1\n"
+    p.write_text(good + line + "\n" + "\u00e9" * 70 + "\n", encoding="utf-8")
+    t = read_trace(p, use_cache=False, fmt="ftrace")
+    shown = [pr.detail for pr in t.problems]
+    assert [pr.where for pr in t.problems] == [2, 3]
+    assert repr("x" * 119) in shown[0]
+    assert repr("\u00e9" * 60) in shown[1]
+
+
 @pytest.mark.parametrize(
     ("name", "fmt"),
     [

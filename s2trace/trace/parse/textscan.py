@@ -69,13 +69,28 @@ def parse_chunk(
     bad: list[tuple[int, str, str]] = []
     for rows, why in bad_rows:
         if len(rows):
-            texts = ch.strings(st[rows], np.minimum(en[rows] - st[rows], 120)).to_pylist()
+            texts = ch.strings(st[rows], _shown_length(ch, rows)).to_pylist()
             bad += [(first_line + int(r), t, why) for r, t in zip(rows, texts, strict=True)]
     bad.sort()
     return cols, n, bad
 
 
 _TOO_WIDE = "a CPU, pid or lost count too large to keep exactly"
+_SHOWN = 120  # bytes of a malformed line quoted in its Problem
+
+
+def _shown_length(ch: Chunk, rows: np.ndarray) -> np.ndarray:
+    """Bytes of each row quoted in its Problem: at most :data:`_SHOWN`, cut before a UTF-8
+    continuation byte (a cut inside a character would not decode)."""
+    start = ch.st[rows]
+    length = np.minimum(ch.en[rows] - start, _SHOWN)
+    for _ in range(3):  # a character has at most three continuation bytes
+        inside = (ch.buf[start + length] & 0xC0) == 0x80
+        if not inside.any():
+            break
+        length -= inside
+    return length
+
 
 #: A second event inside the fields of a line (``TASK-PID [CPU] FLAGS SECS.USECS: EVENT:`` or
 #: the hypervisor's ``[CPU]<tab>SECS.USECS: EVENT``): the line end between two events was lost.

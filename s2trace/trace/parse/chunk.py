@@ -34,6 +34,7 @@ __all__ = [
     "SWAR_FLAGS",
     "TAB",
     "Chunk",
+    "LineWords",
     "U",
     "above",
     "blanks_then_digits",
@@ -90,12 +91,16 @@ _GATHER = U(0x0102040810204080)
 _KEEP = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype=U)
 
 
-def decimal8(w: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def decimal8(w: np.ndarray, length: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
     """Value of the last ``length`` (0-8) bytes of each little-endian word as decimal digits,
     and whether they all are digits (SWAR: the bytes before them read as '0'; then pairs,
     quads and octets combine in three multiply steps: 10a+b, 100ab+cd, 10^4 abcd+efgh)."""
-    shift = (np.clip(8 - length, 1, 7) * 8).astype(U)  # bytes to fill, kept below 64 bits
-    keep_low = np.select([length >= 8, length <= 0], [U(0), ~U(0)], (U(1) << shift) - U(1))
+    keep_low: np.ndarray | np.uint64
+    if isinstance(length, int):  # one length for all: the fill mask is a constant
+        keep_low = U(0) if length >= 8 else U((1 << (8 * (8 - max(length, 0)))) - 1)
+    else:
+        shift = (np.clip(8 - length, 1, 7) * 8).astype(U)  # bytes to fill, kept below 64 bits
+        keep_low = np.select([length >= 8, length <= 0], [U(0), ~U(0)], (U(1) << shift) - U(1))
     w = (w & ~keep_low) | (SWAR_ASCII0 & keep_low)
     digits = (w & SWAR_HIGH_NIBBLES) == SWAR_ASCII0
     ok = digits & (((w + SWAR_PLUS6) & SWAR_HIGH_NIBBLES) == SWAR_ASCII0)
@@ -291,3 +296,131 @@ def blanks_then_digits(
     ok = ((digit | space) == low_bits(width)) & (digit != 0)
     ok &= (space & (space + U(1))) == 0  # the spaces are the leading bytes
     return ok, popcount(digit)
+
+
+class LineWords:
+    """The bytes at fixed offsets from a set of line starts, as 64-bit words gathered once.
+
+    A template's tests all sit at fixed offsets from the line start (:mod:`.templates`), so
+    the words 8, 16, ... bytes from each start are gathered once (a gather is the costly
+    step: one random access per line) and every byte test, mask and number is cut out of
+    them with shifts, elementwise.  Words past the line end read the next lines or the
+    chunk's zero padding, as :meth:`Chunk.masks` does.
+    """
+
+    def __init__(self, ch: Chunk, start: np.ndarray) -> None:
+        self.ch = ch
+        self.start = start
+        self._aligned: dict[int, np.ndarray] = {}
+        self._at: dict[int, np.ndarray] = {}
+
+    def _word(self, q: int) -> np.ndarray:
+        """Bytes ``8q .. 8q+7`` from each start (gathered on first use)."""
+        w = self._aligned.get(q)
+        if w is None:
+            w = self._aligned[q] = self.ch.words[self.start + 8 * q]
+        return w
+
+    def at(self, off: int) -> np.ndarray:
+        """The word of bytes ``off .. off+7`` from each start."""
+        w = self._at.get(off)
+        if w is None:
+            q, r = divmod(off, 8)
+            w = self._word(q)
+            if r:
+                w = (w >> U(8 * r)) | (self._word(q + 1) << U(64 - 8 * r))
+            self._at[off] = w
+        return w
+
+    def bytes_are(self, expected: list[tuple[int, int]]) -> np.ndarray:
+        """Whether each line has byte ``b`` at offset ``off`` for every ``(off, b)``: one
+        masked compare per 8-byte word the offsets fall in."""
+        by_word: dict[int, tuple[int, int]] = {}
+        for off, byte in expected:
+            q, r = divmod(off, 8)
+            mask, want = by_word.get(q, (0, 0))
+            by_word[q] = (mask | 0xFF << (8 * r), want | byte << (8 * r))
+        ok = np.ones(len(self.start), bool)
+        for q, (mask, want) in by_word.items():
+            ok &= (self._word(q) & U(mask)) == U(want)
+        return ok
+
+    def masks(self, off: int, width: int, kinds: str = "dsb") -> list[np.ndarray]:
+        """:meth:`Chunk.masks` of the ``width`` (<= 64) bytes at ``off`` from each start,
+        only the kinds asked for (``d`` digits, ``s`` spaces, ``b`` blanks), in that order."""
+        full = U(0xFFFFFFFFFFFFFFFF) if width >= 64 else low_bits(width)
+        out = []
+        for kind in kinds:
+            mask = None
+            for k in range(-(-width // 8)):
+                w = self.at(off + 8 * k)
+                if kind == "d":
+                    flags = ~above(w ^ SWAR_ASCII0, 9) & SWAR_FLAGS
+                elif kind == "s":
+                    flags = zero_bytes(w ^ (BYTES * U(SP)))
+                else:
+                    flags = ~above(w, SP) & SWAR_FLAGS
+                bits = movemask(flags) << U(8 * k) if k else movemask(flags)
+                mask = bits if mask is None else mask | bits
+            assert mask is not None
+            out.append(mask & full if width < 64 else mask)
+        return out
+
+    def decimal(self, end: int, length: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`Chunk.decimal` of the digits ending ``end`` bytes from each start."""
+        if isinstance(length, int):
+            lo, ok = decimal8(self.at(end - 8), min(length, 8))
+            if length > 8:
+                hi, hi_ok = decimal8(self.at(end - 16), min(length - 8, 8))
+                lo, ok = hi * U(10**8) + lo, ok & hi_ok
+            if not 1 <= length <= 16:
+                ok = np.zeros(len(self.start), bool)
+            return lo, ok
+        lo, ok = decimal8(self.at(end - 8), np.minimum(length, 8))
+        long = length > 8
+        if long.any():
+            hi, hi_ok = decimal8(self.at(end - 16), np.clip(length - 8, 1, 8))
+            lo = np.where(long, hi * U(10**8) + lo, lo)
+            ok &= ~long | hi_ok
+        return lo, ok & (length >= 1) & (length <= 16)
+
+    def find(self, off: int, width: int, byte: int) -> np.ndarray:
+        """:meth:`Chunk.find` of ``byte`` in the ``width`` (<= 64) bytes at ``off`` from each
+        start; eight bytes per round, until every line has found it."""
+        found = np.zeros(len(self.start), np.int64)  # 8k while not found in rounds < k
+        pattern = BYTES * U(byte)
+        rounds = -(-width // 8)
+        for k in range(rounds):
+            x = self.at(off + 8 * k) ^ pattern
+            # bit 7 of the first zero byte of x is the lowest set bit (a borrow can only
+            # flag bytes above it), so no exact per-byte test is needed to find the first
+            first = (x - BYTES) & ~x & SWAR_FLAGS
+            found += np.where(found == 8 * k, ctz(first) >> 3, 0)  # + 8 where none
+            if k + 1 < rounds and not (found == 8 * (k + 1)).any():
+                break
+        return found
+
+    def blank_runs(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Lengths of the runs of blanks (spaces, tabs) at the start and at the end of the
+        first ``width`` (<= 64) bytes of each line; the second is at most ``width`` less the
+        first (a line of blanks is all leading)."""
+        blank = None
+        for k in range(-(-width // 8)):
+            w = self.at(8 * k)
+            flags = zero_bytes(w ^ (BYTES * U(SP))) | zero_bytes(w ^ (BYTES * U(TAB)))
+            bits = movemask(flags) << U(8 * k) if k else movemask(flags)
+            blank = bits if blank is None else blank | bits
+        assert blank is not None
+        full = U(0xFFFFFFFFFFFFFFFF) if width >= 64 else low_bits(width)
+        lead = np.minimum(ctz(~blank & full), width)
+        trail = np.zeros(len(self.start), np.int64)
+        ends = np.flatnonzero((blank >> U(width - 1)) & U(1))  # rows ending in a blank: few
+        if len(ends):  # their last solid byte: the bit length of the solid bits, halving
+            solid = ~blank[ends] & full
+            top = np.zeros(len(ends), np.int64)
+            for shift in (32, 16, 8, 4, 2, 1):
+                high = (solid >> U(shift)) != 0
+                top += np.where(high, shift, 0)
+                solid = np.where(high, solid >> U(shift), solid)
+            trail[ends] = width - top - (solid != 0)
+        return lead, np.minimum(trail, width - lead)

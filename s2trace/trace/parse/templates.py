@@ -34,9 +34,11 @@ from s2trace.trace.parse.chunk import (
     SP,
     TAB,
     Chunk,
+    LineWords,
     U,
     blanks_then_digits,
     ctz,
+    decimal8,
     digits_then_blanks,
     low_bits,
     movemask,
@@ -139,30 +141,31 @@ def learn_templates(ch: Chunk, rows: np.ndarray, learn: Callable[[str], Any]) ->
     return sorted(counts, key=lambda t: -counts[t])[:_MAX_TEMPLATES]
 
 
-def _timestamp(
-    ch: Chunk, s: np.ndarray, lead: int, dot: int, colon: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The timestamp right-aligned in ``[s+lead, s+dot)`` (blanks then digits), '.', and the
-    fraction digits up to ``s+colon``: (ok, seconds).
+def _timestamp(lw: LineWords, lead: int, dot: int, colon: int) -> tuple[np.ndarray, np.ndarray]:
+    """The timestamp right-aligned in ``[lead, dot)`` from each line start (blanks then
+    digits), '.', and the fraction digits up to ``colon``: (ok, seconds).
 
     ts = (secs * 10^f + frac) / 10^f: two exact integers divided once, so it equals float() of
     the printed decimal.
     """
-    digit, space, _ = ch.masks(s + lead, dot - lead)
+    digit, space = lw.masks(lead, dot - lead, "ds")
     ok, ilen = blanks_then_digits(digit, space, dot - lead)
-    secs, ok_s = ch.decimal(s + dot, ilen)
+    secs, ok_s = lw.decimal(dot, ilen)
     flen = colon - dot - 1
-    frac, ok_f = ch.decimal(s + colon, np.full(len(s), flen))
+    frac, ok_f = lw.decimal(colon, flen)
     scale = float(10**flen)
     ts = (secs * U(10**flen) + frac).astype(np.float64) / scale
     return ok & ok_s & ok_f, ts
 
 
-def _event_colon(ch: Chunk, evs: np.ndarray, en: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``EVENT:`` at ``evs``, followed by a blank or the line end: (ok, position of ':')."""
-    off = ch.find(evs, _EVWIN, COLON)
+def _event_colon(
+    ch: Chunk, lw: LineWords, at: int, evs: np.ndarray, en: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``EVENT:`` ``at`` bytes from each line start (``evs``), followed by a blank or the
+    line end: (ok, position of ':')."""
+    off = lw.find(at, _EVWIN, COLON)
     evc = evs + np.minimum(off, _EVWIN - 1)
-    ok = (off < _EVWIN) & (evc > evs) & (evc < en) & (ch.buf[evs] > SP)
+    ok = (off < _EVWIN) & (evc > evs) & (evc < en) & ((lw.at(at) & U(0xFF)) > U(SP))
     after = ch.buf[evc + 1]
     return ok & ((evc + 1 == en) | (after == SP)), evc
 
@@ -200,71 +203,90 @@ def _host_rows(
     if not long_enough.all():  # windows past the end of a short last line would leave the pad
         ok, cols = _host_rows(ch, rows[long_enough], t, first_line)
         return _widen(ok, long_enough), cols
-    buf = ch.buf
     s, en = ch.st[rows], ch.en[rows]
-    ok = np.ones(len(rows), bool)
-    for off, byte in (
-        (t.dash, DASH),
-        (t.lb - 1, SP),
-        (t.lb, LBR),
-        (t.rb, RBR),
-        (t.dot, DOT),
-        (t.colon, COLON),
-        (t.colon + 1, SP),
-    ):
-        ok &= buf[s + off] == byte
-    cpu, ok_c = ch.decimal(s + t.rb, np.full(len(s), t.rb - t.lb - 1))
+    lw = LineWords(ch, s)
+    fixed = [(t.dash, DASH), (t.lb - 1, SP), (t.lb, LBR), (t.rb, RBR), (t.dot, DOT)]
+    ok = lw.bytes_are([*fixed, (t.colon, COLON), (t.colon + 1, SP)])
+    cpu, ok_c = lw.decimal(t.rb, t.rb - t.lb - 1)
     anchor = t.par if t.par >= 0 else t.lb
-    digit, space, _ = ch.masks(s + t.dash + 1, anchor - t.dash - 1)
-    ok_p, plen = digits_then_blanks(digit, space, anchor - t.dash - 1)
-    pid, ok_p2 = ch.decimal(s + t.dash + 1 + plen, plen)
+    pw = anchor - t.dash - 1
+    digit, space = lw.masks(t.dash + 1, pw, "ds")
+    ok_p, plen = digits_then_blanks(digit, space, pw)
+    if pw <= 8:  # the digits lead the word: move them to its top, where decimal8 reads
+        pid, ok_p2 = decimal8(lw.at(t.dash + 1) << (U(8) * (U(8) - plen.astype(U))), plen)
+    else:
+        pid, ok_p2 = ch.decimal(s + t.dash + 1 + plen, plen)
     ok &= ok_c & ok_p & ok_p2 & (pid < 1 << 31) & (cpu < 1 << 15)  # wider: the regex pass
     if t.par >= 0:
         width = t.lb - t.par - 3
-        digit, space, _ = ch.masks(s + t.par + 1, width)
-        dashes = movemask(zero_bytes(ch.words[s + t.par + 1] ^ (BYTES * U(DASH))))
+        digit, space = lw.masks(t.par + 1, width, "ds")
+        dashes = movemask(zero_bytes(lw.at(t.par + 1) ^ (BYTES * U(DASH))))
         if width > 8:
-            more = zero_bytes(ch.words[s + t.par + 9] ^ (BYTES * U(DASH)))
+            more = zero_bytes(lw.at(t.par + 9) ^ (BYTES * U(DASH)))
             dashes |= movemask(more) << U(8)
-        ok &= (buf[s + t.par - 1] == SP) & (buf[s + t.par] == LPAR) & (buf[s + t.lb - 2] == RPAR)
+        ok &= lw.bytes_are([(t.par - 1, SP), (t.par, LPAR), (t.lb - 2, RPAR)])
         ok &= (digit | space | (dashes & low_bits(width))) == low_bits(width)
     if t.fend > t.fstart:
-        _, _, blank = ch.masks(s + t.fstart, t.fend - t.fstart)
+        (blank,) = lw.masks(t.fstart, t.fend - t.fstart, "b")
         ok &= blank == 0
         if t.fstart > t.rb + 1:
-            _, space, _ = ch.masks(s + t.rb + 1, t.fstart - t.rb - 1)
+            (space,) = lw.masks(t.rb + 1, t.fstart - t.rb - 1, "s")
             ok &= space == low_bits(t.fstart - t.rb - 1)
-    ok_t, ts = _timestamp(ch, s, t.fend, t.dot, t.colon)
+    ok_t, ts = _timestamp(lw, t.fend, t.dot, t.colon)
     evs = s + t.colon + 2
-    ok_e, evc = _event_colon(ch, evs, en)
+    ok_e, evc = _event_colon(ch, lw, t.colon + 2, evs, en)
     ok &= ok_t & ok_e
+    if t.dash <= 64:
+        lead, trail = lw.blank_runs(t.dash)
+    else:  # a task column wider than a run test covers
+        t0, t1 = ch.trim(s, s + t.dash)
+        lead, trail = t0 - s, s + t.dash - t1
     good = np.flatnonzero(ok)
-    event = ch.dictionary(evs[good], evc[good] - evs[good])
+    every = len(good) == len(ok)
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        return a if every else a[good]
+
+    event = ch.dictionary(pick(evs), pick(evc) - pick(evs))
     valid = _valid_events(event)
     if not valid.all():
         ok[good[~valid]] = False
         event = event.filter(pa.array(valid))
         good = good[valid]
-    sg = s[good]
-    fs, fe = ch.trim(evc[good] + 1, en[good])
-    ts0, ts1 = ch.trim(sg, sg + t.dash)
+        every = False
+    sg = pick(s)
+    fs, fe = ch.trim(pick(evc) + 1, pick(en))
     m = len(good)
-    flen = t.fend - t.fstart
+    lead, trail = pick(lead), pick(trail)
     cols = EventCols(
-        line=first_line + rows[good],
-        ts=ts[good],
-        cpu=cpu[good].astype(np.int16),
+        line=first_line + pick(rows),
+        ts=pick(ts),
+        cpu=pick(cpu).astype(np.int16),
         cpu_ok=np.ones(m, bool),
-        pid=pid[good].astype(np.int32),
+        pid=pick(pid).astype(np.int32),
         pid_ok=np.ones(m, bool),
         lost=np.zeros(m, np.int64),
         lost_ok=np.zeros(m, bool),
-        task=ch.strings(ts0, ts1 - ts0),
-        flags=ch.strings(sg + t.fstart, np.full(m, flen), np.full(m, flen > 0)),
+        task=ch.strings(sg + lead, t.dash - lead - trail),
+        flags=_fixed_strings(lw, t.fstart, t.fend - t.fstart, good if not every else None),
         event=event,
         fields=ch.strings(fs, fe - fs),
     )
     return ok, cols
+
+
+def _fixed_strings(lw: LineWords, off: int, width: int, good: np.ndarray | None) -> pa.Array:
+    """The ``width`` (<= 16) bytes at ``off`` from each line start (of the rows ``good``,
+    or all) as a string array; all null when ``width`` is 0 (no such column)."""
+    words = [lw.at(off), lw.at(off + 8)] if width > 8 else [lw.at(off)]
+    if good is not None:
+        words = [w[good] for w in words]
+    m = len(words[0])
+    if width == 0:
+        return pa.nulls(m, STR)
+    raw = np.stack(words, axis=1).view(np.uint8)[:, :width]
+    offsets = np.arange(0, (m + 1) * width, width, dtype=np.int64)
+    return pa.Array.from_buffers(STR, m, [None, pa.py_buffer(offsets), pa.py_buffer(raw.copy())])
 
 
 def _hyp_rows(
@@ -276,22 +298,14 @@ def _hyp_rows(
     if not long_enough.all():  # as in _host_rows
         ok, cols = _hyp_rows(ch, rows[long_enough], t, first_line)
         return _widen(ok, long_enough), cols
-    buf = ch.buf
     s, en = ch.st[rows], ch.en[rows]
-    ok = np.ones(len(rows), bool)
-    for off, byte in (
-        (0, LBR),
-        (t.rb, RBR),
-        (t.rb + 1, TAB),
-        (t.dot, DOT),
-        (t.colon, COLON),
-        (t.colon + 1, SP),
-    ):
-        ok &= buf[s + off] == byte
-    cpu, ok_c = ch.decimal(s + t.rb, np.full(len(s), t.rb - 1))
-    ok_t, ts = _timestamp(ch, s, t.rb + 2, t.dot, t.colon)
+    lw = LineWords(ch, s)
+    fixed = [(0, LBR), (t.rb, RBR), (t.rb + 1, TAB), (t.dot, DOT)]
+    ok = lw.bytes_are([*fixed, (t.colon, COLON), (t.colon + 1, SP)])
+    cpu, ok_c = lw.decimal(t.rb, t.rb - 1)
+    ok_t, ts = _timestamp(lw, t.rb + 2, t.dot, t.colon)
     evs = s + t.colon + 2
-    _, _, blank = ch.masks(evs, _EVWIN)
+    (blank,) = lw.masks(t.colon + 2, _EVWIN, "b")
     first = ctz(blank)
     elen = np.minimum(first, en - evs)
     ok &= ok_c & ok_t & (first < _EVWIN) & (elen >= 1) & (cpu < 1 << 15)

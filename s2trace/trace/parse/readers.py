@@ -187,8 +187,10 @@ def trace_notes(events: pd.DataFrame, lines: int) -> tuple[str, ...]:
     in time (events are replayed in time order, not in file order).  Not damage: the
     ProblemLog and ``--strict`` are for lines that cannot be used."""
     ts = events["ts"].to_numpy(np.float64)
-    finite = np.flatnonzero(np.isfinite(ts))
-    ts = ts[finite]
+    timed = np.isfinite(ts)
+    finite = np.arange(len(ts)) if timed.all() else np.flatnonzero(timed)
+    if len(finite) < len(ts):
+        ts = ts[finite]
     back = np.flatnonzero(ts[1:] < ts[:-1])
     first = None
     if len(back):

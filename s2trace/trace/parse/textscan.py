@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from s2trace.intervals import distinct
-from s2trace.trace.parse.chunk import HASH, Chunk
+from s2trace.trace.parse.chunk import FRONT, HASH, LBR, Chunk
 from s2trace.trace.parse.eventcols import STR, EventCols, empty_cols
 from s2trace.trace.parse.formats import DATA_RE, IGNORED_RE, LOST_EVENT, LOST_RE
 from s2trace.trace.parse.templates import FastPath, learn_templates
@@ -49,23 +49,29 @@ def parse_chunk(
     if len(nul):
         bad_rows.append((nul, "it holds a NUL byte"))
         rest = np.setdiff1d(rest, nul, assume_unique=True)
-    parts: list[EventCols] = []
+    fast_parts: list[EventCols] = []
     if fmt in fast:
         learn, apply = fast[fmt]
         for t in learn_templates(ch, rest, learn):
             ok, cols = apply(ch, rest, t, first_line)
-            parts.append(cols)
+            fast_parts.append(cols)
             rest = rest[~ok]
             if not len(rest):
                 break
+    # A second event holds a '[', and every row a fast path takes has one in its header:
+    # when the chunk has no other '[', no fast row holds a second event (no regex pass).
+    clean = bool(fast_parts) and _brackets(ch) == sum(len(p) for p in fast_parts)
+    kept, parts = (fast_parts, []) if clean else ([], fast_parts)
     if len(rest):
         slow, unmatched, wide = _slow(ch, rest, first_line, fmt)
         parts.append(slow)
         bad_rows.append((unmatched, ""))
         bad_rows.append((wide, _TOO_WIDE))
-    cols = EventCols.concat(parts or [empty_cols()])
-    cols, doubled = _second_events(cols, fmt, first_line)
-    bad_rows.append((doubled, "it holds a second event (a lost line end?)"))
+    for part in parts:
+        part, doubled = _second_events(part, fmt, first_line)
+        kept.append(part)
+        bad_rows.append((doubled, "it holds a second event (a lost line end?)"))
+    cols = EventCols.concat(kept or [empty_cols()])
     bad: list[tuple[int, str, str]] = []
     for rows, why in bad_rows:
         if len(rows):
@@ -102,11 +108,18 @@ _SECOND_EVENT = {
 _SECOND_EVENT["trace-cmd"] = _SECOND_EVENT["ftrace"]
 
 
+def _brackets(ch: Chunk) -> int:
+    """Number of '[' bytes in the chunk's lines."""
+    return int(np.count_nonzero(ch.buf[FRONT : ch.end] == LBR))
+
+
 def _rows_with_nul(ch: Chunk) -> np.ndarray:
-    """Rows (line indexes) holding a NUL byte (one vectorised pass over the chunk)."""
-    at = np.flatnonzero(ch.buf[ch.st[0] if len(ch.st) else 0 : ch.end] == 0)
-    if not len(at) or not len(ch.st):
+    """Rows (line indexes) holding a NUL byte (one vectorised pass over the chunk, a second
+    only when there is one)."""
+    text = ch.buf[ch.st[0] if len(ch.st) else 0 : ch.end]
+    if not len(ch.st) or not len(text) or text.min() != 0:
         return np.zeros(0, np.int64)
+    at = np.flatnonzero(text == 0)
     return distinct(np.searchsorted(ch.nl, at + ch.st[0]))
 
 

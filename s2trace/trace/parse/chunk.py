@@ -399,28 +399,3 @@ class LineWords:
             if k + 1 < rounds and not (found == 8 * (k + 1)).any():
                 break
         return found
-
-    def blank_runs(self, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """Lengths of the runs of blanks (spaces, tabs) at the start and at the end of the
-        first ``width`` (<= 64) bytes of each line; the second is at most ``width`` less the
-        first (a line of blanks is all leading)."""
-        blank = None
-        for k in range(-(-width // 8)):
-            w = self.at(8 * k)
-            flags = zero_bytes(w ^ (BYTES * U(SP))) | zero_bytes(w ^ (BYTES * U(TAB)))
-            bits = movemask(flags) << U(8 * k) if k else movemask(flags)
-            blank = bits if blank is None else blank | bits
-        assert blank is not None
-        full = U(0xFFFFFFFFFFFFFFFF) if width >= 64 else low_bits(width)
-        lead = np.minimum(ctz(~blank & full), width)
-        trail = np.zeros(len(self.start), np.int64)
-        ends = np.flatnonzero((blank >> U(width - 1)) & U(1))  # rows ending in a blank: few
-        if len(ends):  # their last solid byte: the bit length of the solid bits, halving
-            solid = ~blank[ends] & full
-            top = np.zeros(len(ends), np.int64)
-            for shift in (32, 16, 8, 4, 2, 1):
-                high = (solid >> U(shift)) != 0
-                top += np.where(high, shift, 0)
-                solid = np.where(high, solid >> U(shift), solid)
-            trail[ends] = width - top - (solid != 0)
-        return lead, np.minimum(trail, width - lead)

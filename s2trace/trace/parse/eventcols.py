@@ -119,7 +119,7 @@ def events_frame(parts: Sequence[EventCols]) -> pd.DataFrame:
             "flags": strings("flags"),
             "event": event,
             "fields": strings("fields"),
-            "line": cat("line").astype(np.int64),
+            "line": cat("line").astype(np.int64, copy=False),
             "lost": pd.arrays.IntegerArray(cat("lost"), ~cat("lost_ok")),
         },
         copy=False,

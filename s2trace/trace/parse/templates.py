@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from s2trace.intervals import distinct
 from s2trace.trace.parse.chunk import (
@@ -236,11 +237,6 @@ def _host_rows(
     evs = s + t.colon + 2
     ok_e, evc = _event_colon(ch, lw, t.colon + 2, evs, en)
     ok &= ok_t & ok_e
-    if t.dash <= 64:
-        lead, trail = lw.blank_runs(t.dash)
-    else:  # a task column wider than a run test covers
-        t0, t1 = ch.trim(s, s + t.dash)
-        lead, trail = t0 - s, s + t.dash - t1
     good = np.flatnonzero(ok)
     every = len(good) == len(ok)
 
@@ -254,10 +250,13 @@ def _host_rows(
         event = event.filter(pa.array(valid))
         good = good[valid]
         every = False
-    sg = pick(s)
-    fs, fe = ch.trim(pick(evc) + 1, pick(en))
+    sg, fs = pick(s), pick(evc) + 1
     m = len(good)
-    lead, trail = pick(lead), pick(trail)
+    if 1 <= t.dash <= 16:  # the usual 16-byte comm column: copied whole, then trimmed
+        task = _trim(_fixed_strings(lw, 0, t.dash, None if every else good))
+    else:
+        ts0, ts1 = ch.trim(sg, sg + t.dash)
+        task = ch.strings(ts0, ts1 - ts0)
     cols = EventCols(
         line=first_line + pick(rows),
         ts=pick(ts),
@@ -267,12 +266,18 @@ def _host_rows(
         pid_ok=np.ones(m, bool),
         lost=np.zeros(m, np.int64),
         lost_ok=np.zeros(m, bool),
-        task=ch.strings(sg + lead, t.dash - lead - trail),
-        flags=_fixed_strings(lw, t.fstart, t.fend - t.fstart, good if not every else None),
+        task=task,
+        flags=_fixed_strings(lw, t.fstart, t.fend - t.fstart, None if every else good),
         event=event,
-        fields=ch.strings(fs, fe - fs),
+        fields=_trim(ch.strings(fs, pick(en) - fs)),
     )
     return ok, cols
+
+
+def _trim(text: pa.Array) -> pa.Array:
+    """``text`` without leading and trailing spaces and tabs (Arrow's byte trim: neither
+    byte can be part of a multi-byte UTF-8 character)."""
+    return pc.ascii_trim(text, " \t")
 
 
 def _fixed_strings(lw: LineWords, off: int, width: int, good: np.ndarray | None) -> pa.Array:
@@ -316,7 +321,7 @@ def _hyp_rows(
         ok[good[~valid]] = False
         event = event.filter(pa.array(valid))
         good = good[valid]
-    fs, fe = ch.trim(evs[good] + elen[good], en[good])
+    fs = evs[good] + elen[good]
     m = len(good)
     cols = EventCols(
         line=first_line + rows[good],
@@ -330,7 +335,7 @@ def _hyp_rows(
         task=pa.nulls(m, STR),
         flags=pa.nulls(m, STR),
         event=event,
-        fields=ch.strings(fs, fe - fs),
+        fields=_trim(ch.strings(fs, en[good] - fs)),
     )
     return ok, cols
 

@@ -41,6 +41,7 @@ __all__ = [
     "ctz",
     "decimal8",
     "digits_then_blanks",
+    "digits_value",
     "low_bits",
     "movemask",
     "padded",
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 FRONT = 32  # zero bytes before a chunk's data: windows that look back stay in bounds
-BACK = 96  # zero bytes after it (after the final newline): windows that look ahead
+BACK = 192  # zero bytes after it (after the final newline): windows that look ahead
 SP, TAB, NL, CR = 0x20, 0x09, 0x0A, 0x0D
 LBR, RBR, COLON, DASH, DOT, LPAR, RPAR, HASH = (ord(c) for c in "[]:-.()#")
 
@@ -111,6 +112,17 @@ def decimal8(w: np.ndarray, length: np.ndarray | int) -> tuple[np.ndarray, np.nd
     return v, ok
 
 
+def digits_value(w: np.ndarray, length: np.ndarray | int) -> np.ndarray:
+    """Value of the last ``length`` (0-8) bytes of each word, bytes the caller has already
+    found to be decimal digits (no test here): the bytes before them are shifted out, then
+    the three multiply steps of :func:`decimal8`."""
+    drop = U(8) * (U(8) - (length.astype(U) if isinstance(length, np.ndarray) else U(length)))
+    v = ((w ^ SWAR_ASCII0) >> drop) << drop  # a shift by 64 gives 0 in numpy
+    v = v * U(10) + (v >> U(8))
+    quads = (v & SWAR_LOW_BYTES) * SWAR_MUL_A + ((v >> U(16)) & SWAR_LOW_BYTES) * SWAR_MUL_B
+    return quads >> U(32)
+
+
 def zero_bytes(x: np.ndarray) -> np.ndarray:
     """Flag (bit 7) of each byte of ``x`` that is 0 (exact: no carries between bytes)."""
     return ~(((x & _LO7) + _LO7) | x) & SWAR_FLAGS
@@ -154,6 +166,8 @@ class Chunk:
         self.end = len(buf) - BACK  # one past the final newline
         self.pa_buf = pa.py_buffer(buf)
         self.words = np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))
+        #: the 64 bytes at every position (one gather brings eight words: :class:`LineWords`)
+        self.blocks = np.ndarray((len(buf) - 63,), dtype="V64", buffer=buf, strides=(1,))
         nl = np.flatnonzero(buf[FRONT : self.end] == NL) + FRONT
         self.st = np.empty(len(nl), np.int64)
         self.st[:1] = FRONT
@@ -212,23 +226,28 @@ class Chunk:
         return decimal8(self.words[end - 8], length)
 
     def _views(
-        self, start: np.ndarray, length: np.ndarray, valid: np.ndarray | None = None
+        self,
+        start: np.ndarray,
+        length: np.ndarray,
+        valid: np.ndarray | None = None,
+        words: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> pa.Array:
         """``buf[start:start+length]`` per row as an Arrow string view array over the chunk.
 
         A view is 16 bytes: the int32 length, then the bytes inline when <= 12 (zero padded),
         else a 4-byte prefix, the buffer index (0) and the int32 offset.  Nothing made from it
         may outlive the chunk: callers copy (cast, dictionary) before the buffer is reused.
+        ``words``: the words at ``start`` and ``start + 8`` when the caller has them.
         """
         n = len(start)
         views = np.empty((n, 2), U)
         long = length > 12
-        w0 = self.words[start]
+        w0 = self.words[start] if words is None else words[0]
         if long.all():  # the usual case for fields: length, 4-byte prefix; buffer 0, offset
             views[:, 0] = length.astype(U) | (w0 << U(32))
             views[:, 1] = start.astype(U) << U(32)
         else:  # inline bytes past the length must be zero
-            w1 = self.words[start + 8]
+            w1 = self.words[start + 8] if words is None else words[1]
             short = np.minimum(length, 12)
             w0 = w0 & _KEEP[np.minimum(short, 8)]
             w1 = w1 & _KEEP[np.clip(short - 8, 0, 4)]
@@ -249,10 +268,15 @@ class Chunk:
         not ``valid``."""
         return self._views(start, length, valid).cast(STR)
 
-    def dictionary(self, start: np.ndarray, length: np.ndarray) -> pa.DictionaryArray:
+    def dictionary(
+        self,
+        start: np.ndarray,
+        length: np.ndarray,
+        words: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> pa.DictionaryArray:
         """Like :meth:`strings`, dictionary-encoded (for event names: few distinct values, so
         no per-row string is ever materialised)."""
-        enc = self._views(start, length).dictionary_encode()
+        enc = self._views(start, length, words=words).dictionary_encode()
         return pa.DictionaryArray.from_arrays(enc.indices, enc.dictionary.cast(pa.string()))
 
     def lines(self, rows: np.ndarray) -> pa.Array:
@@ -302,24 +326,35 @@ class LineWords:
     """The bytes at fixed offsets from a set of line starts, as 64-bit words gathered once.
 
     A template's tests all sit at fixed offsets from the line start (:mod:`.templates`), so
-    the words 8, 16, ... bytes from each start are gathered once (a gather is the costly
-    step: one random access per line) and every byte test, mask and number is cut out of
-    them with shifts, elementwise.  Words past the line end read the next lines or the
-    chunk's zero padding, as :meth:`Chunk.masks` does.
+    the bytes from 8 before each start on are gathered once, 64 at a time (a gather is the
+    costly step, one random access per line, and costs about the same for 8 bytes or 64),
+    and every byte test, mask and number is cut out of those words with shifts,
+    elementwise.  Words past the line end read the next lines or the chunk's zero padding,
+    as :meth:`Chunk.masks` does.
     """
 
     def __init__(self, ch: Chunk, start: np.ndarray) -> None:
         self.ch = ch
         self.start = start
-        self._aligned: dict[int, np.ndarray] = {}
+        self._last = int(start.max()) if len(start) else 0
+        self._blocks: dict[int, np.ndarray] = {}
         self._at: dict[int, np.ndarray] = {}
+        self._named: dict[int, list[np.ndarray]] = {}
 
     def _word(self, q: int) -> np.ndarray:
-        """Bytes ``8q .. 8q+7`` from each start (gathered on first use)."""
-        w = self._aligned.get(q)
-        if w is None:
-            w = self._aligned[q] = self.ch.words[self.start + 8 * q]
-        return w
+        """Bytes ``8q .. 8q+7`` from each start: a column of the 64-byte block holding them
+        (blocks start 8 bytes before the line, so the word before the start comes with the
+        first), or a gather of its own out there."""
+        b = (q + 1) // 8
+        at = 64 * b - 8
+        if b < 0 or self._last + at + 64 > len(self.ch.buf):
+            return self.ch.words[self.start + 8 * q]
+        block = self._blocks.get(b)
+        if block is None:
+            block = self.ch.blocks[self.start + at].view("<u8").reshape(len(self.start), 8)
+            block = np.ascontiguousarray(block.T)
+            self._blocks[b] = block
+        return block[q + 1 - 8 * b]
 
     def at(self, off: int) -> np.ndarray:
         """The word of bytes ``off .. off+7`` from each start."""
@@ -384,14 +419,36 @@ class LineWords:
             ok &= ~long | hi_ok
         return lo, ok & (length >= 1) & (length <= 16)
 
+    def block(self, off: int) -> list[np.ndarray]:
+        """The eight words of the 64 bytes at ``off`` from each start, gathered at once (for
+        a search at an offset no other test uses: no shifting words together)."""
+        words = self._named.get(off)
+        if words is None:
+            if off < -FRONT or self._last + off + 64 > len(self.ch.buf):
+                words = [self.at(off + 8 * k) for k in range(8)]
+            else:
+                block = self.ch.blocks[self.start + off].view("<u8").reshape(len(self.start), 8)
+                words = [block[:, k] for k in range(8)]
+            self._named[off] = words
+        return words
+
+    def digits(self, end: int, length: np.ndarray) -> np.ndarray:
+        """Value of the ``length`` (0-16) bytes ending ``end`` bytes from each start, already
+        found to be decimal digits (:func:`digits_value`)."""
+        value = digits_value(self.at(end - 8), np.minimum(length, 8))
+        if (length > 8).any():
+            value += digits_value(self.at(end - 16), np.clip(length - 8, 0, 8)) * U(10**8)
+        return value
+
     def find(self, off: int, width: int, byte: int) -> np.ndarray:
         """:meth:`Chunk.find` of ``byte`` in the ``width`` (<= 64) bytes at ``off`` from each
         start; eight bytes per round, until every line has found it."""
         found = np.zeros(len(self.start), np.int64)  # 8k while not found in rounds < k
         pattern = BYTES * U(byte)
         rounds = -(-width // 8)
+        words = self.block(off)
         for k in range(rounds):
-            x = self.at(off + 8 * k) ^ pattern
+            x = words[k] ^ pattern
             # bit 7 of the first zero byte of x is the lowest set bit (a borrow can only
             # flag bytes above it), so no exact per-byte test is needed to find the first
             first = (x - BYTES) & ~x & SWAR_FLAGS

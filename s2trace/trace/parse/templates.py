@@ -39,8 +39,8 @@ from s2trace.trace.parse.chunk import (
     U,
     blanks_then_digits,
     ctz,
-    decimal8,
     digits_then_blanks,
+    digits_value,
     low_bits,
     movemask,
     zero_bytes,
@@ -151,12 +151,12 @@ def _timestamp(lw: LineWords, lead: int, dot: int, colon: int) -> tuple[np.ndarr
     """
     digit, space = lw.masks(lead, dot - lead, "ds")
     ok, ilen = blanks_then_digits(digit, space, dot - lead)
-    secs, ok_s = lw.decimal(dot, ilen)
+    secs = lw.digits(dot, np.where(ok, ilen, 0))  # digits where ok: tested just above
     flen = colon - dot - 1
     frac, ok_f = lw.decimal(colon, flen)
     scale = float(10**flen)
     ts = (secs * U(10**flen) + frac).astype(np.float64) / scale
-    return ok & ok_s & ok_f, ts
+    return ok & ok_f, ts
 
 
 def _event_colon(
@@ -213,11 +213,13 @@ def _host_rows(
     pw = anchor - t.dash - 1
     digit, space = lw.masks(t.dash + 1, pw, "ds")
     ok_p, plen = digits_then_blanks(digit, space, pw)
-    if pw <= 8:  # the digits lead the word: move them to its top, where decimal8 reads
-        pid, ok_p2 = decimal8(lw.at(t.dash + 1) << (U(8) * (U(8) - plen.astype(U))), plen)
+    if pw <= 8:  # the digits (tested above) lead the word: moved to its top, where read
+        plen = np.where(ok_p, plen, 0)
+        pid = digits_value(lw.at(t.dash + 1) << (U(8) * (U(8) - plen.astype(U))), plen)
     else:
         pid, ok_p2 = ch.decimal(s + t.dash + 1 + plen, plen)
-    ok &= ok_c & ok_p & ok_p2 & (pid < 1 << 31) & (cpu < 1 << 15)  # wider: the regex pass
+        ok_p &= ok_p2
+    ok &= ok_c & ok_p & (pid < 1 << 31) & (cpu < 1 << 15)  # wider: the regex pass
     if t.par >= 0:
         width = t.lb - t.par - 3
         digit, space = lw.masks(t.par + 1, width, "ds")
@@ -243,7 +245,8 @@ def _host_rows(
     def pick(a: np.ndarray) -> np.ndarray:
         return a if every else a[good]
 
-    event = ch.dictionary(pick(evs), pick(evc) - pick(evs))
+    name = lw.block(t.colon + 2)  # gathered by the search for the colon
+    event = ch.dictionary(pick(evs), pick(evc) - pick(evs), (pick(name[0]), pick(name[1])))
     valid = _valid_events(event)
     if not valid.all():
         ok[good[~valid]] = False

@@ -338,23 +338,25 @@ class LineWords:
         self.start = start
         self._last = int(start.max()) if len(start) else 0
         self._blocks: dict[int, np.ndarray] = {}
+        self._single: dict[int, np.ndarray] = {}
         self._at: dict[int, np.ndarray] = {}
         self._named: dict[int, list[np.ndarray]] = {}
 
     def _word(self, q: int) -> np.ndarray:
-        """Bytes ``8q .. 8q+7`` from each start: a column of the 64-byte block holding them
-        (blocks start 8 bytes before the line, so the word before the start comes with the
-        first), or a gather of its own out there."""
-        b = (q + 1) // 8
-        at = 64 * b - 8
-        if b < 0 or self._last + at + 64 > len(self.ch.buf):
-            return self.ch.words[self.start + 8 * q]
+        """Bytes ``8q .. 8q+7`` from each start: a row of the 64-byte block holding them
+        (blocks at 0, 64, ... bytes from the start: a template's header fits the first), or a
+        gather of its own before the start or near the chunk's end."""
+        b, k = divmod(q, 8)
+        if q < 0 or self._last + 64 * b + 64 > len(self.ch.buf):
+            w = self._single.get(q)
+            if w is None:
+                w = self._single[q] = self.ch.words[self.start + 8 * q]
+            return w
         block = self._blocks.get(b)
         if block is None:
-            block = self.ch.blocks[self.start + at].view("<u8").reshape(len(self.start), 8)
-            block = np.ascontiguousarray(block.T)
-            self._blocks[b] = block
-        return block[q + 1 - 8 * b]
+            block = self.ch.blocks[self.start + 64 * b].view("<u8").reshape(len(self.start), 8)
+            block = self._blocks[b] = np.ascontiguousarray(block.T)  # rows: one a word
+        return block[k]
 
     def at(self, off: int) -> np.ndarray:
         """The word of bytes ``off .. off+7`` from each start."""

@@ -166,7 +166,8 @@ def _event_colon(
     line end: (ok, position of ':')."""
     off = lw.find(at, _EVWIN, COLON)
     evc = evs + np.minimum(off, _EVWIN - 1)
-    ok = (off < _EVWIN) & (evc > evs) & (evc < en) & ((lw.at(at) & U(0xFF)) > U(SP))
+    first = lw.block(at)[0] & U(0xFF)  # the name's first byte, from the searched block
+    ok = (off < _EVWIN) & (evc > evs) & (evc < en) & (first > U(SP))
     after = ch.buf[evc + 1]
     return ok & ((evc + 1 == en) | (after == SP)), evc
 

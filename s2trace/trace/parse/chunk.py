@@ -445,7 +445,10 @@ class LineWords:
     def find(self, off: int, width: int, byte: int) -> np.ndarray:
         """:meth:`Chunk.find` of ``byte`` in the ``width`` (<= 64) bytes at ``off`` from each
         start; eight bytes per round, until every line has found it."""
-        found = np.zeros(len(self.start), np.int64)  # 8k while not found in rounds < k
+        n = len(self.start)
+        todo = np.ones(n, bool)  # not found yet
+        before = np.zeros(n, np.int64)  # rounds before the one that found it
+        hits = np.zeros(n, U)  # the flags of the round that found it
         pattern = BYTES * U(byte)
         rounds = -(-width // 8)
         words = self.block(off)
@@ -454,7 +457,12 @@ class LineWords:
             # bit 7 of the first zero byte of x is the lowest set bit (a borrow can only
             # flag bytes above it), so no exact per-byte test is needed to find the first
             first = (x - BYTES) & ~x & SWAR_FLAGS
-            found += np.where(found == 8 * k, ctz(first) >> 3, 0)  # + 8 where none
-            if k + 1 < rounds and not (found == 8 * (k + 1)).any():
+            new = todo & (first != 0)
+            hits = np.where(new, first, hits)
+            todo &= ~new
+            if not todo.any():
                 break
+            if k + 1 < rounds:
+                before += todo
+        found = 8 * before + (ctz(hits) >> 3)  # 8 * rounds where none: ctz(0) is 64
         return found

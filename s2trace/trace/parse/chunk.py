@@ -178,6 +178,13 @@ class Chunk:
         en[cr] -= 1
         self.en = en
 
+    def spans(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) of the lines ``rows`` (sorted, distinct): no copy when they are all
+        the lines, the usual case (a chunk without comments)."""
+        if len(rows) == len(self.st):
+            return self.st, self.en
+        return self.st[rows], self.en[rows]
+
     def masks(self, start: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Bit masks over the ``width`` (<= 64) bytes from each start: (digits, spaces,
         blanks), blanks being any byte <= 0x20 (space, tab, line end, control)."""

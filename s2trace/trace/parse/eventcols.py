@@ -105,22 +105,35 @@ def events_frame(parts: Sequence[EventCols]) -> pd.DataFrame:
     def cat(name: str) -> np.ndarray:
         return np.concatenate([getattr(p, name) for p in parts])
 
+    rows = sum(len(p) for p in parts)
+
+    def absent(name: str) -> np.ndarray:
+        """pandas' mask (true: missing) from the ``*_ok`` columns; built, not concatenated
+        and inverted, when every row has a value."""
+        if all(getattr(p, name).all() for p in parts):
+            return np.zeros(rows, bool)
+        return ~cat(name)
+
     def strings(name: str) -> pd.arrays.ArrowStringArray:
         return pd.arrays.ArrowStringArray(pa.chunked_array([getattr(p, name) for p in parts]))
 
     codes, names = unify([p.event for p in parts])
     event = cache.sorted_categorical(codes, names)
+    if any(p.lost_ok.any() for p in parts):
+        lost = pd.arrays.IntegerArray(cat("lost"), ~cat("lost_ok"))
+    else:  # no lost-events marker: all missing
+        lost = pd.arrays.IntegerArray(np.zeros(rows, np.int64), np.ones(rows, bool))
     df = pd.DataFrame(
         {
             "ts": cat("ts"),
-            "cpu": pd.arrays.IntegerArray(cat("cpu"), ~cat("cpu_ok")),
+            "cpu": pd.arrays.IntegerArray(cat("cpu"), absent("cpu_ok")),
             "task": strings("task"),
-            "pid": pd.arrays.IntegerArray(cat("pid"), ~cat("pid_ok")),
+            "pid": pd.arrays.IntegerArray(cat("pid"), absent("pid_ok")),
             "flags": strings("flags"),
             "event": event,
             "fields": strings("fields"),
             "line": cat("line").astype(np.int64, copy=False),
-            "lost": pd.arrays.IntegerArray(cat("lost"), ~cat("lost_ok")),
+            "lost": lost,
         },
         copy=False,
     )

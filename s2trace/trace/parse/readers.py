@@ -188,15 +188,16 @@ def trace_notes(events: pd.DataFrame, lines: int) -> tuple[str, ...]:
     ProblemLog and ``--strict`` are for lines that cannot be used."""
     ts = events["ts"].to_numpy(np.float64)
     timed = np.isfinite(ts)
-    finite = np.arange(len(ts)) if timed.all() else np.flatnonzero(timed)
-    if len(finite) < len(ts):
+    finite = None if timed.all() else np.flatnonzero(timed)  # None: every row
+    if finite is not None:
         ts = ts[finite]
     back = np.flatnonzero(ts[1:] < ts[:-1])
     first = None
     if len(back):
-        line = int(events["line"].iloc[finite[back[0] + 1]])
+        row = back[0] + 1 if finite is None else finite[back[0] + 1]
+        line = int(events["line"].iloc[row])
         first = (line, float(ts[back[0] + 1]), float(ts[back[0]]))
-    return notes_text(len(finite), lines, len(back), first)
+    return notes_text(len(ts), lines, len(back), first)
 
 
 def notes_text(

@@ -201,11 +201,11 @@ def _host_rows(
     without blanks, blanks around it; the timestamp as blanks then digits, '.', digits; then
     ``EVENT:`` (no blank in the name) followed by a blank or the line end.
     """
-    long_enough = ch.en[rows] >= ch.st[rows] + t.colon + 3
+    s, en = ch.spans(rows)
+    long_enough = en >= s + t.colon + 3
     if not long_enough.all():  # windows past the end of a short last line would leave the pad
         ok, cols = _host_rows(ch, rows[long_enough], t, first_line)
         return _widen(ok, long_enough), cols
-    s, en = ch.st[rows], ch.en[rows]
     lw = LineWords(ch, s)
     fixed = [(t.dash, DASH), (t.lb - 1, SP), (t.lb, LBR), (t.rb, RBR), (t.dot, DOT)]
     ok = lw.bytes_are([*fixed, (t.colon, COLON), (t.colon + 1, SP)])
@@ -303,11 +303,11 @@ def _hyp_rows(
 ) -> tuple[np.ndarray, EventCols]:
     """Lines of ``rows`` that fit the hypervisor template ``t`` (``[CPU]\\tSECS.USECS: EVENT
     FIELDS``): (fit mask, their columns).  The event name ends at the first blank."""
-    long_enough = ch.en[rows] >= ch.st[rows] + t.colon + 3
+    s, en = ch.spans(rows)
+    long_enough = en >= s + t.colon + 3
     if not long_enough.all():  # as in _host_rows
         ok, cols = _hyp_rows(ch, rows[long_enough], t, first_line)
         return _widen(ok, long_enough), cols
-    s, en = ch.st[rows], ch.en[rows]
     lw = LineWords(ch, s)
     fixed = [(0, LBR), (t.rb, RBR), (t.rb + 1, TAB), (t.dot, DOT)]
     ok = lw.bytes_are([*fixed, (t.colon, COLON), (t.colon + 1, SP)])

@@ -2,10 +2,11 @@
 
 A chunk is the text of whole lines, in a buffer with :data:`FRONT` zero bytes before it and a
 final newline then :data:`BACK` zero bytes after it (:func:`padded`), so that 64-bit words read
-a little before or after any position stay in bounds.  :class:`Chunk` gives the line spans and
-the tests the scanners make at many positions at once: eight bytes at a time in 64-bit words
-(SWAR: bit 7 of each byte is its flag), numbers decoded the same way, and text cut out as Arrow
-string views over the buffer.
+a little before or after any position stay in bounds.  :class:`Chunk` gives the line spans,
+numbers and text cut out as Arrow string views over the buffer; :class:`LineWords` the tests a
+column template makes at fixed offsets from many line starts at once, from 64-byte blocks
+gathered once per line: eight bytes at a time in 64-bit words (SWAR: bit 7 of each byte is its
+flag), numbers decoded the same way.
 """
 
 from __future__ import annotations
@@ -185,38 +186,6 @@ class Chunk:
             return self.st, self.en
         return self.st[rows], self.en[rows]
 
-    def masks(self, start: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Bit masks over the ``width`` (<= 64) bytes from each start: (digits, spaces,
-        blanks), blanks being any byte <= 0x20 (space, tab, line end, control)."""
-        digit = np.zeros(len(start), U)
-        space = np.zeros(len(start), U)
-        blank = np.zeros(len(start), U)
-        for k in range(-(-width // 8)):
-            w = self.words[start + 8 * k]
-            x = w ^ SWAR_ASCII0
-            shift = U(8 * k)
-            digit |= movemask(~(above(x, 9)) & SWAR_FLAGS) << shift
-            space |= movemask(zero_bytes(w ^ (BYTES * U(SP)))) << shift
-            blank |= movemask(~above(w, SP) & SWAR_FLAGS) << shift
-        full = U(0xFFFFFFFFFFFFFFFF) if width >= 64 else low_bits(width)
-        return digit & full, space & full, blank & full
-
-    def find(self, start: np.ndarray, width: int, byte: int) -> np.ndarray:
-        """Offset of the first ``byte`` in the ``width`` (<= 64) bytes from each start
-        (``width`` or more when there is none).  Eight bytes per round, each round only for
-        the rows still searching."""
-        found = np.full(len(start), 64, np.int64)
-        todo = np.arange(len(start))
-        pattern = BYTES * U(byte)
-        for k in range(-(-width // 8)):
-            if not len(todo):
-                break
-            hits = movemask(zero_bytes(self.words[start[todo] + 8 * k] ^ pattern))
-            got = hits != 0
-            found[todo[got]] = 8 * k + ctz(hits[got])
-            todo = todo[~got]
-        return found
-
     def decimal(self, end: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Value of the ``length`` (1-16) decimal digits ending before ``end``, and whether they
         all are digits.  SWAR: eight digits per 64-bit word in three multiply steps."""
@@ -336,8 +305,7 @@ class LineWords:
     the bytes from 8 before each start on are gathered once, 64 at a time (a gather is the
     costly step, one random access per line, and costs about the same for 8 bytes or 64),
     and every byte test, mask and number is cut out of those words with shifts,
-    elementwise.  Words past the line end read the next lines or the chunk's zero padding,
-    as :meth:`Chunk.masks` does.
+    elementwise.  Words past the line end read the next lines or the chunk's zero padding.
     """
 
     def __init__(self, ch: Chunk, start: np.ndarray) -> None:
@@ -390,8 +358,9 @@ class LineWords:
         return ok
 
     def masks(self, off: int, width: int, kinds: str = "dsb") -> list[np.ndarray]:
-        """:meth:`Chunk.masks` of the ``width`` (<= 64) bytes at ``off`` from each start,
-        only the kinds asked for (``d`` digits, ``s`` spaces, ``b`` blanks), in that order."""
+        """Bit masks (bit i for byte i) over the ``width`` (<= 64) bytes at ``off`` from each
+        start, only the kinds asked for, in that order: ``d`` digits, ``s`` spaces, ``b``
+        blanks (any byte <= 0x20: space, tab, line end, control)."""
         full = U(0xFFFFFFFFFFFFFFFF) if width >= 64 else low_bits(width)
         out = []
         for kind in kinds:
@@ -450,8 +419,9 @@ class LineWords:
         return value
 
     def find(self, off: int, width: int, byte: int) -> np.ndarray:
-        """:meth:`Chunk.find` of ``byte`` in the ``width`` (<= 64) bytes at ``off`` from each
-        start; eight bytes per round, until every line has found it."""
+        """Offset of the first ``byte`` in the ``width`` (<= 64) bytes at ``off`` from each
+        start (eight times the rounds, ``width`` or more, where there is none); eight bytes
+        per round, until every line has found it."""
         n = len(self.start)
         todo = np.ones(n, bool)  # not found yet
         before = np.zeros(n, np.int64)  # rounds before the one that found it

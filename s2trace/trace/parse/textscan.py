@@ -5,10 +5,10 @@ matched with the layout regexes to learn where the columns are (a template,
 :mod:`s2trace.trace.parse.templates`); every line is then checked and split at the template's
 offsets with vectorised byte tests, eight bytes at a time in 64-bit words (SWAR), numbers are
 decoded the same way, and the text columns are built as Arrow string views over the chunk and
-copied out once (event names only dictionary-encoded).  Lines no template fits (a longer
-timestamp, an unusual pid width, a marker, a header) go to a second pass with Arrow's RE2
-``extract_regex``; what that rejects is malformed.  No Python object is made per line (only
-per malformed line, for its Problem).
+copied out (then trimmed by Arrow; event names only dictionary-encoded).  Lines no template
+fits (a longer timestamp, an unusual pid width, a marker, a header) go to a second pass with
+Arrow's RE2 ``extract_regex``; what that rejects is malformed.  No Python object is made per
+line (only per malformed line, for its Problem).
 """
 
 from __future__ import annotations

@@ -65,16 +65,43 @@ def write_trace(path: Path, lines: int, pages: int, seed: int = 1) -> None:
 
 
 CHILD = r"""
-import re, resource, sys, time
+import importlib, re, resource, sys, threading, time
 from s2trace.jobs.analyze import analyze
+mod = importlib.import_module("s2trace.jobs.analyze")
+stage, peaks, done = ["start"], {}, []
+
+def rss():
+    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read())[1]) // 1024
+
+def sample():  # the resident set every 20 ms, the peak of each stage
+    while not done:
+        peaks[stage[0]] = max(peaks.get(stage[0], 0), rss())
+        time.sleep(0.02)
+
+def staged(name, f):
+    def run(*a, **k):
+        stage[0] = name
+        try:
+            return f(*a, **k)
+        finally:
+            stage[0] = "after " + name
+    return run
+
+for name in ("stream_trace", "transitions_of_table", "transition_store", "replay"):
+    if hasattr(mod, name):
+        setattr(mod, name, staged(name, getattr(mod, name)))
+threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
 stream = None if sys.argv[2] == "auto" else False
 r = analyze(sys.argv[1], kernel="6.12", use_cache=False, progress=False, stream=stream)
 wall = time.perf_counter() - t  # (the trace states no kernel)
+done.append(1)
 ru = resource.getrusage(resource.RUSAGE_SELF)
 hwm = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1]) // 1024
-print(wall, r.meta["events"], len(r.transitions), len(r.intervals), len(r.violations), hwm,
+m = r.meta  # counts without loading the tables (a streamed analysis keeps them on disk)
+print(wall, m["events"], m["transitions"], m["intervals"], m["violations"], hwm,
       ru.ru_utime, ru.ru_stime)
+print(";".join(f"{k}={v}" for k, v in peaks.items()))
 """
 
 
@@ -101,7 +128,8 @@ def main() -> None:
             capture_output=True,
             text=True,
             check=True,
-        ).stdout.split()
+        ).stdout.splitlines()
+    stages, out = out[1], out[0].split()
     wall, user, system = float(out[0]), float(out[6]), float(out[7])
     events, trans, intervals, violations, hwm = map(int, out[1:6])
     print(
@@ -113,6 +141,7 @@ def main() -> None:
         f"intervals {intervals}, violations {violations}"
     )
     print(f"peak RSS (fresh process): {hwm} MiB")
+    print("peak RSS by stage (MiB, sampled every 20 ms):", stages.replace(";", ", "))
     if violations:
         raise SystemExit("the synthetic cycle is legal: violations mean a replay bug")
 

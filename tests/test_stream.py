@@ -13,7 +13,7 @@ import pytest
 from s2trace.errors import StrictError
 from s2trace.jobs import analyze
 from s2trace.synth import generate
-from s2trace.trace import stream
+from s2trace.trace import spill, stream
 from s2trace.trace.recipes import load_recipes
 from s2trace.trace.replay import chunks
 from s2trace.trace.stream import kept_events, stream_trace
@@ -23,7 +23,10 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample-traces"
 
 
 def _same(whole, streamed) -> None:
+    assert streamed.meta["transitions"] == len(whole.transitions)  # counted without loading
+    assert streamed.meta["intervals"] == len(whole.intervals)
     pd.testing.assert_frame_equal(whole.transitions, streamed.transitions)
+    pd.testing.assert_frame_equal(whole.timeline.transitions, streamed.timeline.transitions)
     pd.testing.assert_frame_equal(whole.intervals, streamed.intervals)
     pd.testing.assert_frame_equal(whole.violations, streamed.violations)
     assert [(p.kind, p.where, p.detail) for p in whole.problems] == [
@@ -33,15 +36,28 @@ def _same(whole, streamed) -> None:
     assert whole.kernel == streamed.kernel
 
 
-def _both(path, monkeypatch, chunk: int, replay_chunk: int = 3, **kw):
+def _both(path, monkeypatch, chunk: int, replay_chunk: int = 3, spilled: bool | None = None,
+          **kw):  # fmt: skip
     """The whole analysis and the streamed one, parsed ``chunk`` bytes and replayed
-    ``replay_chunk`` transitions at a time."""
+    ``replay_chunk`` transitions at a time; ``spilled``: whether the streamed transitions
+    must (True) or must not (False) have gone to disk."""
     whole = analyze(path, use_cache=False, stream=False, **kw)
     monkeypatch.setattr(stream, "STREAM_CHUNK", chunk)
     monkeypatch.setattr(chunks, "REPLAY_CHUNK", replay_chunk)
+    monkeypatch.setattr(spill, "BATCH", 2)  # read back two rows at a time
+    stores = []
+    real = analyze_mod.transition_store
+
+    def spy(*a, **kw):
+        stores.append(real(*a, **kw))
+        return stores[-1]
+
+    monkeypatch.setattr(analyze_mod, "transition_store", spy)
     streamed = analyze(path, use_cache=False, stream=True, **kw)
     n = len(whole.transitions)
     assert streamed.timeline.meta["replay_chunks"] == -(-n // replay_chunk)  # chunks were used
+    if spilled is not None:
+        assert bool(stores) == spilled
     return whole, streamed
 
 
@@ -51,7 +67,9 @@ def _both(path, monkeypatch, chunk: int, replay_chunk: int = 3, **kw):
 )
 @pytest.mark.parametrize("chunk", [150, 4096])
 def test_bundled_captures_stream_alike(sample, chunk, monkeypatch):
-    whole, streamed = _both(SAMPLES / sample, monkeypatch, chunk)
+    # the lifecycle capture's memcaches read every recipe's reclaims: read again, not spilled
+    spilled = sample != "qemu-pkvm-7.3-lifecycle"
+    whole, streamed = _both(SAMPLES / sample, monkeypatch, chunk, spilled=spilled)
     assert len(whole.transitions)
     _same(whole, streamed)
     pd.testing.assert_frame_equal(whole.events, streamed.events)  # parsed again, whole
@@ -61,8 +79,9 @@ def test_bigguest_capture_streams_alike(monkeypatch):
     """65,536 memcache top-ups, compressed: the memcache stacks and donation runs span many
     chunks."""
     whole, streamed = _both(
-        SAMPLES / "qemu-pkvm-7.3-bigguest-nofreepages", monkeypatch, 1 << 16, replay_chunk=997
-    )
+        SAMPLES / "qemu-pkvm-7.3-bigguest-nofreepages", monkeypatch, 1 << 16, replay_chunk=997,
+        spilled=False,
+    )  # fmt: skip
     assert len(whole.transitions) > 1000
     _same(whole, streamed)
 
@@ -70,7 +89,7 @@ def test_bigguest_capture_streams_alike(monkeypatch):
 @pytest.mark.parametrize("scenario", ["vm-lifecycle", "ffa"])
 def test_synthetic_scenarios_stream_alike(scenario, tmp_path, monkeypatch):
     folder = generate(scenario, tmp_path, size=150, seed=3)
-    whole, streamed = _both(folder, monkeypatch, 300)
+    whole, streamed = _both(folder, monkeypatch, 300, spilled=True)
     assert len(whole.transitions) > 100
     _same(whole, streamed)
 
@@ -118,7 +137,7 @@ def _damaged_trace(path: Path) -> Path:
 @pytest.mark.parametrize("chunk", [40, 130, 1 << 20])
 def test_damage_lost_markers_and_order_stream_alike(chunk, tmp_path, monkeypatch):
     path = _damaged_trace(tmp_path / "t.txt")
-    whole, streamed = _both(path, monkeypatch, chunk, kernel="6.12")
+    whole, streamed = _both(path, monkeypatch, chunk, kernel="6.12", spilled=True)
     _same(whole, streamed)
     kinds = [(p.kind, p.detail.split(":")[-1].strip()[:14]) for p in whole.problems]
     assert kinds[0][0] == "malformed_line"

@@ -37,9 +37,10 @@ from s2trace.trace.parse.readers import read_trace
 from s2trace.trace.recipes import load_recipes, to_transitions
 from s2trace.trace.recipes.engine import transitions_of_table
 from s2trace.trace.recipes.hypercalls import hypercall_table
-from s2trace.trace.recipes.settle import settle_by_map
+from s2trace.trace.recipes.settle import UNCERTAIN_PREFIX, settle_by_map
 from s2trace.trace.replay import Timeline, chunks, replay
-from s2trace.trace.stream import StreamedTrace, stream_trace
+from s2trace.trace.spill import TransitionStore
+from s2trace.trace.stream import StreamedTrace, spill_safe, stream_trace, transition_store
 
 __all__ = ["Analysis", "analyze", "parse_time"]
 
@@ -50,11 +51,14 @@ class Analysis:
 
     ``events``: the EVENTS table; a trace read in bounded memory (:mod:`s2trace.trace.stream`)
     is parsed again, whole, the first time they are asked for (``_events`` is then how).
+    ``transitions``: the TRANSITIONS table; a streamed trace's are on disk
+    (:class:`~s2trace.trace.spill.TransitionStore`) and loaded whole the first time they are
+    asked for (``meta["transitions"]`` counts them without loading).
     """
 
     source: Path
     _events: pd.DataFrame | Callable[[], pd.DataFrame] = field(repr=False)
-    transitions: pd.DataFrame
+    _transitions: pd.DataFrame | TransitionStore = field(repr=False)
     timeline: Timeline
     problems: ProblemLog
     kernel: str | None = None
@@ -65,6 +69,12 @@ class Analysis:
         if callable(self._events):
             self._events = self._events()
         return self._events
+
+    @property
+    def transitions(self) -> pd.DataFrame:
+        if isinstance(self._transitions, TransitionStore):
+            self._transitions = self._transitions.frame()
+        return self._transitions
 
     @property
     def intervals(self) -> pd.DataFrame:
@@ -206,10 +216,11 @@ def analyze(
     every = load_recipes(list(recipes))
     streamed: StreamedTrace | None = None
     stream_replay = _streams(source, stream, hyp_trace)
+    given_map = linear_map  # what the row-local recipes were read with
     if stream_replay:
         streamed = stream_trace(
             source, every, strict=strict, progress=progress, linear_map=linear_map,
-            page_size=page_size,
+            page_size=page_size, spill=True,
         )  # fmt: skip
         trace_problems, notes, fmt, lines = (
             streamed.problems,
@@ -256,19 +267,28 @@ def analyze(
     meta["kernel_family"] = choice.header()
     meta["kernel_source"] = choice.source
     recipe_set = every.for_kernel(kernel)
-    ignored = ignored_events(events, every, recipe_set)
+    ignored = ignored_events(
+        events, every, recipe_set, counts=streamed.counts if streamed is not None else None
+    )
     if ignored:
         meta["ignored_events"] = ", ".join(f"{e} x{n}" for e, n in sorted(ignored.items()))
     if linear_map is None:
         linear_map, how = linear_map_from_trace(events, page_size)
         if linear_map is not None:
             meta["linear_map_source"] = f"inferred from the trace: {how}"
+    transitions: pd.DataFrame | TransitionStore
     if streamed is not None:
         if page_size <= 0 or page_size & (page_size - 1):
             raise InputError(f"page size {page_size}: expected a power of two")
-        transitions, recipe_problems = transitions_of_table(
+        chosen = recipe_set.for_kernel(kernel)
+        if not spill_safe(streamed, chosen):  # a pass reads the spilled rows: keep them
+            streamed = stream_trace(
+                source, every, strict=strict, progress=progress, linear_map=given_map,
+                page_size=page_size,
+            )  # fmt: skip
+        frame, recipe_problems = transitions_of_table(
             streamed.table(),
-            recipe_set.for_kernel(kernel),
+            chosen,
             local=streamed.local,
             linear_map=linear_map,
             page_size=page_size,
@@ -276,8 +296,11 @@ def analyze(
             hypercalls=table,
             progress=progress,
         )
+        transitions = (
+            frame if streamed.spilled is None else transition_store(frame, streamed, every, chosen)
+        )
         streamed = None  # the compact rows: not held into the replay
-        del events
+        del events, frame
     else:
         transitions, recipe_problems = to_transitions(
             events,
@@ -294,9 +317,15 @@ def analyze(
     release_memory()
     found = _grounds(capture, tuple(dump), (dmesg, kallsyms, iomem), page_size, grounds, meta)
     if "at_end" in found:  # what the trace leaves uncertain, the dump may settle
-        transitions, settled = settle_by_map(
-            transitions, found["at_end"], found["end_basis"], page_size
-        )
+        if isinstance(transitions, TransitionStore) and any(
+            c.startswith(UNCERTAIN_PREFIX) for c in transitions.basis
+        ):
+            transitions = transitions.frame()  # rows to settle: the whole table (not bounded)
+        settled = {"dropped": 0}
+        if not isinstance(transitions, TransitionStore):
+            transitions, settled = settle_by_map(
+                transitions, found["at_end"], found["end_basis"], page_size
+            )
         if any(settled.values()):
             meta["settled_by_dump"] = (
                 f"{settled['dropped']} uncertain row(s) never happened, "
@@ -321,6 +350,7 @@ def analyze(
         lines=lines,
         events=n_events,
         transitions=len(transitions),
+        intervals=timeline.meta["intervals"],
         violations=len(timeline.violations),
     )
     if linear_map:

@@ -18,7 +18,7 @@ pairs of a range call and its per-page calls (``kvm_unshare_hyp(from)`` followed
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from s2trace.errors import InputError
 from s2trace.pkvm.rules import kernel_family, parse_kernel, rule_table
 from s2trace.trace.recipes.model import RecipeSet
 from s2trace.trace.recipes.probes import PROBES
+from s2trace.trace.spill import TransitionStore
 
 __all__ = [
     "KernelChoice",
@@ -166,18 +167,21 @@ def _rules(version: Version, keys: Iterable[tuple[str, str | None, str | None]])
     return tuple(out)
 
 
-def confirm_alike(choice: KernelChoice, transitions: pd.DataFrame) -> None:
+def confirm_alike(choice: KernelChoice, transitions: pd.DataFrame | TransitionStore) -> None:
     """Raise InputError when the families ``choice`` could not tell apart replay these
     transitions differently (a transition one of them refuses or lacks)."""
     if len(choice.alike) < 2:
         return
-    keys = {
-        (str(o), None if pd.isna(i) else str(i), None if pd.isna(c) else str(c))
-        for o, i, c in transitions[["op", "initiator", "completer"]]
-        .astype("object")
-        .drop_duplicates()
-        .itertuples(index=False)
-    }
+    if isinstance(transitions, TransitionStore):
+        keys = transitions.combos()
+    else:
+        keys = {
+            (str(o), None if pd.isna(i) else str(i), None if pd.isna(c) else str(c))
+            for o, i, c in transitions[["op", "initiator", "completer"]]
+            .astype("object")
+            .drop_duplicates()
+            .itertuples(index=False)
+        }
     first = _rules(choice.alike[0], keys)
     if any(_rules(v, keys) != first for v in choice.alike[1:]):
         names = ", ".join(kernel_family(v).split(":")[0] for v in choice.alike)
@@ -241,11 +245,20 @@ def choose_kernel(
     return KernelChoice(_v(lo), kernel_family(lo), "trace events", tuple(note), tuple(versions))
 
 
-def ignored_events(events: pd.DataFrame, every: RecipeSet, chosen: RecipeSet) -> dict[str, int]:
-    """Events that a recipe of another kernel reads but none of ``chosen`` does, counted."""
+def ignored_events(
+    events: pd.DataFrame,
+    every: RecipeSet,
+    chosen: RecipeSet,
+    counts: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Events that a recipe of another kernel reads but none of ``chosen`` does, counted
+    (``counts``: events per name, when ``events`` holds only some of the trace's)."""
     mine = {r.event for r in chosen}
     others = {r.event for r in every} - mine
-    counts = events["event"].astype("category").value_counts()
+    if counts is None:
+        counts = {
+            str(e): int(n) for e, n in events["event"].astype("category").value_counts().items()
+        }
     return {str(e): int(n) for e, n in counts.items() if e in others and n}
 
 

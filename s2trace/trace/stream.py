@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,8 +55,27 @@ from s2trace.trace.recipes.engine import LocalRows, is_row_local
 from s2trace.trace.recipes.model import Recipe, RecipeSet
 from s2trace.trace.recipes.pin import ENTER, EXIT, HCALL
 from s2trace.trace.recipes.related import EventTable
+from s2trace.trace.recipes.rowset import RowSet
+from s2trace.trace.spill import (
+    COMPACT,
+    Run,
+    Spill,
+    TransitionStore,
+    batch_of,
+    compact,
+    is_sorted,
+    replay_key,
+)
 
-__all__ = ["STREAM_CHUNK", "StreamedTrace", "kept_events", "stream_trace"]
+__all__ = [
+    "STREAM_CHUNK",
+    "StreamedTrace",
+    "kept_events",
+    "spill_safe",
+    "spillable",
+    "stream_trace",
+    "transition_store",
+]
 
 #: Bytes parsed per chunk (module attribute, read at each call: tests shrink it to a few lines).
 STREAM_CHUNK = 16 << 20
@@ -82,6 +102,12 @@ class StreamedTrace:
     n_events: int
     notes: tuple[str, ...] = ()
     counts: dict[str, int] = field(default_factory=dict)
+    #: the rows of the spilled row-local recipes (``spill=True``), compact columns with
+    #: ``recipe`` the recipe's position in ``every``, in (event, recipe) order; whether that
+    #: is replay order too (time never goes back between them)
+    spilled: Spill | None = None
+    spilled_sorted: bool = True
+    spilled_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def table(self) -> EventTable:
         return EventTable.of(self.events, self.index, self.lost_ts)
@@ -104,15 +130,27 @@ def _roles(r: Recipe) -> set[str]:
     return out
 
 
-def kept_events(every: RecipeSet, linear_map: tuple[int, int] | None) -> tuple[set[str], set[str]]:
+def spillable(every: RecipeSet, linear_map: tuple[int, int] | None) -> list[Recipe]:
+    """The row-local recipes whose rows no other recipe reads (no ``covered_by`` names them):
+    with ``spill=True`` they go to disk as transitions and their events are not kept."""
+    covering = {r.covered_by for r in every if r.covered_by is not None}
+    return [r for r in every if is_row_local(r, linear_map) and r.name not in covering]
+
+
+def kept_events(
+    every: RecipeSet, linear_map: tuple[int, int] | None, spilled: Sequence[Recipe] = ()
+) -> tuple[set[str], set[str]]:
     """(events kept as compact rows, events whose ``fields`` text is kept too); ``s2_`` kprobe
-    events are kept as well (their first event with its text)."""
+    events are kept as well (their first event with its text); the anchors of ``spilled``
+    recipes only when some other recipe reads them."""
     related = {LOST_EVENT, HCALL, ENTER, EXIT}
     anchors = set()
+    gone = {id(r) for r in spilled}
     for r in every:
         related |= _roles(r)
         if is_row_local(r, linear_map):
-            anchors.add(r.event)
+            if id(r) not in gone:
+                anchors.add(r.event)
         else:
             related.add(r.event)
     return related | anchors, related
@@ -181,6 +219,7 @@ def stream_trace(
     progress: bool | None = None,
     linear_map: tuple[int, int] | None = None,
     page_size: int = 4096,
+    spill: bool = False,
 ) -> StreamedTrace:
     """Read a text trace chunk by chunk into a :class:`StreamedTrace` (module docstring).
 
@@ -188,6 +227,11 @@ def stream_trace(
     the kept events); ``linear_map``, when known before the trace is read, lets recipes that
     read kernel linear-map addresses run chunk by chunk too.  Damage is recorded as
     :func:`~s2trace.trace.parse.readers.read_trace` records it.
+
+    ``spill``: the rows of the recipes :func:`spillable` names become compact transition rows
+    on disk chunk by chunk (``StreamedTrace.spilled``) and their events are not kept (only the
+    first of each name, which the kernel choice looks for); their problems are kept as they
+    are without ``spill``.
     """
     if not os.path.lexists(path):
         raise InputError(f"{shown(path)}: no such trace file")
@@ -195,9 +239,17 @@ def stream_trace(
     kind = fmt or detect_format(src)
     if kind not in TEXT_FORMATS:
         raise InputError(f"{shown(path)}: a {kind} file is read whole, not streamed")
-    keep, texts = kept_events(every, linear_map)
+    spilled = spillable(every, linear_map) if spill else []
+    keep, texts = kept_events(every, linear_map, spilled)
     local_recipes = [r for r in every if is_row_local(r, linear_map)]
     local = {id(r): LocalRows() for r in local_recipes}
+    position = {id(r): i for i, r in enumerate(every)}
+    gone = {id(r) for r in spilled}
+    first_only = {r.event for r in spilled} - keep  # their first event only, without text
+    out = Spill("rows") if spill else None
+    last_key: tuple | None = None
+    in_order = True
+    per_recipe = np.zeros(len(every), np.int64)
     log = ProblemLog(strict=strict)
     notes, lost_times = _Notes(), _LostTimes()
     parts: list[EventCols] = []
@@ -232,7 +284,11 @@ def stream_trace(
             wanted = np.array([n in keep or n.startswith("s2_") for n in names] or [False])
             with_text = np.array([n in texts for n in names] or [False])
             first = [i for i, n in enumerate(names) if n not in text_seen and n not in texts]
-            rows = np.flatnonzero(wanted[code])
+            mask = wanted[code]
+            for i, n in enumerate(names):
+                if n in first_only and n not in text_seen and not wanted[i]:
+                    mask[int(np.argmax(code == i))] = True  # first kept; text below
+            rows = np.flatnonzero(mask)
             lost = (
                 np.flatnonzero(code == names.index(LOST_EVENT)) if LOST_EVENT in names else rows[:0]
             )
@@ -241,16 +297,28 @@ def stream_trace(
             for i in first:  # the first event of each name keeps its text
                 text_rows[int(np.argmax(code == i))] = True
                 text_seen.add(names[i])
-            if local_recipes and len(rows):
-                present = {names[i] for i in np.unique(code[rows]).tolist()}
+            if local_recipes and len(cols):
+                present = {names[i] for i in np.unique(code).tolist()}
                 mine = [r for r in local_recipes if r.event in present]
                 if mine:
                     ev = EventTable.of(events_frame([cols]))
-                    remap = np.cumsum(wanted[code]) - 1 + kept
+                    remap = np.cumsum(mask) - 1 + kept
+                    made = []
                     for r in mine:
-                        local[id(r)].add(r, ev, linear_map, page_size, remap)
+                        got = local[id(r)].add(r, ev, linear_map, page_size,
+                                               None if id(r) in gone else remap)  # fmt: skip
+                        if id(r) in gone and len(got):
+                            made.append(_spilled_columns(got, ev, n_events, position[id(r)]))
+                    if made and out is not None:
+                        part = _in_order({k: np.concatenate([m[k] for m in made]) for k in made[0]})
+                        key = replay_key(part)
+                        in_order = in_order and is_sorted(key, last_key)
+                        last_key = tuple(k[-1].item() for k in key)
+                        out.append(pd.DataFrame(part, copy=False))
+                        per_recipe += np.bincount(part["recipe"], minlength=len(every))
+                    del ev, made
             if len(rows):
-                sub = cols.keep(wanted[code])
+                sub = cols.keep(mask)
                 m = len(sub)
                 nulls = pa.nulls(m, STR)
                 keep_text = text_rows[rows]
@@ -263,6 +331,8 @@ def stream_trace(
                 kept += m
             n_events += len(cols)
     lines = next_line - 1
+    if out is not None:
+        out.end_run()
     events = events_frame(parts)
     return StreamedTrace(
         events=events,
@@ -276,4 +346,91 @@ def stream_trace(
         n_events=n_events,
         notes=notes.notes(lines),
         counts=counts,
+        spilled=out,
+        spilled_sorted=in_order,
+        spilled_counts=per_recipe,
     )
+
+
+def _spilled_columns(rows: RowSet, ev: EventTable, base: int, recipe: int) -> dict[str, np.ndarray]:
+    """Compact transition columns (:data:`~s2trace.trace.spill.COMPACT` but ``basis``) of a
+    row-local recipe's rows over one chunk's table (``base``: the chunk's first event), as
+    :func:`~s2trace.trace.recipes.engine._assemble` makes them; ``recipe``: its position."""
+    n = len(rows.anchor)
+    return {
+        "ts": ev.ts[rows.done],
+        "line": ev.line[rows.done],
+        "event_index": rows.done + base,
+        "op": rows.op.astype(np.int8),
+        "initiator": rows.initiator.astype(np.int8),
+        "completer": rows.completer.astype(np.int8),
+        "addr": rows.start.astype(np.uint64),
+        "size": (rows.stop - rows.start).astype(np.uint64),
+        "vm": rows.vm.astype(np.int64),
+        "vm_ok": rows.vm_ok.astype(bool),
+        "gfn": rows.gfn.astype(np.uint64),
+        "gfn_ok": rows.gfn_ok.astype(bool),
+        "counted": rows.counted.astype(bool),
+        "recipe": np.full(n, recipe, np.int16),
+        "t_earliest": ev.ts[rows.early],
+    }
+
+
+def _in_order(c: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows in (event, recipe) order, as the engine assembles them (ties keep their order)."""
+    order = np.lexsort((c["recipe"], c["event_index"]))
+    return {k: a[order] for k, a in c.items()}
+
+
+def spill_safe(streamed: StreamedTrace, rs: RecipeSet) -> bool:
+    """Whether no recipe of ``rs`` reads the spilled rows in this trace: a memcache recipe
+    that has events and fills (:mod:`~s2trace.trace.recipes.memcache` reads every recipe's
+    reclaims) or a VM teardown that has events (:mod:`~s2trace.trace.recipes.teardown` reads
+    every donation) do; the caller then reads the trace again without spilling."""
+    n = streamed.counts
+    for r in rs:
+        if r.memcache is not None and n.get(r.event, 0) and n.get(r.memcache.fill, 0):
+            return False
+        if r.scope == "vm" and n.get(r.event, 0):
+            return False
+    return True
+
+
+def transition_store(
+    frame: pd.DataFrame, streamed: StreamedTrace, every: RecipeSet, rs: RecipeSet
+) -> TransitionStore:
+    """The TRANSITIONS of a trace streamed with ``spill=True``, on disk in replay order:
+    ``frame`` (what the recipe engine assembled from the compact rows: every recipe of
+    ``rs`` but the spilled ones) merged with the spilled rows of the recipes in ``rs``."""
+    recipes = [str(c) for c in frame["recipe"].cat.categories]
+    basis = [str(c) for c in frame["basis"].cat.categories]
+    final = np.full(len(every), -1, np.int16)
+    bcode = np.zeros(len(every), np.int16)
+    chosen = set(rs.names)
+    for i, r in enumerate(every):
+        if r.name in chosen and r.name in recipes:
+            final[i] = recipes.index(r.name)
+            bcode[i] = basis.index(r.basis)
+    mine = batch_of(compact(frame, recipes, basis))
+    runs: list[Run] = [lambda: iter([mine])]
+    known: list[bool | None] = [None]
+    n = len(frame)
+    spill = streamed.spilled
+    if spill is not None and spill.runs:
+
+        def spilled() -> Iterator[pa.RecordBatch]:
+            for b in spill.run(0):
+                c = {name: b.column(i).to_numpy(zero_copy_only=False)
+                     for i, name in enumerate(b.schema.names)}  # fmt: skip
+                code = final[c["recipe"]]
+                keep = code >= 0
+                out = {k: a[keep] for k, a in c.items()}
+                out["recipe"] = code[keep]
+                out["basis"] = bcode[c["recipe"]][keep]
+                yield batch_of({k: out[k] for k in COMPACT})
+
+        runs.append(spilled)
+        known.append(streamed.spilled_sorted)
+        per = streamed.spilled_counts
+        n += int(per[: len(final)][final[: len(per)] >= 0].sum())
+    return TransitionStore(runs, n, recipes, basis, known)

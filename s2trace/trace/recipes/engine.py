@@ -191,18 +191,20 @@ class LocalRows:
         ev: EventTable,
         linear_map: tuple[int, int] | None,
         page: int,
-        remap: np.ndarray,
-    ) -> None:
-        """Evaluate ``r`` over one chunk's table; anchors become ``remap[anchor]``."""  # fmt: skip
+        remap: np.ndarray | None,
+    ) -> RowSet:
+        """Evaluate ``r`` over one chunk's table; anchors become ``remap[anchor]`` and the rows
+        are kept; with ``remap`` None they are returned (rows of the chunk's table) instead."""
         logs = [ProblemLog() for _ in range(4)]
         rows = _apply(r, ev, linear_map, page, logs[0], label_logs=logs[1:])
         for g, lg in zip(self.groups, logs, strict=True):
             g.extend(lg)
-        if len(rows):
+        if len(rows) and remap is not None:
             rows.anchor = remap[rows.anchor]
             rows.done = remap[rows.done]
             rows.early = remap[rows.early]
             self.parts.append(rows)
+        return rows
 
 
 #: Rows evaluated at once: field text is held only for one batch (bounded memory).

@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from s2trace.columns import TRANSITIONS
 from s2trace.errors import InputError, ProblemLog, StrictError
 from s2trace.pkvm.rules import kernel_family, parse_kernel, rule_table
 from s2trace.trace.replay.chunks import replay_chunks
@@ -100,6 +101,7 @@ from s2trace.trace.replay.rows import (
     _SHARED_GUEST,
     _SHARED_HYP,
     _STATE_INDEX,
+    TRACE_BASIS,
     _codes,
     _problem,
     _Rows,
@@ -120,6 +122,7 @@ from s2trace.trace.replay.tables import (
     _untouched_pieces,
     _violations,
 )
+from s2trace.trace.spill import Spill, TransitionStore
 
 __all__ = ["ASSUMED", "PRECONDITION", "InitialRange", "Timeline", "replay"]
 
@@ -150,15 +153,34 @@ class Timeline:
     (``initial_unknown_state``: (addr, size) pairs, replayed as owned) and recorded problems.
     """
 
-    intervals: pd.DataFrame
+    _intervals: pd.DataFrame | Spill = field(repr=False)
     violations: pd.DataFrame
     page_size: int
     meta: dict[str, Any] = field(default_factory=dict)
-    transitions: pd.DataFrame | None = None
+    _transitions: pd.DataFrame | TransitionStore | None = field(default=None, repr=False)
+
+    @property
+    def intervals(self) -> pd.DataFrame:
+        """INTERVALS (a replay in chunks keeps them on disk: loaded whole when first asked)."""
+        if isinstance(self._intervals, Spill):
+            frame = self._intervals.frame()
+            self._intervals.close()
+            object.__setattr__(self, "_intervals", frame)
+        assert isinstance(self._intervals, pd.DataFrame)
+        return self._intervals
+
+    @property
+    def transitions(self) -> pd.DataFrame | None:
+        """The replayed TRANSITIONS in replay order (loaded whole when first asked if they
+        are on disk)."""
+        if isinstance(self._transitions, TransitionStore):
+            object.__setattr__(self, "_transitions", self._transitions.replay_frame())
+        assert not isinstance(self._transitions, TransitionStore)
+        return self._transitions
 
 
 def replay(
-    transitions: pd.DataFrame,
+    transitions: pd.DataFrame | TransitionStore,
     *,
     initial: pd.DataFrame | Sequence[InitialRange] | None = None,
     page_size: int = 4096,
@@ -200,7 +222,10 @@ def replay(
     ``chunk``: replay that many transitions at a time, carrying every page's state, counters
     and open interval from chunk to chunk (:mod:`~s2trace.trace.replay.chunks`): the same
     INTERVALS, VIOLATIONS, problems and end check in bounded working memory (a tqdm bar on
-    standard error when it is a TTY, or ``progress=True``); ``None``: all at once.
+    standard error when it is a TTY, or ``progress=True``); ``None``: all at once.  The
+    INTERVALS of a replay in chunks stay on disk until asked for (``meta["intervals"]`` counts
+    them).  ``transitions`` may be a :class:`~s2trace.trace.spill.TransitionStore` (already in
+    replay order, read a chunk at a time; ``chunk`` None: loaded whole).
     """
     if page_size <= 0 or page_size & (page_size - 1):
         raise InputError(f"page size {page_size}: expected a power of two")
@@ -214,22 +239,36 @@ def replay(
     end, boot_init, _ = _unify(end, boot_init)
     ground = _overlay(init, _overlay(end, boot_init, vague_under=True))
     table = rule_table(version, extras)
-    tr = _sorted(transitions)
+    if isinstance(transitions, TransitionStore) and chunk is None:
+        transitions = transitions.frame()
     default = (
         f"{end_basis} (no entry: the host's, not mapped yet)" if at_end is not None else ASSUMED
     )
     texts = _replace_texts(ground, (*ground.texts, PRECONDITION, default))
     if chunk is not None:
+        kept: pd.DataFrame | TransitionStore = transitions
+        if isinstance(transitions, TransitionStore):
+            src: pd.DataFrame | TransitionStore = transitions
+            row_texts = list(transitions.basis)
+        else:
+            kept = _sorted(transitions)
+            src, row_texts = _categorical_basis(kept)
         intervals, violations, counts = replay_chunks(
-            tr, table, page_size, log, explicit=init, ground=ground, end=end, texts=texts,
-            precondition=precondition, chunk=chunk, scan_cap=_SCAN_COUNT_CAP,
-            kernel=str(kernel), strict=strict, progress=progress,
+            src, table, page_size, log, explicit=init, ground=ground, end=end, texts=texts,
+            row_texts=row_texts, precondition=precondition, chunk=chunk,
+            scan_cap=_SCAN_COUNT_CAP, kernel=str(kernel), strict=strict, progress=progress,
         )  # fmt: skip
         check = counts.pop("end_check", None)
-        meta = _meta(kernel, version, init, tr, intervals, violations, log, default, counts)
+        lost_rows = counts.pop("lost_rows")
+        if lost_rows is None:
+            lost_rows = TRANSITIONS.empty() if isinstance(src, TransitionStore) else src.iloc[:0]
+        meta = _meta(kernel, version, init, len(src), lost_rows, counts.pop("intervals"),
+                     violations, log, default, counts)  # fmt: skip
         if at_end is not None:
             meta["end_check"] = {"map": end_basis, **(check or {})}
-        return Timeline(intervals, violations, page_size, meta, tr)
+        return Timeline(intervals, violations, page_size, meta, kept)
+    assert isinstance(transitions, pd.DataFrame)
+    tr = _sorted(transitions)
     rows = _rows(tr, table, page_size, log)
     cuts = np.concatenate([ground.start, ground.stop, init.start, init.stop, end.start, end.stop])
     ent = _explode(rows, cuts)
@@ -241,7 +280,7 @@ def replay(
         v = violations.iloc[0]
         raise StrictError(f"--strict: violation at line {v['line']}: {v['check']}: {v['detail']}")
     meta = _meta(
-        kernel, version, init, tr, intervals, violations, log, default,
+        kernel, version, init, len(tr), _lost_rows(tr), len(intervals), violations, log, default,
         {"pages": ent.pages, "sequential_rows": out.sequential_rows,
          "loop_engine_pages": out.loop_pages},
     )  # fmt: skip
@@ -250,12 +289,28 @@ def replay(
     return Timeline(intervals, violations, page_size, meta, tr)
 
 
+def _lost_rows(tr: pd.DataFrame) -> pd.DataFrame:
+    return tr[(tr["op"] == "lost").to_numpy(dtype=bool, na_value=False)]
+
+
+def _categorical_basis(tr: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``tr`` with a categorical ``basis`` (every chunk's codes then index the same texts),
+    and those texts (:data:`~.rows.TRACE_BASIS` last when some row has none)."""
+    if not isinstance(tr["basis"].dtype, pd.CategoricalDtype):
+        tr = tr.assign(basis=tr["basis"].astype("category"))
+    texts = [str(c) for c in tr["basis"].cat.categories]
+    if bool(tr["basis"].isna().any()):
+        texts.append(TRACE_BASIS)
+    return tr, texts
+
+
 def _meta(
     kernel: str,
     version: tuple[int, int],
     init: _Initial,
-    tr: pd.DataFrame,
-    intervals: pd.DataFrame,
+    n: int,
+    lost_rows: pd.DataFrame,
+    n_intervals: int,
     violations: pd.DataFrame,
     log: ProblemLog,
     default: str,
@@ -263,7 +318,6 @@ def _meta(
 ) -> dict[str, Any]:
     """The timeline's ``meta`` (:class:`Timeline`); ``counts``: pages, sequential rows, loop
     engine pages (and, in chunks, how many)."""
-    lost_rows = tr[(tr["op"] == "lost").to_numpy(dtype=bool, na_value=False)]
     return {
         "kernel": str(kernel),
         "version": f"{version[0]}.{version[1]}",
@@ -271,9 +325,9 @@ def _meta(
         "initial": init.source,
         "initial_unknown_state": init.unknown,
         "initial_rows_skipped": init.skipped,
-        "transitions": len(tr),
+        "transitions": n,
         "pages": counts.pop("pages"),
-        "intervals": len(intervals),
+        "intervals": n_intervals,
         "violations": len(violations),
         "violations_by_check": violations["check"].value_counts().loc[lambda s: s > 0].to_dict(),
         "lost": [

@@ -48,11 +48,13 @@ Spilling those to Parquet as chunks finish is the next step (docs/benchmarks.md)
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm import tqdm
 
 from s2trace.columns import VIOLATIONS
@@ -68,8 +70,6 @@ from s2trace.trace.replay.rows import (
     _END,
     _SHARED_GUEST,
     _SHARED_HYP,
-    TRACE_BASIS,
-    _codes,
     _Rows,
     _rows,
 )
@@ -85,6 +85,7 @@ from s2trace.trace.replay.tables import (
     _subtract_pages,
     _violations,
 )
+from s2trace.trace.spill import Spill, TransitionStore, merge_runs
 
 #: Transitions per chunk of a replay in chunks (``replay(chunk=...)``; what
 #: :func:`~s2trace.jobs.analyze` asks for when it reads a trace in bounded memory; read at
@@ -165,7 +166,8 @@ class _Carry(_Ranges):
     @classmethod
     def new(cls) -> _Carry:
         r = _Ranges.empty(base=np.int16, g=np.int64, h=np.int64, sseq=np.int64, inc=bool,
-                          bas=np.int64)  # fmt: skip
+                          bas=np.int64, t0=np.float64, te0=np.float64, l0=np.int64,
+                          e0=np.int64, b0=np.int64)  # fmt: skip
         return cls(r.start, r.stop, r.vals)
 
 
@@ -185,8 +187,30 @@ def _inside(cuts: np.ndarray, rows: _Rows) -> np.ndarray:
     return cuts[live > 0]
 
 
+def _parts(
+    tr: pd.DataFrame | TransitionStore, spans: list[tuple[int, int]], chunk: int
+) -> Iterator[tuple[int, int, pd.DataFrame]]:
+    """(lo, hi, frame) of every chunk of the transitions in replay order."""
+    if isinstance(tr, TransitionStore):
+        for (lo, hi), part in zip(spans, tr.chunks(chunk), strict=True):
+            yield lo, hi, part
+    else:
+        for lo, hi in spans:
+            yield lo, hi, tr.iloc[lo:hi]
+
+
+#: Rows per record batch of the interval runs (one is read per run at a time while merging),
+#: and rows held by the merge of all runs at once (a share each).
+_RUN_BATCH = 1 << 13
+_MERGE_ROWS = 1 << 20
+
+#: The begun values a piece takes from the row that starts it (:class:`~.tables._Begun`),
+#: carried with each page's open interval: ts, t_earliest, line, event_index, basis code.
+_BEGUN = ("t0", "te0", "l0", "e0", "b0")
+
+
 def replay_chunks(
-    tr: pd.DataFrame,
+    tr: pd.DataFrame | TransitionStore,
     table: RuleTable,
     page_size: int,
     log: ProblemLog,
@@ -195,33 +219,45 @@ def replay_chunks(
     ground: _Initial,
     end: _Initial,
     texts: _Initial,
+    row_texts: list[str],
     precondition: bool,
     chunk: int,
     scan_cap: int,
     kernel: str,
     strict: bool,
     progress: bool | None,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(INTERVALS, VIOLATIONS, meta counts) of the sorted TRANSITIONS ``tr``, ``chunk`` rows at
-    a time (module docstring).  ``explicit``/``ground``/``end``: the caller's initial ranges,
-    every range source overlaid, the map taken after the trace; ``texts``: ``ground`` with the
-    basis texts of the intervals (:func:`~s2trace.trace.replay.replay`)."""
+) -> tuple[Spill | pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """(INTERVALS, VIOLATIONS, meta counts) of the TRANSITIONS ``tr`` in replay order (a frame
+    or a :class:`~s2trace.trace.spill.TransitionStore`), ``chunk`` rows at a time (module
+    docstring).  ``explicit``/``ground``/``end``: the caller's initial ranges, every range
+    source overlaid, the map taken after the trace; ``texts``: ``ground`` with the basis texts
+    of the intervals (:func:`~s2trace.trace.replay.replay`); ``row_texts``: the categories of
+    the transitions' ``basis`` (the codes of every chunk index them).  INTERVALS are on disk
+    (a :class:`~s2trace.trace.spill.Spill`), or the frame when there are none; meta
+    ``lost_rows`` holds the lost-events markers' rows."""
     n = len(tr)
-    spans = _chunk_bounds(n, max(1, int(chunk)))
+    chunk = max(1, int(chunk))
+    spans = _chunk_bounds(n, chunk)
     show = sys.stderr.isatty() if progress is None else bool(progress)
     multi = np.zeros(n, dtype=bool)
     painted = _Ranges.empty(pre=np.int64)
     static_cuts = np.concatenate([ground.start, ground.stop, explicit.start, explicit.stop,
                                   end.start, end.stop])  # fmt: skip
     found: list = []
+    lost_rows: list[pd.DataFrame] = []
+    runs = Spill("interval-runs", batch=_RUN_BATCH)
+    out_of = _IntervalMaker(row_texts, texts.texts, table, page_size, runs)
     with tqdm(total=2 * n, unit="tr", unit_scale=True, desc="replaying", file=sys.stderr,
               disable=not show, leave=False) as bar:  # fmt: skip
         # pass 1: row problems, multi-page rows, each page's first state-changing transition
-        for lo, hi in spans:
+        for lo, hi, part in _parts(tr, spans, chunk):
             quiet = ProblemLog()
-            rows = _rows(tr.iloc[lo:hi], table, page_size, quiet)
+            rows = _rows(part, table, page_size, quiet)
             found.extend((_PROBLEM_ORDER.index(p.kind), lo, i, p) for i, p in enumerate(quiet))
             multi[lo:hi] = rows.npages > 1
+            is_lost = (part["op"] == "lost").to_numpy(dtype=bool, na_value=False)
+            if is_lost.any():
+                lost_rows.append(part[is_lost])
             ent = _explode(rows)  # add_new keeps what earlier chunks painted
             segs, pre = first_changes(ent, rows, table)
             painted.add_new(ent.seg_page[segs], ent.seg_len[segs], {"pre": pre})
@@ -231,12 +267,10 @@ def replay_chunks(
         del found
         # pass 2: replay chunk by chunk from the carried state
         carry = _Carry.new()
-        closed: list[_Pieces] = []
         vframes: list[pd.DataFrame] = []
         lost_before = False
         seq_rows = loop_pages = 0
-        for lo, hi in spans:
-            part = tr.iloc[lo:hi]
+        for lo, hi, part in _parts(tr, spans, chunk):
             rows = _rows(part, table, page_size, ProblemLog())
             cuts = _inside(np.concatenate([static_cuts, painted.bounds(), carry.bounds()]), rows)
             ent = _explode(rows, cuts)
@@ -251,17 +285,25 @@ def replay_chunks(
                 first = p.sseq < 0  # one per segment, in segment order
                 last = p.eseq == _END
                 p.inc[first] |= start[3]
+                at = np.where(first, 0, p.sseq)
+                begun = [a[at] for a in (rows.ts, rows.t_earliest, rows.line, rows.event_index,
+                                         rows.basis)]  # fmt: skip
+                for b, carried in zip(begun, start[4:], strict=True):
+                    b[first] = carried
                 p.sseq = np.where(first, 0, p.sseq + lo)
                 p.sseq[first] = start[2]
                 p.eseq = np.where(last, _END, p.eseq + lo)
                 done = p.take(~last)
                 if len(done.pstart):
-                    closed.append(_merge(done, multi))
+                    done = _merge(done, multi)  # every end row lies in this chunk
+                    t_end = rows.ts[done.eseq - lo]
+                    out_of.run(done, _begun_of(done.sseq, p.sseq, begun), t_end)
                 g_after, h_after = _counts_after(ent, rows, out, table)
                 carry.vals["inc"] |= chunk_lost  # pages this chunk does not touch
                 carry.put(ent.seg_page, ent.seg_len, {
                     "base": p.vis[last], "g": g_after, "h": h_after, "sseq": p.sseq[last],
                     "inc": p.inc[last], "bas": p.bas[last],
+                    **{k: b[last] for k, b in zip(_BEGUN, begun, strict=True)},
                 })  # fmt: skip
                 v = _violations(ent, rows, out, part, table, page_size, kernel, False)
                 if len(v):
@@ -273,12 +315,13 @@ def replay_chunks(
                             f"--strict: violation at line {v0['line']}: {v0['check']}: "
                             f"{v0['detail']}"
                         )
-                del ent, out, start, p, done
+                del ent, out, start, p, done, begun
             else:
                 carry.vals["inc"] |= chunk_lost
             lost_before |= chunk_lost
             bar.update(hi - lo)
-    intervals = _final_intervals(tr, carry, closed, multi, texts, table, page_size, lost_before)
+    _open_intervals(carry, multi, texts, out_of, lost_before)
+    intervals = out_of.finish()
     violations = (
         _categorised(pd.concat(vframes, ignore_index=True)) if vframes else VIOLATIONS.empty()
     )
@@ -287,10 +330,100 @@ def replay_chunks(
         "sequential_rows": seq_rows,
         "loop_engine_pages": loop_pages,
         "replay_chunks": len(spans),
+        "intervals": out_of.count,
+        "lost_rows": pd.concat(lost_rows) if lost_rows else None,
     }
     if len(end.start):
         meta["end_check"] = _end_check(carry, painted, table, end, page_size)
     return intervals, violations, meta
+
+
+def _begun_of(sseq: np.ndarray, known: np.ndarray, begun: list[np.ndarray]) -> _Begun:
+    """What the rows that start pieces ``sseq`` say, from pieces ``known`` (their start rows)
+    whose ``begun`` values are known; any value for pieces that start at the initial state."""
+    keys, at = np.unique(known, return_index=True)
+    i = np.minimum(np.searchsorted(keys, sseq), max(len(keys) - 1, 0))
+    src = at[i] if len(keys) else np.zeros(len(sseq), np.int64)
+    if not len(known):
+        return _Begun(*(np.zeros(len(sseq), dtype=b.dtype) for b in begun))
+    vals = [b[src] for b in begun]
+    return _Begun(vals[0].astype(np.float64), vals[1].astype(np.float64),
+                  vals[2].astype(np.int64), vals[3].astype(np.int64),
+                  vals[4].astype(np.int64))  # fmt: skip
+
+
+class _IntervalMaker:
+    """INTERVALS pieces become frames as they close, each run (pieces in (page, start row)
+    order) appended to ``runs``; :meth:`finish` merges the runs into the INTERVALS, on disk."""
+
+    def __init__(
+        self, row_texts: list[str], init_texts: tuple[str, ...], table: RuleTable,
+        page_size: int, runs: Spill,
+    ) -> None:  # fmt: skip
+        self.row_texts, self.init_texts = row_texts, init_texts
+        self.table, self.page_size, self.runs = table, page_size, runs
+        self.count = 0
+        self.empty: pd.DataFrame | None = None
+
+    def run(self, p: _Pieces, begun: _Begun, t_end: np.ndarray) -> None:
+        order = np.lexsort((p.sseq, p.pstart))
+        p = p.take(order)
+        begun = _Begun(*(a[order] for a in vars(begun).values()))
+        frame = _interval_frame(p, begun, t_end[order], self.row_texts, self.init_texts,
+                                self.table, self.page_size)  # fmt: skip
+        if self.empty is None:
+            self.empty = frame.iloc[:0]
+        frame["_page"] = p.pstart
+        frame["_seq"] = p.sseq
+        self.runs.append(frame)
+        self.runs.end_run()
+        self.count += len(frame)
+
+    def finish(self) -> Spill | pd.DataFrame:
+        """The merged INTERVALS (a spill), or the empty frame when there are none."""
+        if not self.count:
+            assert self.empty is not None
+            return self.empty.reset_index(drop=True)
+        whole = Spill("intervals")
+        width = max(1 << 9, _MERGE_ROWS // max(1, len(self.runs.runs)))
+        runs = [_rebatched(self.runs.run(i), width) for i in range(len(self.runs.runs))]
+        for t in merge_runs(runs, _interval_key):
+            whole.append(t.drop_columns(["_page", "_seq"]))
+        self.runs.close()
+        return whole
+
+
+def _rebatched(batches: Iterator[pa.RecordBatch], width: int) -> Iterator[pa.RecordBatch]:
+    for b in batches:
+        for lo in range(0, b.num_rows, width):
+            yield b.slice(lo, width)
+
+
+def _interval_key(b: pa.RecordBatch) -> list[np.ndarray]:
+    return [b.column("_page").to_numpy(), b.column("_seq").to_numpy()]
+
+
+def _open_intervals(
+    carry: _Carry, multi: np.ndarray, texts: _Initial, out_of: _IntervalMaker, any_lost: bool
+) -> None:
+    """The pieces still open, merged with the untouched initial ranges (as
+    :func:`~.tables._intervals` merges them): the last run."""
+    v = carry.vals
+    m = len(carry.start)
+    p = _Pieces(carry.start, carry.stop - carry.start, v["base"].astype(np.int16), v["sseq"],
+                np.full(m, _END, dtype=np.int64), v["inc"], v["bas"])  # fmt: skip
+    known = p.sseq.copy()
+    begun = [v[k] for k in _BEGUN]
+    if len(texts.start):
+        us, ue, ri = _subtract_pages(texts.start, texts.stop, carry.start, carry.stop - carry.start)
+        k = len(us)
+        u = _Pieces(
+            us, ue - us, texts.state[ri].astype(np.int16), np.full(k, -1, dtype=np.int64),
+            np.full(k, _END, dtype=np.int64), np.full(k, any_lost), texts.basis[ri],
+        )  # fmt: skip
+        p = _concat(p, u)
+    p = _merge(p, multi)
+    out_of.run(p, _begun_of(p.sseq, known, begun), np.full(len(p.pstart), np.inf))
 
 
 def _starts(
@@ -302,9 +435,10 @@ def _starts(
     precondition: bool,
     lost_before: bool,
 ) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, np.ndarray]]:
-    """Per segment of a chunk: ((state, basis, open interval's start row, incomplete), (guest
-    count, share count)) before the chunk's first row: the carried ones for pages touched
-    before, else :func:`~.grounds.starting_states`' (with the painted preconditions)."""
+    """Per segment of a chunk: ((state, basis, open interval's start row, incomplete, and what
+    that row says: :data:`_BEGUN`), (guest count, share count)) before the chunk's first row:
+    the carried ones for pages touched before, else :func:`~.grounds.starting_states`' (with
+    the painted preconditions)."""
     pages = ent.seg_page
     state, basis, covered = _lookup(pages, ground)
     basis = np.where(covered, basis, len(ground.texts) + 1)
@@ -318,12 +452,15 @@ def _starts(
     h0 = (state == _SHARED_HYP).astype(np.int64)
     sseq = np.full(len(pages), -1, dtype=np.int64)
     inc = np.full(len(pages), lost_before)
+    begun = [np.zeros(len(pages), dtype=carry.vals[k].dtype) for k in _BEGUN]
     ci, old = carry.find(pages)
     if old.any():
         v = {k: a[ci[old]] for k, a in carry.vals.items()}
         state[old], basis[old], g0[old], h0[old] = v["base"], v["bas"], v["g"], v["h"]
         sseq[old], inc[old] = v["sseq"], v["inc"]
-    return (state, basis, sseq, inc), (g0, h0)
+        for b, k in zip(begun, _BEGUN, strict=True):
+            b[old] = v[k]
+    return (state, basis, sseq, inc, *begun), (g0, h0)
 
 
 def _counts_after(
@@ -353,81 +490,6 @@ def _counts_after(
     ck = rows.ckind[seq]
     h_after = np.where(ck == 1, hc + ~skip, np.where(ck == 2, np.maximum(hc - 1, 0), hc))
     return g_after, h_after
-
-
-def _final_intervals(
-    tr: pd.DataFrame,
-    carry: _Carry,
-    closed: list[_Pieces],
-    multi: np.ndarray,
-    texts: _Initial,
-    table: RuleTable,
-    page_size: int,
-    any_lost: bool,
-) -> pd.DataFrame:
-    """INTERVALS: the closed pieces, the open ones (merged with the untouched initial ranges,
-    as :func:`~.tables._intervals` merges them), in (page, start row) order."""
-    v = carry.vals
-    m = len(carry.start)
-    p = _Pieces(carry.start, carry.stop - carry.start, v["base"].astype(np.int16), v["sseq"],
-                np.full(m, _END, dtype=np.int64), v["inc"], v["bas"])  # fmt: skip
-    if len(texts.start):
-        us, ue, ri = _subtract_pages(texts.start, texts.stop, carry.start, carry.stop - carry.start)
-        k = len(us)
-        u = _Pieces(
-            us, ue - us, texts.state[ri].astype(np.int16), np.full(k, -1, dtype=np.int64),
-            np.full(k, _END, dtype=np.int64), np.full(k, any_lost), texts.basis[ri],
-        )  # fmt: skip
-        p = _concat(p, u)
-    p = _merge(p, multi)
-    closed.append(p)
-    p = _Pieces(*(_drain(closed, f) for f in vars(p)))  # one copy, each part freed with it
-    order = np.lexsort((p.sseq, p.pstart))
-    for f, a in vars(p).items():  # one column at a time: the old one is freed before the next
-        setattr(p, f, a[order])
-    del order
-    has_start = p.sseq >= 0
-    at = p.sseq[has_start]
-    n = len(p.pstart)
-
-    def gather(col: str, idx: np.ndarray, mask: np.ndarray, fill: float) -> np.ndarray:
-        out = np.full(n, fill, dtype=np.float64 if isinstance(fill, float) else np.int64)
-        s = tr[col].iloc[idx]
-        out[mask] = s.to_numpy(dtype=out.dtype, na_value=np.nan if out.dtype.kind == "f" else 0)
-        return out
-
-    ts = gather("ts", at, has_start, np.nan)
-    t_earliest = np.fmin(gather("t_earliest", at, has_start, np.nan), ts)
-    has_end = p.eseq != _END
-    t_end = gather("ts", p.eseq[has_end], has_end, np.inf)
-    bcol = tr["basis"]
-    if isinstance(bcol.dtype, pd.CategoricalDtype):
-        codes = bcol.cat.codes
-        row_texts = [str(c) for c in bcol.cat.categories]
-        missing = bool((codes.to_numpy() < 0).any())
-        bcodes = np.zeros(n, dtype=np.int64)
-        bcodes[has_start] = codes.iloc[at].to_numpy(dtype=np.int64)
-    else:
-        allc, row_texts = _codes(bcol)
-        missing = bool((allc < 0).any())
-        bcodes = np.zeros(n, dtype=np.int64)
-        bcodes[has_start] = allc[at]
-        del allc
-    if missing:
-        bcodes = np.where(bcodes < 0, len(row_texts), bcodes)
-        row_texts = [*row_texts, TRACE_BASIS]
-    begun = _Begun(ts, t_earliest, gather("line", at, has_start, 0),
-                   gather("event_index", at, has_start, 0), bcodes)  # fmt: skip
-    return _interval_frame(p, begun, t_end, row_texts, texts.texts, table, page_size)
-
-
-def _drain(parts: list[_Pieces], name: str) -> np.ndarray:
-    """Field ``name`` of every piece set, concatenated; each set's array is dropped (set to an
-    empty one) as it is copied, so the parts and the whole are not held twice over."""
-    out = np.concatenate([getattr(q, name) for q in parts])
-    for q in parts:
-        setattr(q, name, np.zeros(0, dtype=getattr(q, name).dtype))
-    return out
 
 
 def _end_check(

@@ -1,0 +1,116 @@
+"""Transitions and intervals on disk (s2trace.trace.spill): the k-way merge gives the order a
+whole sort gives, ties included, and a long trace of many pages, multi-page rows and lost
+markers analysed with its transitions and intervals spilled (chunks of a few lines, a few
+transitions, record batches of two rows) equals the whole analysis."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from s2trace.jobs import analyze
+from s2trace.trace import spill, stream
+from s2trace.trace.replay import chunks
+from s2trace.trace.spill import merge_runs, replay_key
+
+analyze_mod = importlib.import_module("s2trace.jobs.analyze")
+
+
+def _runs(rng: np.random.Generator, k: int, n: int) -> list[dict[str, np.ndarray]]:
+    """``k`` runs, each sorted by (ts with NaN last, event_index, recipe); few distinct values,
+    so keys tie within and across runs (recipe differs by run, as a run is its recipes')."""
+    out = []
+    for r in range(k):
+        ts = rng.integers(0, 6, n).astype(np.float64)
+        ts[rng.random(n) < 0.1] = np.nan
+        c = {
+            "ts": ts,
+            "event_index": rng.integers(0, 5, n),
+            "recipe": np.full(n, r, np.int16),
+            "pos": np.arange(n) + 1000 * r,  # where each row came from
+        }
+        order = np.lexsort(replay_key(c)[::-1])
+        out.append({name: a[order] for name, a in c.items()})
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("width", [1, 3, 50])
+def test_merge_equals_a_stable_sort_of_all_runs(seed, width):
+    rng = np.random.default_rng(seed)
+    runs = _runs(rng, int(rng.integers(1, 5)), int(rng.integers(0, 40)))
+
+    def batches(c):
+        n = len(c["ts"])
+        for lo in range(0, n, width):
+            yield pa.RecordBatch.from_pydict({k: a[lo : lo + width] for k, a in c.items()})
+
+    schema = pa.RecordBatch.from_pydict(runs[0]).schema
+    merged = merge_runs([batches(c) for c in runs], replay_key)
+    got = pa.concat_tables([pa.Table.from_batches([], schema=schema), *merged])
+    whole = {k: np.concatenate([c[k] for c in runs]) for k in runs[0]}
+    want = whole["pos"][np.lexsort(replay_key(whole)[::-1])]  # stable: run order, then row
+    assert got.column("pos").to_numpy().tolist() == want.tolist()
+
+
+HEAD = "# tracer: nop\n#\n"
+
+
+def _line(ts: float, event: str, fields: str, cpu: int = 1) -> str:
+    return f"         kvmpoke-189     [{cpu:03d}] d.... {ts:12.6f}: {event}: {fields}\n"
+
+
+def _long_trace(path, n: int = 400, pages: int = 9) -> None:
+    """Share / unshare / donate / reclaim cycles over ``pages`` pages (every 7th row over 3
+    pages), unrelated events between them, two lost markers, equal timestamps."""
+    steps = (("share", "host", "hyp"), ("unshare", "host", "hyp"), ("donate", "host", "hyp"),
+             ("reclaim", "hyp", "host"))  # fmt: skip
+    out = [HEAD]
+    for i in range(n):
+        op, ini, com = steps[(i // pages) % 4]
+        npg = 3 if (i // pages) % 7 == 3 and i % pages == 0 else 1
+        addr = 0x40000000 + (i % pages) * 0x1000
+        ts = 10.0 + (i // 2) * 1e-3  # pairs of rows share a timestamp
+        fields = (
+            f"op={op} initiator={ini} completer={com} addr={addr:#x} nr_pages={npg} vm=0 gfn=0x0"
+        )
+        out.append(_line(ts, "pkvm_mem_transition", fields))
+        if i % 13 == 5:
+            out.append(_line(ts, "kvm_timer_update_irq", "VCPU: 0, IRQ 27, level 0", cpu=2))
+        if i in (150, 290):
+            out.append("CPU:2 [LOST 5 EVENTS]\n")
+    path.write_text("".join(out))
+
+
+def _analyses(path, monkeypatch, replay_chunk: int):
+    whole = analyze(path, use_cache=False, stream=False, kernel="6.12")
+    monkeypatch.setattr(stream, "STREAM_CHUNK", 333)
+    monkeypatch.setattr(chunks, "REPLAY_CHUNK", replay_chunk)
+    monkeypatch.setattr(spill, "BATCH", 2)
+    stores = []
+    real = analyze_mod.transition_store
+    monkeypatch.setattr(
+        analyze_mod, "transition_store", lambda *a, **k: stores.append(1) or real(*a, **k)
+    )
+    streamed = analyze(path, use_cache=False, stream=True, kernel="6.12")
+    assert stores  # the transitions went to disk
+    return whole, streamed
+
+
+@pytest.mark.parametrize("replay_chunk", [1, 4, 37])
+def test_long_trace_spilled_equals_whole(replay_chunk, tmp_path, monkeypatch):
+    path = tmp_path / "t.txt"
+    _long_trace(path)
+    whole, streamed = _analyses(path, monkeypatch, replay_chunk)
+    assert streamed.meta["transitions"] == len(whole.transitions) > 400
+    assert streamed.meta["intervals"] == len(whole.intervals) > 400
+    pd.testing.assert_frame_equal(whole.transitions, streamed.transitions)
+    pd.testing.assert_frame_equal(whole.timeline.transitions, streamed.timeline.transitions)
+    pd.testing.assert_frame_equal(whole.intervals, streamed.intervals)
+    pd.testing.assert_frame_equal(whole.violations, streamed.violations)
+    assert whole.meta == streamed.meta
+    assert whole.timeline.meta["lost"] == streamed.timeline.meta["lost"]

@@ -209,7 +209,7 @@ def _from_report(item: BatchItem, chosen: set[str], out: CaptureTables) -> None:
 def _trace(analysis: Any, out: CaptureTables) -> None:
     out.tables["violations"] = analysis.violations
     out.summary["violations"] = len(analysis.violations)
-    out.summary["transitions"] = len(analysis.transitions)
+    out.summary["transitions"] = analysis.meta["transitions"]  # counted: not loaded
     out.summary.setdefault("kernel", analysis.kernel)
 
 

@@ -28,8 +28,19 @@ time its gap began (the previous event of its CPU, which may be a dropped event)
 TRANSITIONS are those of ``to_transitions(read_trace(path).events)``, row for row; the tests
 check it on the bundled traces and synthetic ones with chunks of a few lines.
 
-What the stream does not bound: the compact rows grow with the events the recipes read, and the
-replay still takes every transition at once (docs/benchmarks.md says what remains).
+With ``spill=True`` (what :func:`~s2trace.jobs.analyze` asks for) the rows of the row-local
+recipes no other recipe reads (:func:`spillable`) go to disk as compact transition rows chunk by
+chunk (:class:`~s2trace.trace.spill.Spill`), in the engine's order (event, recipe), and their
+events are not kept at all (only counted, and the first of each name kept: the kernel choice
+looks for it).  :func:`transition_store` then joins them with what the engine assembles from the
+compact rows into a :class:`~s2trace.trace.spill.TransitionStore`.  Two passes read every
+recipe's rows: the memcache timing (every reclaim) and the VM teardown (every donation); when
+the chosen recipes would run them on this trace (:func:`spill_safe`), the caller reads the trace
+again without spilling.
+
+What the stream does not bound: the compact rows grow with the events the relational recipes
+read (none in a trace of ``pkvm_mem_transition`` events alone), and without ``spill`` the
+row-local recipes' rows are held too (docs/benchmarks.md says what remains).
 """
 
 from __future__ import annotations

@@ -39,10 +39,13 @@ The only things that may differ are diagnostics: ``meta["sequential_rows"]`` (th
 pass restarts in each chunk) and ``meta["loop_engine_pages"]`` (a page's guest-count bound is
 taken per chunk, so a page may take the exact engine in fewer chunks; both engines are exact).
 
-What stays whole: the TRANSITIONS frame (sorted; :class:`~s2trace.trace.replay.Timeline` holds
-it), the carried ranges (one per run of touched pages), the closed pieces (compact arrays,
-about 40 bytes each) and the INTERVALS and VIOLATIONS tables built from them at the end.
-Spilling those to Parquet as chunks finish is the next step (docs/benchmarks.md).
+What is on disk: the transitions may come from a :class:`~s2trace.trace.spill.TransitionStore`
+(read a chunk at a time, in both passes); the interval pieces a chunk closes become INTERVALS
+rows at once (what the row that starts each says is carried with every open interval:
+``_BEGUN``), written as one run per chunk in (page, start row) order, and the runs are merged
+into the INTERVALS file at the end (:func:`~s2trace.trace.spill.merge_runs`).  What stays in
+memory: the carried and painted ranges (one per run of touched pages), one flag per transition
+(multi-page or not, which merging reads) and the VIOLATIONS (one row per refusal).
 """
 
 from __future__ import annotations

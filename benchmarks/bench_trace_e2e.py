@@ -68,7 +68,7 @@ CHILD = r"""
 import importlib, re, resource, sys, threading, time
 from s2trace.jobs.analyze import analyze
 mod = importlib.import_module("s2trace.jobs.analyze")
-stage, peaks, done = ["start"], {}, []
+stage, peaks, done, walls = ["start"], {}, [], {}
 
 def rss():
     return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read())[1]) // 1024
@@ -81,10 +81,12 @@ def sample():  # the resident set every 20 ms, the peak of each stage
 def staged(name, f):
     def run(*a, **k):
         stage[0] = name
+        t0 = time.perf_counter()
         try:
             return f(*a, **k)
         finally:
             stage[0] = "after " + name
+            walls[name] = walls.get(name, 0.0) + time.perf_counter() - t0
     return run
 
 for name in ("stream_trace", "transitions_of_table", "transition_store", "replay"):
@@ -99,9 +101,11 @@ done.append(1)
 ru = resource.getrusage(resource.RUSAGE_SELF)
 hwm = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1]) // 1024
 m = r.meta  # counts without loading the tables (a streamed analysis keeps them on disk)
-print(wall, m["events"], m["transitions"], m["intervals"], m["violations"], hwm,
+ni = m["intervals"] if "intervals" in m else len(r.intervals)  # (meta before it counted them)
+print(wall, m["events"], m["transitions"], ni, m["violations"], hwm,
       ru.ru_utime, ru.ru_stime)
 print(";".join(f"{k}={v}" for k, v in peaks.items()))
+print(";".join(f"{k}={v:.1f}" for k, v in walls.items()))
 """
 
 
@@ -129,7 +133,7 @@ def main() -> None:
             text=True,
             check=True,
         ).stdout.splitlines()
-    stages, out = out[1], out[0].split()
+    stages, walls, out = out[1], out[2], out[0].split()
     wall, user, system = float(out[0]), float(out[6]), float(out[7])
     events, trans, intervals, violations, hwm = map(int, out[1:6])
     print(
@@ -142,6 +146,7 @@ def main() -> None:
     )
     print(f"peak RSS (fresh process): {hwm} MiB")
     print("peak RSS by stage (MiB, sampled every 20 ms):", stages.replace(";", ", "))
+    print("wall by stage (s):", walls.replace(";", ", "))
     if violations:
         raise SystemExit("the synthetic cycle is legal: violations mean a replay bug")
 

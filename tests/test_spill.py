@@ -64,9 +64,10 @@ def _line(ts: float, event: str, fields: str, cpu: int = 1) -> str:
     return f"         kvmpoke-189     [{cpu:03d}] d.... {ts:12.6f}: {event}: {fields}\n"
 
 
-def _long_trace(path, n: int = 400, pages: int = 9) -> None:
+def _long_trace(path, n: int = 400, pages: int = 9, back: bool = False) -> None:
     """Share / unshare / donate / reclaim cycles over ``pages`` pages (every 7th row over 3
-    pages), unrelated events between them, two lost markers, equal timestamps."""
+    pages), unrelated events between them, two lost markers, equal timestamps; ``back``: time
+    goes back at two rows (their transitions then replay earlier)."""
     steps = (("share", "host", "hyp"), ("unshare", "host", "hyp"), ("donate", "host", "hyp"),
              ("reclaim", "hyp", "host"))  # fmt: skip
     out = [HEAD]
@@ -75,6 +76,8 @@ def _long_trace(path, n: int = 400, pages: int = 9) -> None:
         npg = 3 if (i // pages) % 7 == 3 and i % pages == 0 else 1
         addr = 0x40000000 + (i % pages) * 0x1000
         ts = 10.0 + (i // 2) * 1e-3  # pairs of rows share a timestamp
+        if back and i in (123, 250):
+            ts -= 0.0405
         fields = (
             f"op={op} initiator={ini} completer={com} addr={addr:#x} nr_pages={npg} vm=0 gfn=0x0"
         )
@@ -101,11 +104,14 @@ def _analyses(path, monkeypatch, replay_chunk: int):
     return whole, streamed
 
 
+@pytest.mark.parametrize("back", [False, True])
 @pytest.mark.parametrize("replay_chunk", [1, 4, 37])
-def test_long_trace_spilled_equals_whole(replay_chunk, tmp_path, monkeypatch):
+def test_long_trace_spilled_equals_whole(replay_chunk, back, tmp_path, monkeypatch):
     path = tmp_path / "t.txt"
-    _long_trace(path)
+    _long_trace(path, back=back)
     whole, streamed = _analyses(path, monkeypatch, replay_chunk)
+    store = streamed._transitions
+    assert store.runs[1] in store._sorted if not back else store._spills  # sorted whole
     assert streamed.meta["transitions"] == len(whole.transitions) > 400
     assert streamed.meta["intervals"] == len(whole.intervals) > 400
     pd.testing.assert_frame_equal(whole.transitions, streamed.transitions)

@@ -174,6 +174,14 @@ def test_compact_rows_drop_unrelated_events_and_row_local_text(tmp_path, monkeyp
     assert got.events["task"].isna().all()
     # only the first pkvm_mem_transition keeps its text (the kernel choice reads one)
     assert got.events["fields"].notna().sum() == 1
+    # spilled: their rows go to disk, their events are not kept (but the first, counted)
+    spilt = stream_trace(path, every, spill=True)
+    names = spilt.events["event"].astype(str).tolist()
+    assert names.count("pkvm_mem_transition") == 1
+    assert names == ["pkvm_mem_transition", "lost_events"]
+    assert spilt.counts["pkvm_mem_transition"] == 14
+    assert spilt.spilled is not None and len(spilt.spilled) == 12  # less two damaged
+    assert spilt.spilled_sorted  # time goes back at a damaged row only
 
 
 def test_big_text_traces_stream_by_default(tmp_path, monkeypatch):

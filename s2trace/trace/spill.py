@@ -33,7 +33,7 @@ import pyarrow.ipc as ipc
 from s2trace.columns import TRANSITIONS
 from s2trace.pkvm.rules import COMPONENTS, OPS
 
-__all__ = ["BATCH", "Spill", "TransitionStore", "merge_runs"]
+__all__ = ["BATCH", "SortedRuns", "Spill", "TransitionStore", "merge_runs"]
 
 #: Rows per record batch written (read back one batch at a time).
 BATCH = 1 << 16
@@ -189,6 +189,44 @@ def merge_runs(
         ks = [np.concatenate([p[j] for p in pkeys]) for j in range(len(pkeys[0]))]
         order = np.lexsort(ks[::-1])
         yield pa.Table.from_batches(parts).take(pa.array(order))
+
+
+class SortedRuns:
+    """The runs of a spill, each sorted by ``key``, merged when they are read (a share of
+    ``rows`` rows buffered per run), without the key columns ``drop``: a table that is read
+    rarely and whole (INTERVALS) is never written a second time in merged order."""
+
+    def __init__(
+        self,
+        spill: Spill,
+        key: Callable[[pa.RecordBatch], list[np.ndarray]],
+        drop: Sequence[str],
+        rows: int = 1 << 20,
+    ) -> None:
+        self.spill, self.key, self.drop, self.rows = spill, key, list(drop), rows
+
+    def __len__(self) -> int:
+        return len(self.spill)
+
+    def tables(self) -> Iterator[pa.Table]:
+        """The rows in key order, a window at a time."""
+        width = max(1 << 9, self.rows // max(1, len(self.spill.runs)))
+        runs = [_rebatched(self.spill.run(i), width) for i in range(len(self.spill.runs))]
+        for t in merge_runs(runs, self.key):
+            yield t.drop_columns(self.drop)
+
+    def frame(self) -> pd.DataFrame:
+        """Every row in key order (loads the whole table)."""
+        return pa.concat_tables(list(self.tables())).to_pandas()
+
+    def close(self) -> None:
+        self.spill.close()
+
+
+def _rebatched(batches: Iterator[pa.RecordBatch], width: int) -> Iterator[pa.RecordBatch]:
+    for b in batches:
+        for lo in range(0, b.num_rows, width):
+            yield b.slice(lo, width)
 
 
 # -- transitions ------------------------------------------------------------------------------

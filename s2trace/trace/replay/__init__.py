@@ -122,7 +122,7 @@ from s2trace.trace.replay.tables import (
     _untouched_pieces,
     _violations,
 )
-from s2trace.trace.spill import Spill, TransitionStore
+from s2trace.trace.spill import SortedRuns, TransitionStore
 
 __all__ = ["ASSUMED", "PRECONDITION", "InitialRange", "Timeline", "replay"]
 
@@ -153,7 +153,7 @@ class Timeline:
     (``initial_unknown_state``: (addr, size) pairs, replayed as owned) and recorded problems.
     """
 
-    _intervals: pd.DataFrame | Spill = field(repr=False)
+    _intervals: pd.DataFrame | SortedRuns = field(repr=False)
     violations: pd.DataFrame
     page_size: int
     meta: dict[str, Any] = field(default_factory=dict)
@@ -162,7 +162,7 @@ class Timeline:
     @property
     def intervals(self) -> pd.DataFrame:
         """INTERVALS (a replay in chunks keeps them on disk: loaded whole when first asked)."""
-        if isinstance(self._intervals, Spill):
+        if isinstance(self._intervals, SortedRuns):
             frame = self._intervals.frame()
             self._intervals.close()
             object.__setattr__(self, "_intervals", frame)

@@ -43,7 +43,7 @@ What is on disk: the transitions may come from a :class:`~s2trace.trace.spill.Tr
 (read a chunk at a time, in both passes); the interval pieces a chunk closes become INTERVALS
 rows at once (what the row that starts each says is carried with every open interval:
 ``_BEGUN``), written as one run per chunk in (page, start row) order, and the runs are merged
-into the INTERVALS file at the end (:func:`~s2trace.trace.spill.merge_runs`).  What stays in
+into INTERVALS when the table is read (:class:`~s2trace.trace.spill.SortedRuns`).  What stays in
 memory: the carried and painted ranges (one per run of touched pages), one flag per transition
 (multi-page or not, which merging reads) and the VIOLATIONS (one row per refusal).
 """
@@ -88,7 +88,7 @@ from s2trace.trace.replay.tables import (
     _subtract_pages,
     _violations,
 )
-from s2trace.trace.spill import Spill, TransitionStore, merge_runs
+from s2trace.trace.spill import SortedRuns, Spill, TransitionStore
 
 #: Transitions per chunk of a replay in chunks (``replay(chunk=...)``; what
 #: :func:`~s2trace.jobs.analyze` asks for when it reads a trace in bounded memory; read at
@@ -229,14 +229,14 @@ def replay_chunks(
     kernel: str,
     strict: bool,
     progress: bool | None,
-) -> tuple[Spill | pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+) -> tuple[SortedRuns | pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """(INTERVALS, VIOLATIONS, meta counts) of the TRANSITIONS ``tr`` in replay order (a frame
     or a :class:`~s2trace.trace.spill.TransitionStore`), ``chunk`` rows at a time (module
     docstring).  ``explicit``/``ground``/``end``: the caller's initial ranges, every range
     source overlaid, the map taken after the trace; ``texts``: ``ground`` with the basis texts
     of the intervals (:func:`~s2trace.trace.replay.replay`); ``row_texts``: the categories of
     the transitions' ``basis`` (the codes of every chunk index them).  INTERVALS are on disk
-    (a :class:`~s2trace.trace.spill.Spill`), or the frame when there are none; meta
+    (:class:`~s2trace.trace.spill.SortedRuns`), or the frame when there are none; meta
     ``lost_rows`` holds the lost-events markers' rows."""
     n = len(tr)
     chunk = max(1, int(chunk))
@@ -382,24 +382,13 @@ class _IntervalMaker:
         self.runs.end_run()
         self.count += len(frame)
 
-    def finish(self) -> Spill | pd.DataFrame:
-        """The merged INTERVALS (a spill), or the empty frame when there are none."""
+    def finish(self) -> SortedRuns | pd.DataFrame:
+        """The INTERVALS: the runs, merged in (page, start row) order when read, or the empty
+        frame when there are none."""
         if not self.count:
             assert self.empty is not None
             return self.empty.reset_index(drop=True)
-        whole = Spill("intervals")
-        width = max(1 << 9, _MERGE_ROWS // max(1, len(self.runs.runs)))
-        runs = [_rebatched(self.runs.run(i), width) for i in range(len(self.runs.runs))]
-        for t in merge_runs(runs, _interval_key):
-            whole.append(t.drop_columns(["_page", "_seq"]))
-        self.runs.close()
-        return whole
-
-
-def _rebatched(batches: Iterator[pa.RecordBatch], width: int) -> Iterator[pa.RecordBatch]:
-    for b in batches:
-        for lo in range(0, b.num_rows, width):
-            yield b.slice(lo, width)
+        return SortedRuns(self.runs, _interval_key, ["_page", "_seq"], _MERGE_ROWS)
 
 
 def _interval_key(b: pa.RecordBatch) -> list[np.ndarray]:

@@ -12,10 +12,13 @@ its frames with fixed categories.
 at a time: it takes from every run the rows up to the smallest of the runs' buffered last keys
 (every row at or below that key is buffered), sorts that window (stable: equal keys keep run
 order, then their order in the run) and emits it, so memory holds one buffer per run.
+:class:`SortedRuns` is a spill whose runs are merged when it is read (the INTERVALS: one run
+per replay chunk, merged into page order).
 
-:class:`TransitionStore` is the TRANSITIONS of an analysis in replay order (``ts``, then
-``event_index``, then the order of the whole frame), in a compact form (categoricals as codes),
-given back as TRANSITIONS frames a chunk at a time or whole.
+:class:`TransitionStore` is the TRANSITIONS of an analysis: runs of compact rows (categoricals
+as codes), each in the recipe engine's order, given back as TRANSITIONS frames in that order
+(whole: what :func:`~s2trace.trace.recipes.to_transitions` returns) or in replay order (``ts``,
+then ``event_index``, then the engine's order), a chunk at a time, by merging the runs.
 """
 
 from __future__ import annotations

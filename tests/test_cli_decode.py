@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 
-from s2trace.cli.main import main
+from s2trace.cli.main import COMMANDS, main
 
 JSON_KEYS = {
     "raw",
@@ -147,6 +149,56 @@ def test_console_script_no_traceback():
         check=False,
     )
     assert proc.returncode == 2 and proc.stderr.startswith("s2trace: error:")
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter, standard output buffered as on a pipe."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env
+    )
+
+
+def test_console_script_leaves_after_exit_handlers_with_flushed_output():
+    """The entry point skips the interpreter's teardown, not the atexit handlers, buffered
+    output or the exit status."""
+    proc = _python(
+        "import atexit, sys; from s2trace.cli.main import leave; "
+        "atexit.register(print, 'handler ran'); sys.stdout.write('out ' * 5000); "
+        "sys.stderr.write('err'); leave(3)"
+    )
+    assert proc.returncode == 3 and proc.stderr == "err"
+    assert proc.stdout == "out " * 5000 + "handler ran\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "s2trace.cli.main", "decode", "0x4393d7ff", "--format", "csv"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.splitlines()[1].startswith("0x4393d7ff,")
+
+
+def test_command_table_names_what_each_module_registers():
+    for module in set(COMMANDS.values()):
+        group = click.Group()
+        __import__(module, fromlist=["register"]).register(group)
+        assert set(group.commands) == {n for n, m in COMMANDS.items() if m == module}, module
+
+
+def test_a_command_imports_only_its_own_modules():
+    """``decode`` does not import the other commands' modules (start-up time)."""
+    proc = _python(
+        "import sys; from s2trace.cli.main import main; main(['decode', '0x4']); "
+        "print(*sorted(m for m in sys.modules if m.startswith('s2trace.cli.')))"
+    )
+    loaded = set(proc.stdout.splitlines()[-1].split())
+    assert loaded == {
+        "s2trace.cli.main",
+        "s2trace.cli.decode_cmd",
+        "s2trace.cli.walk_cmd",  # decode walks dumps with its code
+        "s2trace.cli.options",
+        "s2trace.cli.output",
+    }, proc.stderr
 
 
 def test_profiles_list(capsys):

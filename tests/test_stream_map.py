@@ -21,7 +21,7 @@ from s2trace.io import open_memory
 from s2trace.render import HEX_COLUMNS, write_frame
 from s2trace.walk.build import Stage2Builder
 from s2trace.walk.pieces import IpaOrder, concat_pieces
-from s2trace.walk.walker import AUTO, walk
+from s2trace.walk.walker import AUTO, _probe_profile, walk
 
 
 def _mixed(profile: str = "linux-7.1") -> Stage2Builder:
@@ -101,6 +101,29 @@ def test_ipa_order_equals_a_stable_sort(parts):
         assert got[n].tolist() == full[n][want].tolist()
 
 
+def _probe_and_walk(tmp_path, b):
+    """The streamed walk's profile probe, and the whole walk's choice (detect_profile)."""
+    path = b.write_elf(tmp_path / "dump.elf")
+    with open_memory([str(path)]) as memory:
+        return _probe_profile(memory, b.config), walk(memory, b.config, AUTO).meta["profile"]
+
+
+def test_profile_probe_decodes_last_level_kinds_where_bits_63_60_are_set(tmp_path):
+    """The probe skips the last level's kinds except for entries with bits 63:60 set: a typed
+    invalid entry there still means 7.1, a valid page with those bits set does not."""
+    b = Stage2Builder(Geometry(Granule.K4), ia_bits=40, profile="linux-7.1")
+    b.map(0x8000_0000, 0x3000)
+    b.annotate(0x8050_0000, 0x1000, owner="guest", vm_handle=0x1000, gfn=0x10)
+    (name, reason), whole = _probe_and_walk(tmp_path, b)
+    assert name == whole == "linux-7.1" and reason.endswith("at ipa 0x80500000)")
+    b = Stage2Builder(Geometry(Granule.K4), ia_bits=40)
+    b.map(0x8000_0000, 0x3000)
+    b.set_raw(0x8000_1000, 3, (1 << 63) | 0x8000_17FF)  # a page, bit 63 set
+    b.annotate(0x8050_0000, 0x1000, owner="hyp")  # a 6.x annotation: bits 63:60 clear
+    (name, _), whole = _probe_and_walk(tmp_path, b)
+    assert name == whole == "linux-5.15"
+
+
 def test_ipa_order_refuses_rows_out_of_order():
     order = IpaOrder(lambda p: None, 3, ["ipa_start"])
     order.add(3, {"ipa_start": np.array([5, 6], np.uint64)})
@@ -135,6 +158,17 @@ def test_cli_parquet_holds_the_same_data(tmp_path):
     _same(back, whole.map)
     meta = pq.ParquetFile(out).metadata.metadata
     assert b'"profile": "linux-7.1"' in meta[b"s2trace"]
+    # integers of few values are stored with a dictionary page, yet read back as integers
+    table = pq.read_table(out)
+    assert [str(table.schema.field(n).type) for n in ("level", "xn", "vm_handle")] == [
+        "int8",
+        "uint8",
+        "uint16",
+    ]
+    chunks = pq.ParquetFile(out).metadata.row_group(0)
+    encodings = {chunks.column(i).path_in_schema: chunks.column(i).encodings for i in range(19)}
+    assert "RLE_DICTIONARY" in encodings["level"] and "DELTA_BINARY_PACKED" in encodings["raw"]
+    assert back["vm_handle"].notna().any()  # the dictionary-encoded column holds values
 
 
 def test_empty_and_aborted_outputs(tmp_path):

@@ -4,7 +4,9 @@ A walk of a large map hands its rows over in pieces (dicts of column arrays, in 
 :class:`StreamWriter` writes each piece as it comes, so the map is never held whole.
 
 * Parquet: one record batch (a row group) per piece, straight from the arrays; categorical
-  columns become dictionary-encoded columns (pandas reads them back as categoricals).  The
+  columns become dictionary-encoded columns (pandas reads them back as categoricals); integer
+  columns of few values (``_FEW_VALUES``) are stored with a dictionary page too (read back
+  as integers), other integers delta-encoded.  The
   schema carries pandas' metadata for the declared dtypes and the caller's ``meta`` as JSON
   under the key ``s2trace``; columns of a non-nullable dtype (numpy integers and booleans)
   are ``required``.  The caller's thread turns each piece into Arrow arrays; a writer thread
@@ -44,6 +46,10 @@ __all__ = ["StreamWriter", "csv_bytes"]
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _CSV_ROWS = 1 << 18  # rows laid out at once
 _ROW_GROUP_ROWS = 1 << 20  # rows of a Parquet row group (pieces are gathered up to it)
+#: Integer columns of the map with a handful of distinct values (levels, XN, owner ids,
+#: entry sizes, VM handles): a dictionary page and bit-packed indices encode them about 20 %
+#: faster than deltas, and smaller.  Other integer columns are delta-encoded.
+_FEW_VALUES = frozenset({"level", "size", "owner_id", "xn", "vm_handle"})
 
 
 class StreamWriter:
@@ -130,8 +136,10 @@ class StreamWriter:
     def _parquet_writer(self) -> pq.ParquetWriter:
         if self._parquet is None:
             schema = self._arrow_schema
+            integers = [f.name for f in schema if pa.types.is_integer(f.type)]
             dictionary = [f.name for f in schema if pa.types.is_dictionary(f.type)]
-            delta = {f.name: "DELTA_BINARY_PACKED" for f in schema if pa.types.is_integer(f.type)}
+            dictionary += [n for n in integers if n in _FEW_VALUES]
+            delta = {n: "DELTA_BINARY_PACKED" for n in integers if n not in _FEW_VALUES}
             self._parquet = pq.ParquetWriter(
                 self.tmp,
                 schema,

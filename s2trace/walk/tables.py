@@ -97,7 +97,9 @@ class TableWalk:
     memory stays bounded on huge tables.  After iteration, :meth:`tables` lists every table page
     visited.  ``max_tables`` stops
         the walk (recording ``walk_truncated``) before a level that would exceed it; scans use it
-        to bound the cost of walking a page that only looks like a root.
+        to bound the cost of walking a page that only looks like a root.  ``decode`` may return
+        None for the last level, whose entries are never tables (the chunks then carry the raw
+        values only).
     """
 
     def __init__(
@@ -208,6 +210,10 @@ class TableWalk:
         ids = np.arange(first_id, first_id + pa.size)[ok]
         decoded = self.decode(raw, level)
         chunk = LevelChunk(level, raw, decoded, tables, tables_ipa, span)
+        if decoded is None:  # a decode may skip the last level, where no entry is a table
+            if level != self.geometry.levels[-1]:
+                raise ValueError(f"level {level} must be decoded: its tables are walked")
+            return chunk, empty
         sel = np.flatnonzero(decoded.kind == _TABLE)
         # Input addresses of the table entries only (the chunk's are made when asked for).
         sel_ipa = tables_ipa[sel // n_read] + (sel % n_read).astype(np.uint64) * np.uint64(span)

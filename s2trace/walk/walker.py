@@ -195,15 +195,24 @@ def _walk_auto(memory: Memory, config: Stage2Config, **kw: Any) -> WalkResult:
 
 def _probe_profile(memory: Memory, config: Stage2Config) -> tuple[str, str]:
     """:func:`detect_profile`'s answer from a traversal that decodes kinds only, and stops
-    at the first typed invalid entry.  Its problems are not kept: the real walk finds them."""
+    at the first typed invalid entry.  Its problems are not kept: the real walk finds them.
+    The last level (most of the entries) holds no table entries, so its kinds are decoded
+    only for the entries with bits 63:60 set."""
     g = config.geometry
-    for chunk in TableWalk.of(
-        memory, config, lambda raw, level: decode_kinds(raw, g, level), ProblemLog()
-    ):
-        high = chunk.raw >= np.uint64(1 << 60)  # bits 63:60 not all 0
-        if not high.any():
+    last = g.levels[-1]
+
+    def kinds(raw: np.ndarray, level: int) -> Any:
+        return None if level == last else decode_kinds(raw, g, level)
+
+    for chunk in TableWalk.of(memory, config, kinds, ProblemLog()):
+        high = np.flatnonzero(chunk.raw >= np.uint64(1 << 60))  # bits 63:60 not all 0
+        if not high.size:
             continue
-        rows = np.flatnonzero(high & (chunk.decoded.kind == _INVALID))
+        if chunk.decoded is None:
+            kind = decode_kinds(chunk.raw[high], g, chunk.level).kind
+        else:
+            kind = chunk.decoded.kind[high]
+        rows = high[kind == _INVALID]
         if rows.size:
             return _AUTO_7X, (
                 f"auto: 7.1+ (invalid entr{'y' if rows.size == 1 else 'ies'} with a type in "

@@ -4,18 +4,22 @@ The trace is host ftrace text of s2trace's own tracepoint (docs/trace-format.md)
 ``--pages`` pages in turn, a legal cycle of share / unshare / donate / reclaim between the host
 and the hypervisor, repeated until ``--lines`` transitions; about 1 % more lines are other
 events (kept, not transitions).  The analysis runs in a fresh process (``s2trace.trace.analyze``,
-no cache) whose wall time, CPU time (user + system) and peak resident set (VmHWM) are reported.
+no cache) whose wall time, CPU time (user + system), minor page faults and peak resident set
+(VmHWM) are reported, once as a library call leaves the allocator (glibc's defaults) and once
+with the command line's start-up setting (:func:`s2trace.allocator.keep_freed_memory`);
+``--path`` runs one of them only.
 A trace of 256 MiB or more is read in bounded memory (``analyze(stream=None)``,
 :mod:`s2trace.trace.stream`); ``--whole`` reads it whole (``stream=False``) to compare.
 ``--trace PATH`` analyses a trace written before (``--keep PATH`` keeps the one written).
 
     python benchmarks/bench_trace_e2e.py [--lines 10000000] [--pages 1000000] [--whole]
-                                         [--keep PATH | --trace PATH]
+                                         [--keep PATH | --trace PATH] [--path library|cli]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,6 +70,9 @@ def write_trace(path: Path, lines: int, pages: int, seed: int = 1) -> None:
 
 CHILD = r"""
 import importlib, re, resource, sys, threading, time
+if sys.argv[3] == "cli":  # as the s2trace command starts
+    from s2trace.allocator import keep_freed_memory
+    keep_freed_memory()
 from s2trace.jobs.analyze import analyze
 mod = importlib.import_module("s2trace.jobs.analyze")
 stage, peaks, done, walls = ["start"], {}, [], {}
@@ -103,10 +110,13 @@ hwm = int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1]) // 
 m = r.meta  # counts without loading the tables (a streamed analysis keeps them on disk)
 ni = m["intervals"] if "intervals" in m else len(r.intervals)  # (meta before it counted them)
 print(wall, m["events"], m["transitions"], ni, m["violations"], hwm,
-      ru.ru_utime, ru.ru_stime)
+      ru.ru_utime, ru.ru_stime, ru.ru_minflt)
 print(";".join(f"{k}={v}" for k, v in peaks.items()))
 print(";".join(f"{k}={v:.1f}" for k, v in walls.items()))
 """
+
+#: The allocator of each path: what a library caller gets, what the s2trace command sets.
+PATHS = {"library": "glibc defaults", "cli": "keep_freed_memory(), as the CLI"}
 
 
 def main() -> None:
@@ -116,6 +126,7 @@ def main() -> None:
     ap.add_argument("--whole", action="store_true", help="read the trace whole (stream=False)")
     ap.add_argument("--keep", type=Path, help="write the trace here and keep it")
     ap.add_argument("--trace", type=Path, help="analyse this trace (written before)")
+    ap.add_argument("--path", choices=sorted(PATHS), help="run one allocator setting only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = args.trace or args.keep or Path(tmp) / "trace.txt"
@@ -127,28 +138,38 @@ def main() -> None:
                 f"{time.perf_counter() - t:.0f} s"
             )
         mode = "whole" if args.whole else "auto"
-        out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(path), mode],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-    stages, walls, out = out[1], out[2], out[0].split()
+        for name in [args.path] if args.path else list(PATHS):
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(path), mode, name],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.splitlines()
+            _report(out, f"{mode}, {name}: {PATHS[name]}")
+
+
+def _report(lines: list[str], what: str) -> None:
+    stages, walls, out = lines[1], lines[2], lines[0].split()
     wall, user, system = float(out[0]), float(out[6]), float(out[7])
-    events, trans, intervals, violations, hwm = map(int, out[1:6])
+    events, trans, intervals, violations, hwm, faults = map(int, [*out[1:6], out[8]])
     print(
-        f"analyze (parse + recipes + replay, {mode}): {wall:.1f} s wall, CPU {user:.1f} s user "
-        f"+ {system:.1f} s sys, {events / wall / 1e6:.2f} M events/s end to end"
+        f"analyze (parse + recipes + replay, {what}): {wall:.1f} s wall, CPU {user:.1f} s "
+        f"user + {system:.1f} s sys, {faults / 1e6:.2f} M minor faults, "
+        f"{events / wall / 1e6:.2f} M events/s end to end ({_load()})"
     )
     print(
-        f"events {events}, transitions {trans} ({trans / wall / 1e6:.2f} M/s end to end), "
+        f"  events {events}, transitions {trans} ({trans / wall / 1e6:.2f} M/s end to end), "
         f"intervals {intervals}, violations {violations}"
     )
-    print(f"peak RSS (fresh process): {hwm} MiB")
-    print("peak RSS by stage (MiB, sampled every 20 ms):", stages.replace(";", ", "))
-    print("wall by stage (s):", walls.replace(";", ", "))
+    print(f"  peak RSS (fresh process): {hwm} MiB")
+    print("  peak RSS by stage (MiB, sampled every 20 ms):", stages.replace(";", ", "))
+    print("  wall by stage (s):", walls.replace(";", ", "))
     if violations:
         raise SystemExit("the synthetic cycle is legal: violations mean a replay bug")
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ import click
 import numpy as np
 import pytest
 
+from s2trace.arch.geometry import Geometry, Granule
 from s2trace.cli.main import COMMANDS, main
+from s2trace.walk.build import Stage2Builder
 
 JSON_KEYS = {
     "raw",
@@ -185,11 +187,16 @@ def test_command_table_names_what_each_module_registers():
         assert set(group.commands) == {n for n, m in COMMANDS.items() if m == module}, module
 
 
-def test_a_command_imports_only_its_own_modules():
-    """``decode`` does not import the other commands' modules, nor the trace analysis
-    (start-up time)."""
+def test_a_command_imports_only_its_own_modules(tmp_path):
+    """``decode`` of a dump to Parquet does not import the other commands' modules, nor the
+    trace analysis (start-up time)."""
+    b = Stage2Builder(Geometry(Granule.K4), ia_bits=40)
+    b.map(0x8000_0000, 0x3000)
+    dump = b.write_elf(tmp_path / "dump.elf")
+    argv = ["decode", str(dump), "--vttbr", hex(b.vttbr), "--vtcr", hex(b.vtcr)]
+    argv += ["--format", "parquet", "-o", str(tmp_path / "map.parquet")]
     proc = _python(
-        "import sys; from s2trace.cli.main import main; main(['decode', '0x4']); "
+        f"import sys; from s2trace.cli.main import main; assert main({argv!r}) == 0; "
         "print(*sorted(m for m in sys.modules if m.startswith('s2trace.')))"
     )
     loaded = set(proc.stdout.splitlines()[-1].split())

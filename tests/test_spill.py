@@ -120,3 +120,23 @@ def test_long_trace_spilled_equals_whole(replay_chunk, back, tmp_path, monkeypat
     pd.testing.assert_frame_equal(whole.violations, streamed.violations)
     assert whole.meta == streamed.meta
     assert whole.timeline.meta["lost"] == streamed.timeline.meta["lost"]
+
+
+def test_a_spill_that_cannot_write_is_one_error_line(tmp_path, monkeypatch):
+    """A full disk under the spill (``/dev/full``: every write fails with ENOSPC) or a
+    TMPDIR that is not a directory is an InputError naming the temporary directory and
+    TMPDIR (the CLI's one error line), not an OSError blamed on standard output."""
+    from s2trace.errors import InputError
+
+    frame = pd.DataFrame({"a": np.arange(1000, dtype=np.int64)})
+    sp = spill.Spill("full", batch=10)
+    sp.path = "/dev/full"
+    with pytest.raises(InputError, match=r"temporary spill file in .*: cannot write.*TMPDIR"):
+        sp.append(frame)
+        sp.frame()  # the footer is written when the file is first read
+    sp.close()
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    monkeypatch.setattr("tempfile.tempdir", str(not_a_dir))
+    with pytest.raises(InputError, match=r"temporary spill file in .*file: cannot write"):
+        spill.Spill("nodir")

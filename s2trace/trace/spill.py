@@ -23,6 +23,7 @@ then ``event_index``, then the engine's order), a chunk at a time, by merging th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +35,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from s2trace.columns import TRANSITIONS
+from s2trace.errors import InputError
 from s2trace.pkvm.rules import COMPONENTS, OPS
 
 __all__ = ["BATCH", "SortedRuns", "Spill", "TransitionStore", "merge_runs"]
@@ -44,13 +46,28 @@ BATCH = 1 << 16
 Columns = dict[str, np.ndarray]
 
 
+@contextlib.contextmanager
+def _on_disk(where: str) -> Iterator[None]:
+    """A failure of the temporary directory (full disk, quota, no write permission) as one
+    error line that names it and says what to do, not as an error of the command's output."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(
+            f"temporary spill file in {where}: cannot write ({exc.strerror or exc}); a long "
+            "trace keeps its transitions and intervals on disk, about 150 bytes per "
+            "transition: set TMPDIR to a directory with room"
+        ) from None
+
+
 class Spill:
     """Frames appended to an Arrow IPC file in a temporary directory (module docstring)."""
 
     def __init__(self, name: str = "spill", batch: int | None = None) -> None:
         """``batch``: rows per record batch (default :data:`BATCH`): what one read brings in."""
         self.batch = batch
-        self._dir = tempfile.TemporaryDirectory(prefix=f"s2trace-{name}-")
+        with _on_disk(tempfile.gettempdir()):
+            self._dir = tempfile.TemporaryDirectory(prefix=f"s2trace-{name}-")
         self.path = os.path.join(self._dir.name, f"{name}.arrow")
         self._writer: Any = None
         self._sink: Any = None
@@ -75,11 +92,13 @@ class Spill:
             if self._reader is not None:
                 raise ValueError("spill: appended to after it was read")
             self.schema = table.schema
-            self._sink = pa.OSFile(self.path, "wb")
-            self._writer = ipc.new_file(self._sink, table.schema)
-        for b in table.to_batches(max_chunksize=self.batch or BATCH):
-            self._writer.write_batch(b)
-            self.sizes.append(b.num_rows)
+            with _on_disk(self._dir.name):
+                self._sink = pa.OSFile(self.path, "wb")
+                self._writer = ipc.new_file(self._sink, table.schema)
+        with _on_disk(self._dir.name):
+            for b in table.to_batches(max_chunksize=self.batch or BATCH):
+                self._writer.write_batch(b)
+                self.sizes.append(b.num_rows)
 
     def end_run(self) -> None:
         """What was appended since the last run ended is one run."""
@@ -89,8 +108,9 @@ class Spill:
 
     def _open(self) -> Any:
         if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
+            with _on_disk(self._dir.name):  # the last batch and the footer are written here
+                self._writer.close()
+                self._sink.close()
             self._writer = None
         if self._reader is None and self.sizes:
             self._reader = ipc.open_file(pa.OSFile(self.path, "rb"))
@@ -115,8 +135,10 @@ class Spill:
     def close(self) -> None:
         self._reader = None
         if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
+            with contextlib.suppress(OSError):  # discarded: a failed write has been reported
+                self._writer.close()
+            with contextlib.suppress(OSError):
+                self._sink.close()
             self._writer = None
         self._dir.cleanup()
 

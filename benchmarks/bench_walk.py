@@ -48,13 +48,12 @@ def _cli_cpu(argv: list[str]) -> tuple[float, float, float]:
     ``s2trace`` process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # ru_maxrss survives exec on Linux, so read the child's own high-water mark (VmHWM).
-    # it ends as the installed command does (``leave``: no interpreter teardown)
     code = (
         "import re,sys,time;t=time.perf_counter();"
-        "from s2trace.cli.main import leave,main;rc=main(sys.argv[1:]);"
+        "from s2trace.cli.main import main;rc=main(sys.argv[1:]);"
         "hwm=int(re.search(r'VmHWM:\\s+(\\d+)',open('/proc/self/status').read())[1]);"
         "print(f'@@ {time.perf_counter()-t:.3f} {hwm/1024:.0f}',file=sys.stderr);"
-        "leave(rc)"
+        "sys.exit(rc)"
     )
     t = time.perf_counter()
     proc = subprocess.run(

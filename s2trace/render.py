@@ -18,20 +18,25 @@ import pandas as pd
 
 from s2trace.columns import ADDRESS_COLUMNS
 from s2trace.errors import InputError
-from s2trace.outputs import output_path, write_text
+from s2trace.outputs import open_output, output_path, write_text
 
 __all__ = [
     "FORMATS",
     "HEX_COLUMNS",
     "PARQUET_NEEDS_FILE",
+    "PIECEWISE_FORMATS",
     "TABLE_WIDTH",
     "hex_frame",
     "json_records",
     "plain_value",
     "write_frame",
+    "write_frames",
 ]
 
 FORMATS = ("table", "csv", "json", "parquet")
+
+#: Formats :func:`write_frames` writes a piece at a time (text, one line per row).
+PIECEWISE_FORMATS = ("csv", "json")
 
 #: Columns shown in hex in tables, CSV and JSON (declared in :mod:`s2trace.columns`).
 HEX_COLUMNS = ADDRESS_COLUMNS
@@ -226,3 +231,37 @@ def write_frame(
         write_text(path, text)
     elif out is not None:
         out.write(text)
+
+
+def write_frames(
+    pieces: Iterable[pd.DataFrame],
+    fmt: str,
+    out: IO[str] | None = None,
+    path: str | Path | None = None,
+    hex_columns: Iterable[str] = HEX_COLUMNS,
+) -> None:
+    """Write a table given as consecutive pieces (one schema) as CSV or JSON lines, a piece at
+    a time: the same text :func:`write_frame` makes of the pieces joined, without ever holding
+    the whole table or its text (a long trace's INTERVALS are kept on disk and read back in
+    pieces).  ``path`` is written to a temporary file renamed at the end, as always."""
+    if fmt not in PIECEWISE_FORMATS:
+        raise ValueError(f"format {fmt!r}: written in pieces only as {PIECEWISE_FORMATS}")
+    hex_set = set(hex_columns)
+
+    def text(piece: pd.DataFrame, first: bool) -> str:
+        if fmt == "csv":
+            return hex_frame(piece, hex_set).to_csv(index=False, header=first)
+        return "".join(json.dumps(r, allow_nan=False) + "\n" for r in json_records(piece, hex_set))
+
+    def write_all(fh: IO[str]) -> None:
+        first = True
+        for piece in pieces:
+            if first or len(piece):
+                fh.write(text(piece, first))
+                first = False
+
+    if path is not None:
+        with open_output(path, "w", encoding="utf-8") as fh:
+            write_all(fh)
+    elif out is not None:
+        write_all(out)

@@ -140,3 +140,55 @@ def test_a_spill_that_cannot_write_is_one_error_line(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(not_a_dir))
     with pytest.raises(InputError, match=r"temporary spill file in .*file: cannot write"):
         spill.Spill("nodir")
+
+
+def test_timeline_written_piece_by_piece_is_the_whole_tables_text(tmp_path, monkeypatch):
+    """``s2trace timeline`` of a trace whose intervals stay on disk writes CSV and JSON lines
+    a merge window at a time (several here): byte for byte what the whole-trace path writes."""
+    from s2trace.cli.main import main
+
+    path = tmp_path / "t.txt"
+    _long_trace(path, n=3000, pages=50)
+    argv = ["timeline", str(path), "--kernel", "6.12", "--no-cache"]
+    written = {}
+    for how in ("whole", "streamed"):
+        if how == "streamed":
+            monkeypatch.setattr(analyze_mod, "STREAM_BYTES", 0)  # every text trace streamed
+            monkeypatch.setattr(chunks, "REPLAY_CHUNK", 1000)  # interval runs of ~1000 rows
+            monkeypatch.setattr(spill, "BATCH", 64)
+        for fmt in ("csv", "json"):
+            out = tmp_path / f"{how}.{fmt}"
+            assert main([*argv, "--format", fmt, "-o", str(out)]) == 0
+            written[how, fmt] = out.read_bytes()
+    assert written["whole", "csv"].count(b"\n") > 3000
+    assert written["whole", "csv"] == written["streamed", "csv"]
+    assert written["whole", "json"] == written["streamed", "json"]
+    a = analyze(path, use_cache=False, stream=True, kernel="6.12")
+    pieces = list(a.timeline.interval_pieces())
+    assert len(pieces) > 1 and sum(map(len, pieces)) == a.meta["intervals"]
+
+
+def test_write_frames_joins_pieces_as_write_frame_writes_the_whole(tmp_path):
+    """Empty pieces, NA, hex columns and categories that differ per piece: the same text."""
+    from s2trace.render import write_frame, write_frames
+
+    whole = pd.DataFrame(
+        {
+            "start": np.array([0x1000, 0x2000, 0x3000, 0x4000, 0x5000], np.uint64),
+            "t": [0.5, np.inf, np.nan, 1e-7, 12.25],
+            "owner": pd.Categorical(["host", "hyp", None, "guest", "host"]),
+            "vm": pd.array([None, 3, 4, None, 5], dtype="Int64"),
+        }
+    )
+    pieces = [whole.iloc[:0], whole.iloc[:2], whole.iloc[2:2], whole.iloc[2:]]
+    pieces = [p.assign(owner=p["owner"].cat.remove_unused_categories()) for p in pieces]
+    for fmt in ("csv", "json"):
+        a, b = tmp_path / f"a.{fmt}", tmp_path / f"b.{fmt}"
+        frame = whole if fmt == "csv" else whole.replace([np.inf], np.nan)  # JSON: no Infinity
+        write_frame(frame, fmt, path=a)
+        parts = pieces if fmt == "csv" else [p.replace([np.inf], np.nan) for p in pieces]
+        write_frames(iter(parts), fmt, path=b)
+        assert a.read_bytes() == b.read_bytes()
+    empty = tmp_path / "e.csv"
+    write_frames(iter([whole.iloc[:0]]), "csv", path=empty)
+    assert empty.read_text() == "start,t,owner,vm\n"

@@ -5,7 +5,7 @@ line each, prefixed ``s2trace:``), never a traceback; files through the safe wri
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
@@ -13,7 +13,7 @@ import pandas as pd
 
 from s2trace.errors import ProblemLog
 from s2trace.outputs import write_text
-from s2trace.render import HEX_COLUMNS, write_frame
+from s2trace.render import HEX_COLUMNS, PIECEWISE_FORMATS, write_frame, write_frames
 
 __all__ = ["emit_frame", "emit_text", "note", "notes", "warn", "warn_problems"]
 
@@ -51,6 +51,21 @@ def emit_frame(frame: pd.DataFrame, kw: dict[str, Any], meta: dict[str, Any] | N
         hex_columns=HEX_COLUMNS,
         meta=meta,
     )
+
+
+def emit_pieces(
+    pieces: Iterable[pd.DataFrame],
+    whole: Callable[[], pd.DataFrame],
+    kw: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """A table given in pieces: CSV and JSON lines written a piece at a time (the table is
+    never whole in memory); the other formats take the ``whole`` table (:func:`emit_frame`)."""
+    fmt = kw.get("fmt", "table")
+    if fmt not in PIECEWISE_FORMATS:
+        emit_frame(whole(), kw, meta)
+        return
+    write_frames(pieces, fmt, out=sys.stdout, path=kw.get("output"), hex_columns=HEX_COLUMNS)
 
 
 def emit_text(text: str, path: str | None) -> None:

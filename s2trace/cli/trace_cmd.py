@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from s2trace.cli.options import TRACE, inputs_from, output_options, parse_u64, use
-from s2trace.cli.output import emit_frame, warn, warn_problems
+from s2trace.cli.output import emit_frame, emit_pieces, warn, warn_problems
 from s2trace.jobs.analyze import analyze, parse_time
 from s2trace.jobs.inputs import Inputs, parse_linear_map
 from s2trace.trace.parse.readers import read_trace
@@ -99,8 +99,8 @@ def register(cli: click.Group) -> None:
         """Replay a trace: the ownership intervals of every page it touches."""
         when = None if at is None or at == "end" else parse_time(at)
         r = analyze_trace(trace, kw)
-        if at is None:
-            emit_frame(r.intervals, kw, r.meta)
+        if at is None:  # a long trace's intervals are on disk: CSV/JSON written piece by piece
+            emit_pieces(r.timeline.interval_pieces(), lambda: r.intervals, kw, r.meta)
         else:
             emit_frame(snapshot(r.timeline, when), kw, {**r.meta, "at": at})
 

@@ -244,6 +244,12 @@ class SortedRuns:
         """Every row in key order (loads the whole table)."""
         return pa.concat_tables(list(self.tables())).to_pandas()
 
+    def frames(self) -> Iterator[pd.DataFrame]:
+        """Every row in key order, a window at a time, as frames (the whole table's dtypes;
+        categorical columns hold each window's own categories)."""
+        for t in self.tables():
+            yield t.to_pandas()
+
     def close(self) -> None:
         self.spill.close()
 

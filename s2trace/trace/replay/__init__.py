@@ -55,7 +55,7 @@ point.  Every name these modules held when they were one module is still importa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +168,14 @@ class Timeline:
             object.__setattr__(self, "_intervals", frame)
         assert isinstance(self._intervals, pd.DataFrame)
         return self._intervals
+
+    def interval_pieces(self) -> Iterator[pd.DataFrame]:
+        """INTERVALS in order, a window at a time when they are on disk (never whole: for
+        writing them out), else the loaded table as one piece."""
+        if isinstance(self._intervals, SortedRuns):
+            yield from self._intervals.frames()
+        else:
+            yield self.intervals
 
     @property
     def transitions(self) -> pd.DataFrame | None:

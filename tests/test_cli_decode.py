@@ -169,8 +169,8 @@ def test_command_table_names_what_each_module_registers():
 
 
 def test_a_command_imports_only_its_own_modules(tmp_path):
-    """``decode`` of a dump to Parquet does not import the other commands' modules, nor the
-    trace analysis (start-up time)."""
+    """``decode`` of a dump to Parquet does not import the other commands' modules (start-up
+    time)."""
     b = Stage2Builder(Geometry(Granule.K4), ia_bits=40)
     b.map(0x8000_0000, 0x3000)
     dump = b.write_elf(tmp_path / "dump.elf")
@@ -189,21 +189,6 @@ def test_a_command_imports_only_its_own_modules(tmp_path):
         "s2trace.cli.output",
     }, proc.stderr
     assert "s2trace.jobs.walk" in loaded
-    assert not {m for m in loaded if m.startswith(("s2trace.trace", "s2trace.jobs.analyze"))}
-
-
-def test_jobs_names_are_the_functions_whatever_was_imported_first():
-    """``s2trace.jobs`` imports its names on first use; ``analyze`` and ``batch`` stay the
-    functions even when their modules (of the same names) were imported before."""
-    proc = _python(
-        "import sys, s2trace.jobs as jobs; print('s2trace.jobs.analyze' in sys.modules); "
-        "import s2trace.jobs.analyze, s2trace.jobs.batch; "
-        "from s2trace.jobs import analyze, batch, walk_dump, Analysis; "
-        "from s2trace.jobs.analyze import analyze as a; "
-        "print(analyze is a, callable(batch), walk_dump.__module__, Analysis.__name__, "
-        "sorted(jobs.__all__) == sorted(n for n in jobs.__all__ if getattr(jobs, n)))"
-    )
-    assert proc.stdout.split() == ["False", "True", "True", "s2trace.jobs.walk", "Analysis", "True"]
 
 
 def test_profiles_list(capsys):

@@ -16,6 +16,7 @@ from s2trace.arch.registers import config_explicit
 from s2trace.cli.options import DUMP, OUTPUT, StrictInt, inputs_from, parse_u64, use
 from s2trace.cli.output import emit_frame, emit_text, notes, warn, warn_problems
 from s2trace.errors import InputError
+from s2trace.jobs.labels import labelled
 from s2trace.jobs.memory import scan_roots, trim_dump
 from s2trace.jobs.walk import DumpRequest, can_stream, dump_request, state_notes, walk_dump
 from s2trace.jobs.walk import write_map as write_map_streamed
@@ -98,13 +99,7 @@ def run_walk(targets: tuple[str, ...], kw: dict[str, Any]) -> None:
             summary.notes = state_notes(result.map)
         emit_text(summary.text(), kw.get("output"))
         return
-    if with_labels:
-        # imported here: labels read the trace, whose code a plain walk need not load
-        from s2trace.jobs.labels import labelled
-
-        frame = labelled(result.map, req.inputs)
-    else:
-        frame = result.map
+    frame = labelled(result.map, req.inputs) if with_labels else result.map
     if fmt == "ptdump":
         emit_text("\n".join(ptdump_lines(frame)) + "\n", kw.get("output"))
         return
